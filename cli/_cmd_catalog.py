@@ -1,0 +1,150 @@
+"""``migcompat catalog``: the return-path message table of a release, and what changed."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from migcompat._io import console, print_json
+from migcompat.protocol import RpCatalog, catalog, known_releases, parse_release
+
+__all__ = ["register"]
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "catalog",
+        help="the return-path message table of a release, or what changed between two",
+        description=(
+            "Show the return-path messages a source release knows (id, QEMU name, payload "
+            "length, first release, MIG_RP_MSG_MAX, error texts), or diff two releases. "
+            "Releases may carry an overlay: 11.1+keepalive."
+        ),
+    )
+    p.add_argument("--release", metavar="REL", help="release (default: newest in the catalog)")
+    p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
+    p.add_argument("--errors", action="store_true", help="also list the error texts")
+    p.add_argument("--list", action="store_true", help="list every release line and its MAX")
+    p.add_argument("--json", action="store_true", help="JSON output")
+    p.set_defaults(func=run)
+
+
+def as_json(cat: RpCatalog) -> dict[str, Any]:
+    return {
+        "release": str(cat.release),
+        "line": str(cat.line),
+        "basis": cat.basis,
+        "max": cat.max,
+        "buffer_size": cat.buffer_size,
+        "overlay": cat.overlay.name if cat.overlay else None,
+        "messages": [
+            {
+                "id": m.id,
+                "name": m.name,
+                "length": m.length,
+                "since": str(m.since) if not m.overlay else None,
+                "overlay": m.overlay,
+            }
+            for m in cat.messages
+        ],
+        "errors": dict(cat.errors),
+        "provenance": list(cat.provenance),
+    }
+
+
+def diff(a: RpCatalog, b: RpCatalog) -> dict[str, Any]:
+    ida = {m.id: m for m in a.messages}
+    idb = {m.id: m for m in b.messages}
+    changes: list[dict[str, Any]] = []
+    for i in sorted(set(ida) | set(idb)):
+        ma, mb = ida.get(i), idb.get(i)
+        if ma is None and mb is not None:
+            changes.append({"id": i, "change": "added", "name": mb.name, "length": mb.length})
+        elif mb is None and ma is not None:
+            changes.append({"id": i, "change": "removed", "name": ma.name, "length": ma.length})
+        elif ma is not None and mb is not None and (ma.name, ma.length) != (mb.name, mb.length):
+            changes.append(
+                {
+                    "id": i,
+                    "change": "changed",
+                    "from": {"name": ma.name, "length": ma.length},
+                    "to": {"name": mb.name, "length": mb.length},
+                }
+            )
+    errors = {
+        k: {"from": a.errors.get(k), "to": b.errors.get(k)}
+        for k in sorted(set(a.errors) | set(b.errors))
+        if a.errors.get(k) != b.errors.get(k)
+    }
+    return {
+        "from": str(a.release),
+        "to": str(b.release),
+        "max": {"from": a.max, "to": b.max},
+        "messages": changes,
+        "errors": errors,
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    con = console()
+    from rich.table import Table
+
+    if args.list:
+        rows = [catalog(r) for r in known_releases()]
+        if args.json:
+            for c in rows:
+                print_json({"release": str(c.line), "max": c.max, "basis": c.basis})
+            return 0
+        t = Table(title="release lines in the catalog", title_justify="left")
+        for col in ("release", "MIG_RP_MSG_MAX", "newest id", "error style", "basis"):
+            t.add_column(col)
+        for c in rows:
+            t.add_row(str(c.line), str(c.max), c.messages[-1].name, c.error_call, c.basis)
+        con.print(t)
+        return 0
+    if args.diff:
+        a, b = (catalog(parse_release(x)) for x in args.diff)
+        d = diff(a, b)
+        if args.json:
+            print_json(d)
+            return 0
+        con.print(f"[bold]{a.release} → {b.release}[/]: MIG_RP_MSG_MAX {a.max} → {b.max}")
+        if not d["messages"]:
+            con.print("  no message ids added, removed or changed")
+        for ch in d["messages"]:
+            if ch["change"] == "changed":
+                con.print(f"  ~ {ch['id']}: {ch['from']} → {ch['to']}")
+            else:
+                sign = "+" if ch["change"] == "added" else "-"
+                length = "variable" if ch["length"] is None else ch["length"]
+                con.print(f"  {sign} {ch['id']}: {ch['name']} (length {length})")
+        for key, e in d["errors"].items():
+            con.print(f"  error text [italic]{key}[/]:\n    - {e['from']!r}\n    + {e['to']!r}")
+        return 0
+    rel = parse_release(args.release) if args.release else known_releases()[-1]
+    cat = catalog(rel)
+    if args.json:
+        print_json(as_json(cat))
+        return 0
+    title = f"return-path messages of a {cat.release} source (line {cat.line}, {cat.basis})"
+    t = Table(title=title, title_justify="left")
+    for col in ("id", "name", "payload length", "since"):
+        t.add_column(col)
+    for m in cat.messages:
+        length = "variable" if m.length is None else str(m.length)
+        since = f"{m.overlay} proposal" if m.overlay else str(m.since)
+        t.add_row(str(m.id), m.name, length if m.id else "(always rejected)", since)
+    t.add_row(str(cat.max), "MIG_RP_MSG_MAX", "", "", style="dim")
+    con.print(t)
+    con.print(
+        f"Types >= {cat.max} and type 0 are rejected: "
+        f"{cat.format_error('invalid_type', cat.max, 0)!r}"
+    )
+    if args.errors:
+        et = Table(title="error texts", title_justify="left")
+        et.add_column("key")
+        et.add_column("format (C printf, as QEMU prints)", overflow="fold")
+        for k, v in cat.errors.items():
+            et.add_row(k, v)
+        con.print(et)
+    return 0

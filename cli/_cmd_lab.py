@@ -1,0 +1,209 @@
+"""``migcompat lab``: provision real QEMU builds, list them, run migration scenarios."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from migcompat.lab import (
+    DEFAULT_SUITES,
+    LabError,
+    find_build,
+    installed_builds,
+    provision,
+    register_user_build,
+    suite_for,
+)
+
+__all__ = ["register"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+_EPILOG = """\
+examples:
+  migcompat lab provision                      # 7.2 (bookworm), 10.0 (trixie), 11.x (sid)
+  migcompat lab provision 5.2                  # bullseye on request
+  migcompat lab provision --qemu 11.1+mine=/opt/qemu/bin/qemu-system-x86_64
+  migcompat lab list --json
+  migcompat lab run --src 7.2 --dst 10.0 --scenario plain
+  migcompat lab run --src 10.0 --dst 10.0 --scenario inject:8 --out /tmp/run1
+"""
+
+_SCENARIO_HELP = """\
+plain             postcopy migration that completes (guest keeps writing RAM: page requests)
+plain-idle        same, destination started with -S and never continued (no page requests)
+inject:T[:L[:HEX]] inject one frame of type T (be16), length L (default: len(HEX)), payload
+                  HEX into the return path at a frame boundary once postcopy is active
+                  (inject:8 = the never-merged KEEPALIVE frame 00 08 00 00)
+blackhole-idle    idle destination; the proxy stops forwarding both ways without closing
+recover           blackhole, migrate-pause on both sides, migrate-recover on the destination
+                  through a new proxy port, migrate resume=true (RECV_BITMAP + RESUME_ACK)
+"""
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``lab`` and its subcommands."""
+    lab = subparsers.add_parser(
+        "lab",
+        help="real QEMU: provision builds, list them, run migration scenarios",
+        description=(
+            "Run real QEMU builds side by side (each in its own minimal Debian root, or your own "
+            "build) and drive postcopy migrations between them through a recording proxy."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = lab.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser(
+        "provision",
+        help="make Debian roots with QEMU (idempotent), or register your own build",
+        description=(
+            "Make a minimal Debian root per suite with debootstrap and install qemu-system-x86 "
+            "in it. REL is a release line (7.2, 10.0, 11, 5.2) or a suite name (bookworm, "
+            f"trixie, sid, bullseye); default: {' '.join(DEFAULT_SUITES)}. Needs root."
+        ),
+    )
+    p.add_argument("releases", nargs="*", metavar="REL")
+    p.add_argument(
+        "--qemu",
+        action="append",
+        default=[],
+        metavar="REL=PATH",
+        help="register your own qemu-system-x86_64 under the label REL (repeatable)",
+    )
+    p.add_argument("--refresh", action="store_true", help="restart unfinished roots from scratch")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="provision the other suites when one fails (exit 1 at the end)",
+    )
+    p.set_defaults(func=_provision)
+
+    p = sub.add_parser("list", help="show the runnable builds with each binary's --version")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser(
+        "run",
+        help="run one migration scenario between two builds",
+        description="Run one postcopy migration scenario between two builds.\n\n"
+        + "scenarios:\n"
+        + _SCENARIO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--src", required=True, metavar="REL", help="source build (release or suite)")
+    p.add_argument("--dst", required=True, metavar="REL", help="destination build")
+    p.add_argument("--scenario", required=True, metavar="NAME", help="see scenarios above")
+    p.add_argument(
+        "--machine", metavar="M", help="machine type (default: newest both sides support)"
+    )
+    p.add_argument("--idle", action="store_true", help="destination -S, never continued")
+    p.add_argument("--out", type=Path, metavar="DIR", help="where to keep the record and streams")
+    p.add_argument("--json", action="store_true", help="print the record as JSON")
+    p.add_argument(
+        "--fixture",
+        type=Path,
+        metavar="DIR",
+        help="also write a small committed-fixture folder (rp.bin, fwd.bin cut to 256 KiB, "
+        "shrunk pcap, metadata.json), e.g. fixtures/captures/NAME",
+    )
+    p.add_argument(
+        "--observe",
+        type=float,
+        default=5.0,
+        help="seconds to keep watching after the source settles / the blackhole starts",
+    )
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an outcome")
+    p.set_defaults(func=_run)
+
+    lab.set_defaults(func=lambda _args: (lab.print_help(sys.stderr), 2)[1])
+
+
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _provision(args: argparse.Namespace) -> int:
+    console = _console()
+    for spec in args.qemu:
+        rel, sep, path = spec.partition("=")
+        if not sep or not rel or not path:
+            raise LabError(f"--qemu wants REL=PATH, got {spec!r}")
+        build = register_user_build(rel, path)
+        console.print(f"registered [bold]{rel}[/]: {build.binary} ({build.version_text})")
+    if args.qemu and not args.releases:
+        return 0
+    suites = [suite_for(r) for r in args.releases] or list(DEFAULT_SUITES)
+    failures: list[tuple[str, LabError]] = []
+    for suite in dict.fromkeys(suites):
+        with console.status(f"{suite}: starting") as status:
+
+            def progress(msg: str, _status=status) -> None:
+                _status.update(msg.replace("[", r"\["))
+
+            try:
+                build = provision(suite, refresh=args.refresh, progress=progress)
+            except LabError as exc:
+                if not args.keep_going:
+                    raise
+                failures.append((suite, exc))
+                console.print(f"[red]✗[/] {suite}: {exc}")
+                continue
+        console.print(f"[green]✓[/] {suite}: {build.version_text}")
+    return 1 if failures else 0
+
+
+def _list(args: argparse.Namespace) -> int:
+    builds = installed_builds()
+    if args.json:
+        print(json.dumps([b.to_json() for b in builds], indent=2))
+        return 0
+    from rich.table import Table
+
+    table = Table(title="QEMU builds for the lab")
+    for col in ("release", "source", "--version", "package"):
+        table.add_column(col)
+    for b in builds:
+        table.add_row(
+            b.release, b.suite or b.binary, b.version_text, b.package_version or "-"
+        )
+    from rich.console import Console
+
+    Console().print(table)
+    if not builds:
+        print("no builds: run `migcompat lab provision` (needs root)", file=sys.stderr)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from migcompat.lab.runner import print_record, run_scenario
+
+    src = find_build(args.src)
+    dst = find_build(args.dst)
+    for name, build in (("--src", src), ("--dst", dst)):
+        if build is None:
+            raise LabError(
+                f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
+            )
+    scenario = args.scenario
+    record = run_scenario(
+        src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
+        idle=args.idle, progress=not args.json, observe=args.observe,
+    )  # fmt: skip
+    if args.fixture:
+        from migcompat.lab.fixtures import save_fixture
+
+        save_fixture(Path(record.outdir), args.fixture)
+    if args.json:
+        print(json.dumps(record.to_json(), indent=2))
+    else:
+        print_record(record)
+    return 0

@@ -1,0 +1,73 @@
+"""Input and output helpers shared by the subcommands (the CLI's only I/O).
+
+Reading a raw byte stream from a path or ``-`` (stdin) in chunks, so memory stays
+flat on long streams; printing JSON lines and rich tables.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+from migcompat.protocol import InputError, Release, parse_release
+
+__all__ = ["CHUNK", "console", "iter_chunks", "open_check", "parse_releases", "print_json"]
+
+CHUNK = 1 << 20
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+def open_check(path: str) -> None:
+    """Fail early, with a clear message, on a path that cannot be read."""
+    if path == "-":
+        return
+    if not os.path.exists(path):
+        raise InputError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, expected a file of raw return-path bytes")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+
+
+def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
+    """Yield the bytes of ``path`` (``-`` = stdin) in chunks."""
+    open_check(path)
+    if path == "-":
+        stream = sys.stdin.buffer
+        while chunk := stream.read(size):
+            yield chunk
+        return
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(size):
+                yield chunk
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+
+
+def parse_releases(text: str) -> list[Release]:
+    """``7.2,10.0`` or ``all`` (every release line in the catalog)."""
+    from migcompat.protocol import known_releases
+
+    if text.strip() == "all":
+        return list(known_releases())
+    out = [parse_release(part) for part in text.split(",") if part.strip()]
+    if not out:
+        raise InputError("no release given")
+    return out
+
+
+def print_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, sort_keys=False, separators=(",", ":")) + "\n")
+
+
+def console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False)

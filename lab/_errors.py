@@ -1,0 +1,36 @@
+"""The lab's one error type (style anchor 5: ``LabError(exc=…)`` wraps the cause)."""
+
+from __future__ import annotations
+
+from migcompat.protocol._errors import MigcompatError
+
+__all__ = ["LabError"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+class LabError(MigcompatError):
+    """Something in the lab went wrong: provisioning, starting QEMU, QMP, the proxy.
+
+    :param message: what failed, in our words.
+    :param exc: the underlying exception, if any (kept so nothing is lost).
+    :param qemu_error: QEMU's own error text, verbatim, when QEMU gave one.
+    """
+
+    def __init__(
+        self, message: str, *, exc: BaseException | None = None, qemu_error: str | None = None
+    ) -> None:
+        super().__init__(message, exc, qemu_error)
+        self.message = message
+        self.exc = exc
+        self.qemu_error = qemu_error
+
+    def __str__(self) -> str:
+        text = self.message
+        if self.qemu_error:
+            text += f": {self.qemu_error}"
+        elif self.exc is not None:
+            text += f": {type(self.exc).__name__}: {self.exc}"
+        return text

@@ -1,0 +1,283 @@
+"""Which QEMU builds the lab can run, and how to run each one.
+
+Two kinds of build:
+
+* a *provisioned* one: a minimal Debian root (``migcompat lab provision``) holding Debian's
+  ``qemu-system-x86``; it runs through ``unshare --mount`` + ``chroot`` so that the bind mounts
+  it needs (``/proc``, ``/sys``, ``/dev`` — postcopy needs ``/dev/userfaultfd`` — and the shared
+  run dir) die with the process, and the PID we hold is QEMU's own (``exec``);
+* a *user* build: a ``qemu-system-x86_64`` on the host, registered with
+  ``migcompat lab provision --qemu REL=/path`` or the ``MIGCOMPAT_QEMU`` environment variable.
+
+Both see the run dir (:func:`run_dir`) at the same path, so QMP sockets, serial logs and the
+guest kernel can be named by one path on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from migcompat.lab._errors import LabError
+
+__all__ = [
+    "MARKER_NAME",
+    "QemuBuild",
+    "cache_dir",
+    "find_build",
+    "installed_builds",
+    "probe_version",
+    "register_user_build",
+    "release_from_version",
+    "release_key",
+    "roots_dir",
+    "run_dir",
+    "user_builds_file",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: File written at the top of a finished root; its presence makes provisioning idempotent.
+MARKER_NAME = ".migcompat-root.json"
+
+#: Where Debian installs the binary inside a root.
+_ROOT_BINARY = "/usr/bin/qemu-system-x86_64"
+
+# Runs as `sh -c SCRIPT sh ROOT RUN_DIR BINARY ARGS...` inside a private mount namespace.
+# `mount --rbind` brings /dev's submounts (pts, shm) along; /dev/userfaultfd is a plain node.
+# `exec chroot` then chroot's own exec make the PID the caller holds QEMU's PID.
+_ROOT_SCRIPT = r"""set -e
+r=$1; run=$2; shift 2
+for d in proc sys dev; do mount --rbind "/$d" "$r/$d"; done
+mkdir -p "$r$run"
+mount --bind "$run" "$r$run"
+exec chroot "$r" "$@"
+"""
+
+
+def cache_dir() -> Path:
+    """``${XDG_CACHE_HOME:-~/.cache}/migcompat``: roots and the user-build registry live here."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "migcompat"
+
+
+def roots_dir() -> Path:
+    """Folder of the per-suite Debian roots."""
+    return cache_dir() / "roots"
+
+
+def user_builds_file() -> Path:
+    """JSON file mapping a release label to a user's own ``qemu-system-x86_64``."""
+    return cache_dir() / "user-builds.json"
+
+
+def run_dir() -> Path:
+    """Shared run dir (short path: unix socket paths are limited to 108 bytes).
+
+    Set ``MIGCOMPAT_LAB_RUN_DIR`` to move it. Created on first use.
+    """
+    path = Path(os.environ.get("MIGCOMPAT_LAB_RUN_DIR") or "/tmp/migcompat-lab")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+_VERSION_RE = re.compile(r"version (\d+)\.(\d+)")
+
+
+def release_from_version(version_text: str) -> str:
+    """Release line from a ``--version`` first line.
+
+    >>> release_from_version("QEMU emulator version 7.2.19 (Debian 1:7.2+dfsg-7+deb12u18)")
+    '7.2'
+    """
+    m = _VERSION_RE.search(version_text)
+    if not m:
+        raise LabError(f"cannot read a QEMU version from {version_text!r}")
+    return f"{int(m.group(1))}.{int(m.group(2))}"
+
+
+def release_key(release: str) -> tuple[int, ...]:
+    """Sort key for a release label (``7.2`` < ``10.0`` < ``11.1+keepalive``).
+
+    >>> sorted(["10.0", "7.2", "11.1"], key=release_key)
+    ['7.2', '10.0', '11.1']
+    """
+    nums = re.findall(r"\d+", release.split("+", 1)[0])
+    return tuple(int(n) for n in nums) or (0,)
+
+
+@dataclass(frozen=True)
+class QemuBuild:
+    """One runnable ``qemu-system-x86_64``.
+
+    :param release: release line (``"7.2"``, ``"10.0"``, ``"11.1"``), from ``version_text``
+        for provisioned builds, the user's label for their own build.
+    :param version_text: exact first line of ``qemu-system-x86_64 --version``.
+    :param suite: Debian suite of a provisioned root, ``None`` for a user's build.
+    :param binary: the binary's path (inside the root for a provisioned build).
+    :param root: the Debian root, ``None`` for a user's build.
+    :param package_version: Debian package version of ``qemu-system-x86``, if known.
+    """
+
+    release: str
+    version_text: str
+    suite: str | None = None
+    binary: str = _ROOT_BINARY
+    root: Path | None = field(default=None, compare=False)
+    package_version: str | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        """Host path that QEMU sees at the same path (sockets, kernel, serial logs)."""
+        return run_dir()
+
+    @property
+    def label(self) -> str:
+        """Short human name: ``7.2 (bookworm)`` or ``11.1 (/opt/qemu/bin/qemu-system-x86_64)``."""
+        return f"{self.release} ({self.suite or self.binary})"
+
+    def argv(self, *qemu_args: str) -> list[str]:
+        """Full command line that runs this QEMU with ``qemu_args``.
+
+        The process started from it *is* QEMU (after ``exec``), so its PID can be signalled.
+        """
+        if self.root is None:
+            return [self.binary, *qemu_args]
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", _ROOT_SCRIPT, "migcompat-lab",
+            str(self.root), str(self.run_dir), self.binary, *qemu_args,
+        ]  # fmt: skip
+
+    def to_json(self) -> dict[str, object]:
+        """JSON-able description (for ``lab list --json`` and run records)."""
+        return {
+            "release": self.release,
+            "version_text": self.version_text,
+            "suite": self.suite,
+            "binary": self.binary,
+            "root": str(self.root) if self.root else None,
+            "package_version": self.package_version,
+        }
+
+
+def probe_version(binary: str) -> str:
+    """First line of ``BINARY --version`` (raises :class:`LabError` if it does not run)."""
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=60, check=True
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise LabError(f"cannot run {binary} --version", exc=exc) from exc
+    line = out.stdout.strip().splitlines()[0] if out.stdout.strip() else ""
+    release_from_version(line)  # validates
+    return line
+
+
+def _read_marker(root: Path) -> dict[str, object] | None:
+    """The marker of a finished root, or ``None`` when missing, unreadable or incomplete."""
+    try:
+        data = json.loads((root / MARKER_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not data.get("version_text") or not data.get("suite"):
+        return None
+    if not (root / _ROOT_BINARY.lstrip("/")).exists():
+        return None
+    return data
+
+
+def _provisioned_builds() -> list[QemuBuild]:
+    builds = []
+    base = roots_dir()
+    if not base.is_dir():
+        return builds
+    for root in sorted(base.iterdir()):
+        if not root.is_dir() or root.name.endswith(".partial"):
+            continue
+        marker = _read_marker(root)
+        if marker is None:
+            continue
+        builds.append(
+            QemuBuild(
+                release=release_from_version(str(marker["version_text"])),
+                version_text=str(marker["version_text"]),
+                suite=str(marker["suite"]),
+                root=root,
+                package_version=str(marker.get("package_version") or "") or None,
+            )
+        )
+    return builds
+
+
+def _load_user_registry() -> dict[str, dict[str, str]]:
+    try:
+        data = json.loads(user_builds_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def register_user_build(release: str, binary: str) -> QemuBuild:
+    """Remember a user's own build under ``release`` (checked by running ``--version``)."""
+    path = shutil.which(binary) or binary
+    path = str(Path(path).resolve())
+    version = probe_version(path)
+    registry = _load_user_registry()
+    registry[release] = {"binary": path, "version_text": version}
+    user_builds_file().parent.mkdir(parents=True, exist_ok=True)
+    user_builds_file().write_text(json.dumps(registry, indent=2, sort_keys=True) + "\n")
+    return QemuBuild(release=release, version_text=version, suite=None, binary=path)
+
+
+def _env_user_builds() -> dict[str, str]:
+    """``MIGCOMPAT_QEMU="7.2=/a/qemu-system-x86_64:11.1=/b/qemu-system-x86_64"``."""
+    out: dict[str, str] = {}
+    for item in os.environ.get("MIGCOMPAT_QEMU", "").split(os.pathsep):
+        if "=" in item:
+            rel, _, path = item.partition("=")
+            out[rel.strip()] = path.strip()
+    return out
+
+
+def _user_builds() -> list[QemuBuild]:
+    builds = []
+    for rel, entry in _load_user_registry().items():
+        binary = entry.get("binary", "")
+        if binary and Path(binary).exists():
+            builds.append(
+                QemuBuild(release=rel, version_text=entry.get("version_text", ""), binary=binary)
+            )
+    for rel, binary in _env_user_builds().items():
+        builds.append(QemuBuild(release=rel, version_text=probe_version(binary), binary=binary))
+    return builds
+
+
+def installed_builds() -> list[QemuBuild]:
+    """Every runnable build: user builds first (they win lookups), then provisioned roots."""
+    users = sorted(_user_builds(), key=lambda b: release_key(b.release))
+    provisioned = sorted(_provisioned_builds(), key=lambda b: release_key(b.release))
+    return users + provisioned
+
+
+def find_build(release: str) -> QemuBuild | None:
+    """The build for ``release`` (a release line, a Debian suite name, or ``11`` for any 11.x)."""
+    builds = installed_builds()
+    for b in builds:
+        if release in (b.release, b.suite):
+            return b
+    # "11" / "11.x" mean the newest build of that major line.
+    major = release.removesuffix(".x")
+    if major.isdigit():
+        same = [b for b in builds if b.release.split(".")[0] == major]
+        if same:
+            return max(same, key=lambda b: release_key(b.release))
+    return None

@@ -1,0 +1,483 @@
+"""A recording, injecting, partitioning TCP relay between migration source and destination.
+
+Strategy: the forward direction (source → destination) is relayed as it comes. The return path
+(destination → source) is cut into frames by the protocol core's :class:`Reader` (or a minimal
+header parser while the core is absent) and forwarded **one whole frame at a time**, so the
+relay is always at a frame boundary between two writes; an injected frame is written there
+(after a RECV_BITMAP's trailing bitmap blob, which the framing includes). Bytes are never
+changed or reordered: what the source receives is the destination's stream with our frames
+inserted between frames, and that is what ``rp.bin`` records.
+
+Files written to ``outdir`` (``N`` = connection index; 0 has no suffix — a recovery opens a
+second connection):
+
+* ``fwd[.N].bin`` — forward bytes (capped at ``fwd_cap``; the total is in the summary);
+* ``rp[.N].bin`` — return-path bytes as delivered to the source, injections included;
+* ``chunks.jsonl`` — one line per read/write: ``t``, ``conn``, ``dir`` (``fwd``/``rp``/
+  ``inject``), ``offset`` in that file's stream, ``len``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from migcompat.lab._errors import LabError
+
+__all__ = ["FrameInfo", "Framer", "Proxy", "make_frame"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+# MIG_RP_MSG_* ids (stable since 2.5; see the reference table) for the fallback framer only;
+# QEMU's names, as the protocol core's events spell them.
+_RP_NAMES = {
+    0: "MIG_RP_MSG_INVALID", 1: "MIG_RP_MSG_SHUT", 2: "MIG_RP_MSG_PONG",
+    3: "MIG_RP_MSG_REQ_PAGES_ID", 4: "MIG_RP_MSG_REQ_PAGES", 5: "MIG_RP_MSG_RECV_BITMAP",
+    6: "MIG_RP_MSG_RESUME_ACK", 7: "MIG_RP_MSG_SWITCHOVER_ACK",
+}  # fmt: skip
+_RECV_BITMAP = 5
+_BITMAP_END = 0x0123456789ABCDEF
+
+
+def make_frame(type_id: int, payload: bytes = b"", length: int | None = None) -> bytes:
+    """``be16 type, be16 length, payload`` (``length`` may lie, to build bad frames).
+
+    >>> make_frame(8).hex()
+    '00080000'
+    """
+    return struct.pack(">HH", type_id, len(payload) if length is None else length) + payload
+
+
+@dataclass(frozen=True)
+class FrameInfo:
+    """One return-path frame as the destination sent it (``offset`` in the destination's stream)."""
+
+    offset: int
+    size: int
+    type_id: int
+    name: str
+
+
+class Framer:
+    """Finds frame boundaries in the destination's return-path stream.
+
+    Uses ``migcompat.protocol.Reader`` for ``release`` when it exists. Bytes that source
+    would reject (``RemoteViolation``) or an unknown framing switch it to pass-through: the
+    relay keeps forwarding, but knows no more boundaries (``violation`` says why).
+    """
+
+    def __init__(self, release: str | None) -> None:
+        self.reader: Any = None
+        self.violation: dict[str, Any] | None = None
+        self.received = 0  #: bytes fed
+        self.boundary = 0  #: stream offset up to which whole frames were seen
+        self._buf = bytearray()  # fallback parser only
+        self._violation_types: tuple[type[BaseException], ...] = ()
+        self.reader_error: str | None = None  #: why the protocol core's Reader is not used
+        if release is not None:
+            try:
+                from migcompat.protocol import (  # type: ignore[attr-defined]
+                    NEED_DATA,
+                    Reader,
+                    RemoteViolation,
+                    parse_release,
+                )
+            except ImportError:
+                pass
+            else:
+                try:
+                    self.reader = Reader(parse_release(release))
+                except Exception as exc:  # noqa: BLE001 - a core still being written: fall back
+                    self.reader_error = f"{type(exc).__name__}: {exc}"
+                else:
+                    self._need_data = NEED_DATA
+                    self._violation_types = (RemoteViolation,)
+
+    @property
+    def passthrough(self) -> bool:
+        """True once frame boundaries are no longer known."""
+        return self.violation is not None
+
+    def feed(self, data: bytes) -> list[FrameInfo]:
+        """Feed bytes (``b""`` = EOF); return the frames completed by them."""
+        self.received += len(data)
+        if self.passthrough:
+            self.boundary = self.received
+            return []
+        try:
+            frames = self._feed_reader(data) if self.reader is not None else self._feed_own(data)
+        except self._violation_types as exc:
+            self.violation = {
+                "offset": getattr(exc, "offset", None),
+                "qemu_error": getattr(exc, "qemu_error", None),
+                "error": str(exc),
+            }
+            self.boundary = self.received
+            return []
+        except Exception as exc:  # noqa: BLE001 - a Reader bug must not break the relay
+            self.reader_error = f"{type(exc).__name__}: {exc}"
+            self.violation = {"offset": None, "qemu_error": None, "error": self.reader_error}
+            self.boundary = self.received
+            return []
+        if frames:
+            last = frames[-1]
+            self.boundary = last.offset + last.size
+        return frames
+
+    def _feed_reader(self, data: bytes) -> list[FrameInfo]:
+        self.reader.receive_data(data)
+        out = []
+        while True:
+            ev = self.reader.next_event()
+            if ev is self._need_data:
+                return out
+            if not hasattr(ev, "offset"):  # e.g. an end-of-stream sentinel
+                return out
+            out.append(FrameInfo(ev.offset, ev.size, ev.type_id, ev.name))
+
+    def _feed_own(self, data: bytes) -> list[FrameInfo]:
+        self._buf += data
+        out = []
+        pos = 0
+        start = self.received - len(self._buf)
+        while len(self._buf) - pos >= 4:
+            type_id, length = struct.unpack_from(">HH", self._buf, pos)
+            size = 4 + length
+            if type_id == _RECV_BITMAP:
+                if len(self._buf) - pos < size + 8:
+                    break
+                (blob,) = struct.unpack_from(">Q", self._buf, pos + size)
+                if blob > 1 << 32:
+                    self.violation = {"offset": start + pos, "error": "absurd bitmap size"}
+                    return out
+                size += 8 + blob + 8
+            if len(self._buf) - pos < size:
+                break
+            out.append(FrameInfo(start + pos, size, type_id, _RP_NAMES.get(type_id, f"UNKNOWN_0x{type_id:04x}")))
+            pos += size
+        del self._buf[:pos]
+        return out
+
+
+@dataclass
+class _Conn:
+    index: int
+    src_reader: asyncio.StreamReader
+    src_writer: asyncio.StreamWriter
+    dst_reader: asyncio.StreamReader
+    dst_writer: asyncio.StreamWriter
+    framer: Framer
+    fwd_file: BinaryIO
+    rp_file: BinaryIO
+    fwd_total: int = 0
+    rp_out: int = 0  #: bytes delivered to the source (rp file offset)
+    unsent: bytearray = field(default_factory=bytearray)  #: received from dst, not yet forwarded
+    frames_forwarded: int = 0
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: list[tuple[bytes, asyncio.Future[dict[str, Any]]]] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closed: bool = False
+
+
+class Proxy:
+    """Relay on 127.0.0.1; see the module docstring.
+
+    :param outdir: where the streams and the chunk index go.
+    :param src_release: source release line; selects the Reader that frames the return path.
+    :param clock: the run's time origin (``time.monotonic()``), so times line up with QEMU's.
+    :param fwd_cap: bytes of the forward stream kept per connection (``None``: all).
+    """
+
+    def __init__(
+        self,
+        outdir: Path,
+        *,
+        src_release: str | None = None,
+        clock: float | None = None,
+        fwd_cap: int | None = 256 * 1024,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.outdir = outdir
+        self.src_release = src_release
+        self.clock = time.monotonic() if clock is None else clock
+        self.fwd_cap = fwd_cap
+        self.host = host
+        self.conns: list[_Conn] = []
+        self.frames: list[dict[str, Any]] = []
+        self.injections: list[dict[str, Any]] = []
+        self.notes: list[dict[str, Any]] = []
+        self.ports: list[int] = []
+        self._servers: list[asyncio.Server] = []
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        outdir.mkdir(parents=True, exist_ok=True)
+        self._chunks = open(outdir / "chunks.jsonl", "w")
+        self._frame_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    # ------------------------------------------------------------------
+    # Section: Public interface
+
+    def now(self) -> float:
+        """Seconds since the run's clock origin."""
+        return round(time.monotonic() - self.clock, 4)
+
+    async def listen(self, target_port: int, port: int = 0) -> int:
+        """Accept source connections on a new port, relaying each to ``target_port``.
+
+        :returns: the port the source should ``migrate`` to.
+        """
+
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            await self._accept(r, w, target_port)
+
+        server = await asyncio.start_server(handle, self.host, port)
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()[1]
+        self.ports.append(bound)
+        self._note("listen", port=bound, target=target_port)
+        return bound
+
+    async def inject(self, data: bytes, *, conn: int = -1) -> dict[str, Any]:
+        """Write ``data`` to the source at the next return-path frame boundary.
+
+        Returns when it was written: ``t``, ``conn``, ``src_offset`` (offset in ``rp.bin``),
+        ``dst_boundary`` (destination stream offset it was inserted at), ``hex``.
+        """
+        if not self.conns:
+            raise LabError("inject: no connection yet")
+        c = self.conns[conn]
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        async with c.lock:
+            if not c.unsent:
+                return self._write_injection(c, data)
+            c.pending.append((data, fut))
+        return await fut
+
+    async def wait_frames(self, count: int, timeout: float) -> bool:
+        """Wait until ``count`` return-path frames have been forwarded (all connections)."""
+        return await self._wait(lambda: len(self.frames) >= count, timeout)
+
+    def blackhole(self) -> None:
+        """Stop forwarding both ways, closing nothing (data waits in buffers and kernels)."""
+        self._flowing.clear()
+        self._note("blackhole")
+
+    def unblock(self) -> None:
+        """Undo :meth:`blackhole`."""
+        self._flowing.set()
+        self._note("unblock")
+
+    def cut(self, *, reset: bool = True) -> None:
+        """Close every connection both ways (``reset``: RST via SO_LINGER 0, else FIN)."""
+        self._note("cut", reset=reset)
+        for c in self.conns:
+            self._close_conn(c, reset=reset)
+
+    async def close(self) -> dict[str, Any]:
+        """Stop listening, close everything, flush the files; return the summary."""
+        for s in self._servers:
+            s.close()
+        for c in self.conns:
+            self._close_conn(c, reset=False)
+        for c in self.conns:
+            for t in c.tasks:
+                if not t.done():
+                    t.cancel()
+            for t in c.tasks:
+                with contextlib.suppress(BaseException):
+                    await t
+            c.fwd_file.close()
+            c.rp_file.close()
+        self._flowing.set()
+        if not self._chunks.closed:
+            self._chunks.close()
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-able account of what went through."""
+        return {
+            "ports": self.ports,
+            "reader": "migcompat.protocol.Reader"
+            if any(c.framer.reader is not None for c in self.conns)
+            else "builtin-header-parser",
+            "connections": [
+                {
+                    "index": c.index,
+                    "fwd_bytes": c.fwd_total,
+                    "fwd_recorded": min(c.fwd_total, self.fwd_cap or c.fwd_total),
+                    "rp_bytes_from_dst": c.framer.received,
+                    "rp_bytes_to_src": c.rp_out,
+                    "violation": c.framer.violation,
+                    "reader_error": c.framer.reader_error,
+                }
+                for c in self.conns
+            ],
+            "frames": self.frames,
+            "injections": self.injections,
+            "notes": self.notes,
+        }
+
+    # ------------------------------------------------------------------
+    # Section: Machinery
+
+    def _note(self, what: str, **kw: Any) -> None:
+        self.notes.append({"t": self.now(), "what": what, **kw})
+
+    def _chunk(self, conn: int, direction: str, offset: int, length: int) -> None:
+        if not self._chunks.closed:
+            rec = {"t": self.now(), "conn": conn, "dir": direction, "offset": offset, "len": length}
+            self._chunks.write(json.dumps(rec) + "\n")
+
+    async def _accept(self, sr: asyncio.StreamReader, sw: asyncio.StreamWriter, target: int) -> None:
+        index = len(self.conns)
+        try:
+            dr, dw = await asyncio.open_connection(self.host, target)
+        except OSError as exc:
+            self._note("connect-failed", conn=index, target=target, error=str(exc))
+            sw.close()
+            return
+        suffix = "" if index == 0 else f".{index}"
+        c = _Conn(
+            index, sr, sw, dr, dw, Framer(self.src_release),
+            open(self.outdir / f"fwd{suffix}.bin", "wb"),
+            open(self.outdir / f"rp{suffix}.bin", "wb"),
+        )  # fmt: skip
+        self.conns.append(c)
+        self._note("connect", conn=index, target=target)
+        c.tasks.append(asyncio.create_task(self._pump_fwd(c)))
+        c.tasks.append(asyncio.create_task(self._pump_rp(c)))
+
+    async def _pump_fwd(self, c: _Conn) -> None:
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await c.src_reader.read(1 << 16)
+                await self._flowing.wait()
+                if not data:
+                    self._note("eof", conn=c.index, dir="fwd")
+                    with contextlib.suppress(OSError):
+                        c.dst_writer.write_eof()
+                    return
+                self._chunk(c.index, "fwd", c.fwd_total, len(data))
+                if self.fwd_cap is None or c.fwd_total < self.fwd_cap:
+                    keep = len(data) if self.fwd_cap is None else self.fwd_cap - c.fwd_total
+                    c.fwd_file.write(data[:keep])
+                c.fwd_total += len(data)
+                c.dst_writer.write(data)
+                await c.dst_writer.drain()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._note("error", conn=c.index, dir="fwd", error=f"{type(exc).__name__}: {exc}")
+
+    async def _pump_rp(self, c: _Conn) -> None:
+        try:
+            while True:
+                await self._flowing.wait()
+                data = await c.dst_reader.read(1 << 16)
+                await self._flowing.wait()
+                async with c.lock:
+                    if not data:
+                        c.framer.feed(b"")
+                        # A partial frame at EOF goes through as it is: the source judges it.
+                        self._send_rp(c, bytes(c.unsent))
+                        c.unsent.clear()
+                        self._note("eof", conn=c.index, dir="rp")
+                        with contextlib.suppress(OSError):
+                            c.src_writer.write_eof()
+                        self._fail_pending(c, "return path ended")
+                        return
+                    # dst offset of the first unsent byte, which goes to src at c.rp_out
+                    base_dst = c.framer.received - len(c.unsent)
+                    frames = c.framer.feed(data)
+                    c.unsent += data
+                    ready = c.framer.boundary - (c.framer.received - len(c.unsent))
+                    for f in frames:
+                        self.frames.append(
+                            {"t": self.now(), "conn": c.index, "offset": f.offset,
+                             "size": f.size, "type_id": f.type_id, "name": f.name,
+                             "src_offset": c.rp_out + f.offset - base_dst}
+                        )  # fmt: skip
+                    if ready > 0:
+                        self._send_rp(c, bytes(c.unsent[:ready]))
+                        del c.unsent[:ready]
+                        c.frames_forwarded += len(frames)
+                    while c.pending and not c.unsent:
+                        payload, fut = c.pending.pop(0)
+                        if not fut.done():
+                            fut.set_result(self._write_injection(c, payload))
+                await c.src_writer.drain()
+                self._wake()
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            self._note("error", conn=c.index, dir="rp", error=f"{type(exc).__name__}: {exc}")
+            self._fail_pending(c, str(exc))
+
+    def _send_rp(self, c: _Conn, data: bytes) -> None:
+        if not data:
+            return
+        self._chunk(c.index, "rp", c.rp_out, len(data))
+        c.rp_file.write(data)
+        c.rp_out += len(data)
+        c.src_writer.write(data)
+
+    def _write_injection(self, c: _Conn, data: bytes) -> dict[str, Any]:
+        rec = {
+            "t": self.now(),
+            "conn": c.index,
+            "src_offset": c.rp_out,
+            "dst_boundary": c.framer.boundary,
+            "hex": data.hex(),
+        }
+        self._chunk(c.index, "inject", c.rp_out, len(data))
+        c.rp_file.write(data)
+        c.rp_out += len(data)
+        c.src_writer.write(data)
+        self.injections.append(rec)
+        return rec
+
+    def _fail_pending(self, c: _Conn, why: str) -> None:
+        for _data, fut in c.pending:
+            if not fut.done():
+                fut.set_exception(LabError(f"inject: not written ({why})"))
+        c.pending.clear()
+
+    def _close_conn(self, c: _Conn, *, reset: bool) -> None:
+        if c.closed:
+            return
+        c.closed = True
+        for w in (c.src_writer, c.dst_writer):
+            sock = w.get_extra_info("socket")
+            if reset and sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            if reset:
+                w.transport.abort()
+            else:
+                w.close()
+
+    async def _wait(self, cond: Callable[[], bool], timeout: float) -> bool:
+        if cond():
+            return True
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._frame_waiters.append((cond, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._frame_waiters = [(c, f) for c, f in self._frame_waiters if f is not fut]
+
+    def _wake(self) -> None:
+        for cond, fut in self._frame_waiters:
+            if not fut.done() and cond():
+                fut.set_result(None)

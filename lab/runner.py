@@ -1,0 +1,537 @@
+"""Run one migration scenario between two real QEMU builds and record what happened.
+
+Order of a run (each step's QEMU errors are kept verbatim in ``step_errors``; the run goes on
+to collect the outcome rather than stopping at the first refusal):
+
+1. build the guest kernel; pick the machine type (newest ``pc-q35-X.Y`` both have);
+2. start the destination (``-incoming defer``, ``-S`` when idle) and the source;
+3. proxy + tcpdump (when present) on the source↔proxy leg; capabilities on both
+   (``events``, ``postcopy-ram``, ``return-path``, ``switchover-ack`` when both ≥ 8.1);
+   ``migrate-incoming``; bandwidth limits so postcopy lasts seconds; ``migrate``;
+4. ``migrate-start-postcopy`` once the source is ``active``; the scenario's action;
+5. poll ``query-migrate`` on both sides until both settle (or the timeout), record
+   ``query-status``, stop both (``quit``, then SIGKILL to our own PID).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migcompat.lab._errors import LabError
+from migcompat.lab.builds import QemuBuild, release_key, run_dir
+from migcompat.lab.kernel import guest_kernel
+from migcompat.lab.proxy import Proxy
+from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
+from migcompat.lab.scenarios import Scenario, parse_scenario
+
+__all__ = ["SETTLED", "RunRecord", "print_record", "run_scenario", "run_scenario_async"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: Statuses after which a side does not move on by itself (postcopy-paused waits for a human).
+SETTLED = frozenset({"completed", "failed", "cancelled", "postcopy-paused"})
+
+#: Bytes per second while in precopy: slow enough that postcopy is started mid-way.
+PRECOPY_BANDWIDTH = 32 * 1024 * 1024
+#: Bytes per second in postcopy (QEMU's default is unlimited: over in well under a second).
+POSTCOPY_BANDWIDTH = 10 * 1000 * 1000
+#: Guest RAM.
+RAM = "128M"
+
+
+@dataclass
+class RunRecord:
+    """Everything observed in one run (JSON-able via :meth:`to_json`)."""
+
+    scenario: dict[str, Any]
+    src: dict[str, Any]
+    dst: dict[str, Any]
+    machine: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    error_desc: dict[str, str | None] = field(default_factory=dict)
+    stderr: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    runstates: dict[str, Any] = field(default_factory=dict)
+    final_migrate: dict[str, Any] = field(default_factory=dict)
+    split_brain: bool = False
+    killed: dict[str, bool] = field(default_factory=dict)
+    step_errors: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    proxy: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    serial_tail: dict[str, str] = field(default_factory=dict)
+    outdir: str = ""
+    duration: float = 0.0
+    timed_out: bool = False
+
+    def status_sequence(self, side: str) -> list[str]:
+        """Just the status names of ``side`` (``src``/``dst``) in order."""
+        return [s["status"] for s in self.statuses.get(side, [])]
+
+    def stderr_lines(self, side: str) -> list[str]:
+        """QEMU's stderr lines of ``side``, verbatim."""
+        return [s["line"] for s in self.stderr.get(side, []) if s["stream"] == "stderr"]
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (json.dumps-able)."""
+        return asdict(self)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _build_json(b: QemuBuild) -> dict[str, Any]:
+    return b.to_json()
+
+
+class _Run:
+    """State of one run; the coroutine methods are the steps of the module docstring."""
+
+    def __init__(
+        self,
+        src_build: QemuBuild,
+        dst_build: QemuBuild,
+        scenario: Scenario,
+        machine: str | None,
+        outdir: Path | None,
+        timeout: float,
+        observe: float,
+        console: Any,
+    ) -> None:
+        self.clock = time.monotonic()
+        self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
+        self.workdir = run_dir() / f"r{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.outdir = outdir or (self.workdir / "out")
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.timeout = timeout
+        self.observe = observe
+        self.console = console
+        self.status = None
+        self.rec = RunRecord(
+            scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
+            machine=machine or "", outdir=str(self.outdir),
+        )  # fmt: skip
+        self.last: dict[str, str | None] = {"src": None, "dst": None}
+        self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
+        self.tcpdump: asyncio.subprocess.Process | None = None
+        self.src: QemuInstance | None = None
+        self.dst: QemuInstance | None = None
+        self.proxy: Proxy | None = None
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.clock, 4)
+
+    def step(self, what: str, **kw: Any) -> None:
+        self.rec.steps.append({"t": self.now(), "step": what, **kw})
+        if self.status is not None:
+            self.status.update(f"[{self.now():6.1f}s] {what} — src {self.last['src']}, "
+                               f"dst {self.last['dst']}")  # fmt: skip
+
+    async def qmp(self, side: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """A step's QMP command; QEMU's refusal is recorded verbatim and returned as ``None``."""
+        inst = self.src if side == "src" else self.dst
+        assert inst is not None
+        try:
+            return await asyncio.wait_for(inst.execute(cmd, args), 15)
+        except (LabError, TimeoutError) as exc:
+            err = {
+                "t": self.now(), "side": side, "command": cmd, "arguments": args,
+                "qemu_error": getattr(exc, "qemu_error", None), "error": str(exc) or repr(exc),
+            }  # fmt: skip
+            self.rec.step_errors.append(err)
+            return None
+
+    # -- steps ---------------------------------------------------------
+
+    async def prepare(self) -> None:
+        kernel = guest_kernel()
+        if not self.rec.machine:
+            self.step("query-machines")
+            a, b = await asyncio.gather(
+                query_machines(self.srcb, self.workdir), query_machines(self.dstb, self.workdir)
+            )
+            self.rec.machine = newest_common_machine(a, b)
+        common = [
+            "-machine", self.rec.machine, "-accel", "tcg", "-m", RAM,
+            "-nodefaults", "-display", "none", "-net", "none", "-kernel", str(kernel),
+        ]  # fmt: skip
+        self.dst_port = _free_port()
+        self.dst_port2 = _free_port()
+        self.dst = QemuInstance(
+            self.dstb, "dst", self.workdir,
+            [*common, "-serial", f"file:{self.workdir}/dst.serial", "-name", "dst",
+             "-incoming", "defer", *(["-S"] if self.sc.idle else [])],
+            clock=self.clock,
+        )  # fmt: skip
+        self.src = QemuInstance(
+            self.srcb, "src", self.workdir,
+            [*common, "-serial", f"file:{self.workdir}/src.serial", "-name", "src"],
+            clock=self.clock,
+        )  # fmt: skip
+        self.step("start")
+        results = await asyncio.gather(self.dst.start(), self.src.start(), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+        self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
+        self.proxy_port = await self.proxy.listen(self.dst_port)
+        self.proxy_port2 = (
+            await self.proxy.listen(self.dst_port2) if self.sc.kind == "recover" else None
+        )
+        await self.start_tcpdump()
+
+    async def start_tcpdump(self) -> None:
+        if shutil.which("tcpdump") is None:
+            self.step("tcpdump-missing")
+            return
+        ports = [p for p in (self.proxy_port, self.proxy_port2) if p]
+        flt = " or ".join(f"tcp port {p}" for p in ports)
+        pcap = self.outdir / "capture.pcap"
+        self.tcpdump = await asyncio.create_subprocess_exec(
+            "tcpdump", "-i", "lo", "-U", "-s", "0", "-B", "65536", "-w", str(pcap), flt,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.tcpdump.stderr is not None
+        try:
+            line = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+        except TimeoutError:
+            line = b""
+        self.step("tcpdump", filter=flt, said=line.decode(errors="replace").strip())
+        self.rec.files["pcap"] = str(pcap)
+
+    async def wait_guest(self, timeout: float = 20.0) -> None:
+        """Wait for the source guest's first lap ('.' on its serial): its RAM is dirty then."""
+        serial = self.workdir / "src.serial"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                if "." in serial.read_text(errors="replace"):
+                    self.step("guest-running")
+                    return
+            await asyncio.sleep(0.05)
+        self.step("guest-silent", waited=timeout)
+
+    async def migrate(self) -> None:
+        caps = ["events", "postcopy-ram", "return-path"]
+        if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
+            caps.append("switchover-ack")
+        self.rec.capabilities = caps
+        cap_list = [{"capability": c, "state": True} for c in caps]
+        for side in ("dst", "src"):
+            await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
+        params = {
+            "max-bandwidth": PRECOPY_BANDWIDTH,
+            "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
+        }
+        self.rec.parameters = params
+        await self.qmp("src", "migrate-set-parameters", params)
+        self.step("migrate-incoming", port=self.dst_port)
+        await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
+        self.step("migrate", port=self.proxy_port)
+        self.migrate_t = self.now()
+        await self.qmp("src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port}"})
+
+    async def poll(self) -> None:
+        """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
+        while True:
+            for side, inst in (("src", self.src), ("dst", self.dst)):
+                assert inst is not None
+                info = await inst.try_execute("query-migrate")
+                if not isinstance(info, dict):
+                    continue
+                st = info.get("status")
+                if st and st != self.last[side]:
+                    self.last[side] = st
+                    self.rec.statuses.setdefault(side, []).append({"t": self.now(), "status": st})
+                    self.settled_at[side] = self.now() if st in SETTLED else None
+                    self.step("status", side=side, status=st)
+                if info.get("error-desc"):
+                    self.rec.error_desc[side] = info["error-desc"]
+            await asyncio.sleep(0.1)
+
+    async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.last[side] in wanted:
+                return True
+            if self.last[side] in SETTLED - wanted:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+    async def start_postcopy(self) -> None:
+        if not await self.wait_status("src", {"active"}, 20):
+            self.step("never-active")
+            return
+        await asyncio.sleep(1.0)  # let precopy send part of RAM first
+        self.step("migrate-start-postcopy")
+        await self.qmp("src", "migrate-start-postcopy")
+
+    async def scenario_action(self) -> None:
+        assert self.proxy is not None
+        sc = self.sc
+        if sc.kind == "plain":
+            return
+        if sc.kind == "inject":
+            assert sc.frame is not None
+            if sc.trigger == "postcopy":
+                ok = await self.wait_status("src", {"postcopy-active"}, 30)
+                self.step("trigger", trigger=sc.trigger, reached=ok)
+            elif sc.trigger.startswith("frames="):
+                ok = await self.proxy.wait_frames(int(sc.trigger[7:]), 30)
+                self.step("trigger", trigger=sc.trigger, reached=ok)
+            else:
+                delay = float(sc.trigger[2:]) - (self.now() - self.migrate_t)
+                await asyncio.sleep(max(0.0, delay))
+                self.step("trigger", trigger=sc.trigger, reached=True)
+            if self.proxy.conns:
+                try:
+                    inj = await asyncio.wait_for(self.proxy.inject(sc.frame), 10)
+                    self.step("inject", **inj)
+                except (LabError, TimeoutError) as exc:
+                    self.rec.step_errors.append({"t": self.now(), "side": "proxy",
+                                                 "command": "inject", "error": str(exc)})
+            return
+        if sc.kind == "blackhole":
+            await self.wait_status("src", {"postcopy-active"}, 30)
+            self.proxy.blackhole()
+            self.step("blackhole")
+            return
+        if sc.kind == "recover":
+            await self.recover()
+
+    async def recover(self) -> None:
+        assert self.proxy is not None and self.proxy_port2 is not None
+        if not await self.wait_status("src", {"postcopy-active"}, 30):
+            self.step("never-postcopy-active")
+            return
+        await asyncio.sleep(1.0)
+        self.proxy.blackhole()
+        self.step("blackhole")
+        await asyncio.sleep(0.5)
+        self.step("migrate-pause")
+        await self.qmp("dst", "migrate-pause")
+        await self.qmp("src", "migrate-pause")
+        ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
+        ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
+        self.step("paused", src=ok_src, dst=ok_dst)
+        self.proxy.cut(reset=False)
+        self.proxy.unblock()
+        self.step("migrate-recover", port=self.dst_port2)
+        await self.qmp("dst", "migrate-recover", {"uri": f"tcp:127.0.0.1:{self.dst_port2}"})
+        await self.wait_status("dst", {"postcopy-recover"}, 5)
+        await asyncio.sleep(0.3)
+        self.step("migrate-resume", port=self.proxy_port2)
+        await self.qmp(
+            "src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port2}", "resume": True}
+        )
+
+    async def settle(self) -> None:
+        """Wait until both sides settle (2 s quiet), or the source settled ``observe`` s ago."""
+        end = time.monotonic() + self.timeout
+        while time.monotonic() < end:
+            s, d = self.settled_at["src"], self.settled_at["dst"]
+            now = self.now()
+            if s is not None and d is not None and now - max(s, d) >= 1.0:
+                return
+            if s is not None and now - s >= self.observe:
+                return
+            if self.sc.kind == "blackhole" and self.proxy and self.proxy.notes:
+                bh = [n["t"] for n in self.proxy.notes if n["what"] == "blackhole"]
+                if bh and now - bh[0] >= self.observe:
+                    return
+            await asyncio.sleep(0.1)
+        self.rec.timed_out = True
+
+    async def collect(self) -> None:
+        for side, inst in (("src", self.src), ("dst", self.dst)):
+            if inst is None or inst.returncode is not None:
+                continue
+            st = await inst.try_execute("query-status")
+            if st is not None:
+                self.rec.runstates[side] = st
+            mig = await inst.try_execute("query-migrate")
+            if isinstance(mig, dict):
+                self.rec.final_migrate[side] = {
+                    k: mig[k] for k in ("status", "error-desc") if k in mig
+                }
+                if mig.get("error-desc"):
+                    self.rec.error_desc[side] = mig["error-desc"]
+        rs = self.rec.runstates
+        self.rec.split_brain = bool(
+            rs.get("src", {}).get("running") and rs.get("dst", {}).get("running")
+        )
+
+    async def teardown(self) -> None:
+        for inst in (self.src, self.dst):
+            if inst is not None:
+                with contextlib.suppress(Exception):
+                    await inst.stop(grace=3.0)
+        if self.proxy is not None:
+            self.rec.proxy = await self.proxy.close()
+        if self.tcpdump is not None and self.tcpdump.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.tcpdump.pid, signal.SIGINT)
+            try:
+                await asyncio.wait_for(self.tcpdump.wait(), 5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(self.tcpdump.pid, signal.SIGKILL)
+                await self.tcpdump.wait()
+            if self.tcpdump.stderr is not None:
+                tail = (await self.tcpdump.stderr.read()).decode(errors="replace").split("\n")
+                self.step("tcpdump-stopped", said=[t for t in tail if t.strip()])
+        for side, inst in (("src", self.src), ("dst", self.dst)):
+            if inst is None:
+                continue
+            self.rec.stderr[side] = inst.stderr_lines
+            self.rec.events[side] = inst.events
+            self.rec.killed[side] = inst.killed
+            serial = self.workdir / f"{side}.serial"
+            if serial.exists():
+                text = serial.read_text(errors="replace")
+                self.rec.serial_tail[side] = text[:80] + ("…" + text[-40:] if len(text) > 120 else "")
+        for name in ("fwd.bin", "rp.bin", "chunks.jsonl", "fwd.1.bin", "rp.1.bin"):
+            if (self.outdir / name).exists():
+                self.rec.files[name.replace(".", "_", 1)] = str(self.outdir / name)
+        self.rec.duration = self.now()
+        (self.outdir / "record.json").write_text(json.dumps(self.rec.to_json(), indent=2) + "\n")
+        self.rec.files["record"] = str(self.outdir / "record.json")
+
+    async def run(self) -> RunRecord:
+        poller: asyncio.Task[None] | None = None
+        try:
+            await self.prepare()
+            poller = asyncio.create_task(self.poll())
+            await self.wait_guest()
+            await self.migrate()
+            await self.start_postcopy()
+            await self.scenario_action()
+            await self.settle()
+            await asyncio.sleep(0.3)
+            await self.collect()
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            await self.teardown()
+            if self.outdir != self.workdir / "out":
+                shutil.rmtree(self.workdir, ignore_errors=True)
+        return self.rec
+
+
+async def run_scenario_async(
+    src: QemuBuild,
+    dst: QemuBuild,
+    scenario: str | Scenario,
+    *,
+    machine: str | None = None,
+    outdir: Path | None = None,
+    timeout: float = 60.0,
+    observe: float = 5.0,
+    idle: bool = False,
+    progress: bool = False,
+) -> RunRecord:
+    """Async form of :func:`run_scenario`."""
+    sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
+    if console is None:
+        return await run.run()
+    with console.status(f"{src.label} → {dst.label}: {sc.name}") as status:
+        run.status = status
+        return await run.run()
+
+
+def run_scenario(
+    src_release: str | QemuBuild,
+    dst_release: str | QemuBuild,
+    scenario: str | Scenario,
+    machine: str | None = None,
+    outdir: Path | None = None,
+    *,
+    timeout: float = 60.0,
+    observe: float = 5.0,
+    idle: bool = False,
+    progress: bool = False,
+) -> RunRecord:
+    """Run one scenario between two builds (release strings are looked up with ``find_build``).
+
+    :param observe: after the source settles, how long to keep watching the destination
+        (and, for ``blackhole``, how long to watch after the blackhole starts).
+    :raises LabError: a build is missing or QEMU could not be started.
+    """
+    from migcompat.lab.builds import find_build
+
+    builds = []
+    for rel in (src_release, dst_release):
+        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
+        if b is None:
+            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
+        builds.append(b)
+    return asyncio.run(
+        run_scenario_async(
+            builds[0], builds[1], scenario, machine=machine,
+            outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
+            idle=idle, progress=progress,
+        )
+    )  # fmt: skip
+
+
+def print_record(rec: RunRecord) -> None:
+    """A short human summary of a run (rich table)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{rec.scenario['name']}: {rec.src['release']} → {rec.dst['release']} "
+              f"({rec.machine})")  # fmt: skip
+    t.add_column("side")
+    t.add_column("version")
+    t.add_column("statuses (s)")
+    t.add_column("error-desc")
+    t.add_column("runstate")
+    for side in ("src", "dst"):
+        seq = ", ".join(f"{s['status']}@{s['t']:.1f}" for s in rec.statuses.get(side, []))
+        rs = rec.runstates.get(side, {})
+        t.add_row(
+            side, rec.__dict__[side]["version_text"], seq, rec.error_desc.get(side) or "",
+            str(rs.get("status", "?")) + (" (killed)" if rec.killed.get(side) else ""),
+        )  # fmt: skip
+    c = Console()
+    c.print(t)
+    for side in ("src", "dst"):
+        for line in rec.stderr_lines(side):
+            c.print(f"[dim]{side} stderr:[/] {line}", markup=True, highlight=False)
+    for err in rec.step_errors:
+        c.print(f"[yellow]{err['side']} {err['command']}:[/] {err.get('qemu_error') or err['error']}")
+    frames: dict[str, int] = {}
+    for f in rec.proxy.get("frames", []):
+        frames[f["name"]] = frames.get(f["name"], 0) + 1
+    c.print(f"return-path frames: {frames}; injections: {len(rec.proxy.get('injections', []))}")
+    if rec.split_brain:
+        c.print("[bold red]split-brain: the guest runs on both sides[/]")
+    c.print(f"record: {rec.files.get('record')}")

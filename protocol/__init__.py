@@ -1,0 +1,94 @@
+"""The return-path protocol core: bytes in, typed events out, per QEMU release.
+
+Sans-IO (like h11): nothing here opens a socket or a file, sleeps or reads a
+clock. Everything is derived from the catalog data in ``protocol/data/``.
+"""
+
+from ._catalog import (
+    MessageSpec,
+    Overlay,
+    RpCatalog,
+    StreamCatalog,
+    catalog,
+    known_releases,
+    overlays,
+    resolve_line,
+    stream_catalog,
+)
+from ._cformat import c_format
+from ._errors import (
+    CatalogError,
+    InputError,
+    InvalidRelease,
+    LocalViolation,
+    MigcompatError,
+    ProtocolViolation,
+    RemoteViolation,
+)
+from ._events import (
+    EndOfStream,
+    Event,
+    Keepalive,
+    Message,
+    Pong,
+    RawMessage,
+    RecvBitmap,
+    ReqPages,
+    ReqPagesId,
+    ResumeAck,
+    Shut,
+    SwitchoverAck,
+)
+from ._grammar import build_frame, frame_grammar, parse_frame
+from ._reader import RamBlock, Reader
+from ._stream import StreamVerdict, check_stream
+from ._releases import Release, parse_release
+from ._sentinels import NEED_DATA, STOPPED
+
+# Everything in __all__ is the public API of migcompat.protocol.
+__all__ = (
+    "NEED_DATA",
+    "STOPPED",
+    "CatalogError",
+    "EndOfStream",
+    "Event",
+    "InputError",
+    "InvalidRelease",
+    "Keepalive",
+    "LocalViolation",
+    "Message",
+    "MessageSpec",
+    "MigcompatError",
+    "Overlay",
+    "Pong",
+    "ProtocolViolation",
+    "RamBlock",
+    "RawMessage",
+    "Reader",
+    "RecvBitmap",
+    "Release",
+    "RemoteViolation",
+    "ReqPages",
+    "ReqPagesId",
+    "ResumeAck",
+    "RpCatalog",
+    "Shut",
+    "StreamCatalog",
+    "SwitchoverAck",
+    "StreamVerdict",
+    "build_frame",
+    "c_format",
+    "check_stream",
+    "frame_grammar",
+    "parse_frame",
+    "catalog",
+    "known_releases",
+    "overlays",
+    "parse_release",
+    "resolve_line",
+    "stream_catalog",
+)
+
+
+def __dir__() -> list[str]:
+    return list(__all__)

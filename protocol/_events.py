@@ -1,0 +1,190 @@
+"""Typed return-path events (style anchor 2, after h11's ``_events.py``).
+
+Each event is a frozen, slotted, keyword-only dataclass carrying QEMU's field
+names, the ``release`` whose reader produced it, the stream ``offset`` of its
+frame, the header ``length`` and the ``size`` of everything the frame occupies
+on the wire (header + payload, plus the bitmap blob after RECV_BITMAP). Value
+equality lets tests compare whole event lists. Don't subclass these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from ._releases import Release
+
+__all__ = [
+    "EVENT_TYPES",
+    "EndOfStream",
+    "Event",
+    "Keepalive",
+    "Message",
+    "Pong",
+    "RawMessage",
+    "RecvBitmap",
+    "ReqPages",
+    "ReqPagesId",
+    "ResumeAck",
+    "Shut",
+    "SwitchoverAck",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+class Event:
+    """Base of everything a reader returns that is not a sentinel."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if isinstance(value, Release):
+                value = str(value)
+            elif isinstance(value, bytes):
+                value = value.hex()
+            out[f.name] = value
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Message(Event):
+    """A return-path frame the source dispatched (abstract)."""
+
+    #: QEMU's ``rp_cmd_args[].name`` of this message; set by each subclass.
+    TABLE_NAME: ClassVar[str] = ""
+
+    release: Release
+    offset: int
+    type_id: int
+    length: int
+    size: int
+
+    @property
+    def name(self) -> str:
+        """QEMU's enum name, e.g. ``MIG_RP_MSG_PONG``."""
+        return "MIG_RP_MSG_" + self.TABLE_NAME
+
+    def payload_fields(self) -> dict[str, Any]:
+        """The decoded payload, QEMU's field names to values (bytes as hex)."""
+        skip = {"release", "offset", "type_id", "length", "size"}
+        return {k: v for k, v in self.as_dict().items() if k not in skip}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Shut(Message):
+    """``MIG_RP_MSG_SHUT``: the destination will send nothing more; non-zero = it failed."""
+
+    TABLE_NAME: ClassVar[str] = "SHUT"
+    sibling_error: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong(Message):
+    """``MIG_RP_MSG_PONG``: the echo of a ``MIG_CMD_PING`` value."""
+
+    TABLE_NAME: ClassVar[str] = "PONG"
+    value: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReqPages(Message):
+    """``MIG_RP_MSG_REQ_PAGES``: a postcopy page request in the last named RAMBlock."""
+
+    TABLE_NAME: ClassVar[str] = "REQ_PAGES"
+    start: int
+    len: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReqPagesId(Message):
+    """``MIG_RP_MSG_REQ_PAGES_ID``: a page request naming its RAMBlock (``idstr``)."""
+
+    TABLE_NAME: ClassVar[str] = "REQ_PAGES_ID"
+    start: int
+    len: int
+    #: The idstr bytes as sent (latin-1, so any byte round-trips).
+    idstr: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RecvBitmap(Message):
+    """``MIG_RP_MSG_RECV_BITMAP`` plus the bitmap blob that follows it outside the frame.
+
+    ``block_name`` is what the source reads (up to the NUL it writes at
+    ``buf[buf[0] + 1]``); ``payload`` keeps the frame's bytes exactly, since
+    QEMU does not check that the frame length equals the name length + 1.
+    """
+
+    TABLE_NAME: ClassVar[str] = "RECV_BITMAP"
+    block_name: str
+    payload: bytes
+    #: The blob: be64 size, ``bitmap`` (little-endian longs), be64 end mark.
+    bitmap_size: int
+    bitmap: bytes
+    end_mark: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeAck(Message):
+    """``MIG_RP_MSG_RESUME_ACK``: the destination is ready to resume after recovery."""
+
+    TABLE_NAME: ClassVar[str] = "RESUME_ACK"
+    value: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwitchoverAck(Message):
+    """``MIG_RP_MSG_SWITCHOVER_ACK`` (8.1+): the destination agrees to switch over."""
+
+    TABLE_NAME: ClassVar[str] = "SWITCHOVER_ACK"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Keepalive(Message):
+    """``MIG_RP_MSG_KEEPALIVE``: the Jan-2025 proposal's message (never merged)."""
+
+    TABLE_NAME: ClassVar[str] = "KEEPALIVE"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RawMessage(Message):
+    """A message the catalog knows but no payload layout describes (e.g. from a patched
+    catalog): the source dispatched it, the payload is kept as bytes."""
+
+    short_name: str
+    payload: bytes
+
+    @property
+    def name(self) -> str:
+        return "MIG_RP_MSG_" + self.short_name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndOfStream(Event):
+    """The byte stream ended (``receive_data(b"")``).
+
+    ``truncated`` says a frame was cut short; ``qemu_error`` is what the source
+    reports about it, when the catalog can say (e.g. a short payload's
+    "Failed reading data …", or 2.5's "invalid message 0x0000" read from zeros).
+    """
+
+    release: Release
+    offset: int
+    truncated: bool
+    #: Bytes of the cut-short frame that did arrive.
+    partial: int = 0
+    qemu_error: str | None = None
+    reason: str = "eof"
+
+
+#: Table name → event class, for the messages that have a typed event.
+EVENT_TYPES: dict[str, type[Message]] = {
+    cls.TABLE_NAME: cls
+    for cls in (Shut, Pong, ReqPages, ReqPagesId, RecvBitmap, ResumeAck, SwitchoverAck, Keepalive)
+}

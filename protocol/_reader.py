@@ -1,0 +1,551 @@
+"""The source's return-path reader, modelled exactly (``source_return_path_thread``).
+
+Theory of operation
+-------------------
+QEMU's source runs one thread that loops: read be16 type and be16 length;
+(3.0+) stop if the file has an error; reject ``type >= MIG_RP_MSG_MAX`` or
+``type == 0`` ("Received invalid message …"); reject a length that differs from
+``rp_cmd_args[type].len`` (unless that is -1) or exceeds its 512-byte stack
+buffer ("… withincorrect length …"); read the payload into that buffer ("Failed
+reading data …" when short); then dispatch, where each handler adds its own
+rules (REQ_PAGES_ID's 13 + N length, RECV_BITMAP's name and the bitmap blob it
+reads *outside* the frame, RESUME_ACK == 1, SHUT ends the thread). The first
+error ends the thread; nothing after it is read.
+
+:class:`Reader` replays that loop on bytes fed to it (sans-IO, h11 style): it
+never opens anything, never sleeps, keeps O(n) work when fed a byte at a time,
+and emulates the stack buffer, because QEMU reads RECV_BITMAP's name up to a
+NUL it writes at ``buf[buf[0] + 1]`` — past the frame when the name length
+byte lies, where stale bytes of earlier frames are still there.
+
+Every number and text comes from the catalog of the source release; nothing
+here names a release. Rules QEMU applies only with knowledge of the source's
+RAM (block names, sizes, page size) run when ``ram_blocks`` is given.
+
+WARNING: the check order below mirrors QEMU's code; when a release changes it,
+the catalog must grow a field for it (as ``file_error_check`` did), not an
+``if release >= …`` here.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator, Mapping
+
+from ._catalog import RpCatalog, catalog
+from ._cformat import c_conversions, c_format
+from ._errors import RemoteViolation
+from ._events import (
+    EVENT_TYPES,
+    EndOfStream,
+    Event,
+    RawMessage,
+    RecvBitmap,
+    ReqPagesId,
+)
+from ._layouts import PAYLOAD_LAYOUTS
+from ._releases import Release
+from ._sentinels import NEED_DATA, STOPPED
+
+__all__ = ["DEFAULT_MAX_BITMAP_SIZE", "RamBlock", "Reader"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: Bitmap blobs larger than this are refused without buffering them. 256 MiB
+#: covers 8 TiB of guest RAM at 4 KiB pages; QEMU itself would refuse any size
+#: that differs from its RAMBlock's (``ram_dirty_bitmap_reload``).
+DEFAULT_MAX_BITMAP_SIZE = 256 << 20
+
+_BE16x2 = struct.Struct(">HH")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+_BE64_BE32 = struct.Struct(">QI")
+
+# Reader phases (what the next bytes are).
+_HEADER, _PAYLOAD, _BLOB_SIZE, _BLOB_DATA, _BLOB_END, _STOPPED, _ERROR = range(7)
+
+
+class RamBlock:
+    """What the source knows of one RAMBlock, for the checks that need it."""
+
+    __slots__ = ("idstr", "used_length")
+
+    def __init__(self, idstr: str, used_length: int) -> None:
+        self.idstr = idstr
+        self.used_length = used_length
+
+    def recv_bitmap_size(self, target_page_size: int = 4096) -> int:
+        """Bytes of bitmap the source expects (``ROUND_UP(DIV_ROUND_UP(nbits, 8), 8)``)."""
+        nbits = self.used_length // target_page_size
+        return (((nbits + 7) // 8) + 7) // 8 * 8
+
+
+class Reader:
+    """Feed destination-to-source bytes; get the events the source would see.
+
+    :param release: the *source* release (``"7.2"``, ``"11.1+keepalive"``, a
+        :class:`Release`, a package version …).
+    :param ram_blocks: optional RAMBlocks of the source (idstr → :class:`RamBlock`
+        or used length), enabling QEMU's block-name, size and alignment checks.
+    :param target_page_size: ``TARGET_PAGE_SIZE`` (bitmap sizes count target pages).
+    :param host_page_size: ``qemu_real_host_page_size()`` (page requests must align to it).
+    :param max_bitmap_size: refuse larger RECV_BITMAP blobs without buffering them.
+    """
+
+    def __init__(
+        self,
+        release: Release | str,
+        *,
+        ram_blocks: Mapping[str, RamBlock | int] | None = None,
+        target_page_size: int = 4096,
+        host_page_size: int = 4096,
+        max_bitmap_size: int = DEFAULT_MAX_BITMAP_SIZE,
+    ) -> None:
+        self.catalog: RpCatalog = catalog(release)
+        self.release = self.catalog.release
+        self.ram_blocks: dict[str, RamBlock] | None = None
+        if ram_blocks is not None:
+            self.ram_blocks = {
+                k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in ram_blocks.items()
+            }
+        self.target_page_size = target_page_size
+        self.host_page_size = host_page_size
+        self.max_bitmap_size = max_bitmap_size
+        self._data = bytearray()
+        self._pos = 0  # read position in _data
+        self._base = 0  # stream offset of _data[0]
+        self._eof = False
+        self._phase = _HEADER
+        self._error: RemoteViolation | None = None
+        # The frame being read.
+        self._frame_start = 0
+        self._type = 0
+        self._len = 0
+        self._pending: dict[str, object] = {}
+        # QEMU's `uint8_t buf[512]` on the thread's stack, kept across frames.
+        self._stack_buf = bytearray(self.catalog.buffer_size + 1)
+        self._last_block: RamBlock | None = None
+        self._by_id = {m.id: m for m in self.catalog.messages}
+        self._event_cls = {
+            m.id: EVENT_TYPES.get(m.short_name) for m in self.catalog.messages
+        }
+        self._recv_bitmap_id = next(
+            (m.id for m in self.catalog.messages if m.short_name == "RECV_BITMAP"), None
+        )
+
+    # -- public interface -----------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Stream offset of the next unread byte (where the source's read position is)."""
+        return self._base + self._pos
+
+    @property
+    def stopped(self) -> bool:
+        return self._phase in (_STOPPED, _ERROR)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet consumed."""
+        return len(self._data) - self._pos
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the wire; ``b""`` means the connection ended."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise ValueError("receive_data after EOF")
+        if self._phase in (_STOPPED, _ERROR):
+            return  # the source no longer reads; the bytes stay unread
+        if self._pos > 65536 and self._pos * 2 > len(self._data):
+            del self._data[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+        self._data += data
+
+    def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
+        """The next event, :data:`NEED_DATA`, or :data:`STOPPED` once the thread has ended.
+
+        :raises RemoteViolation: the source rejects the bytes; it is raised again on
+            every later call (the thread has exited).
+        """
+        if self._phase == _ERROR:
+            assert self._error is not None
+            raise self._error
+        if self._phase == _STOPPED:
+            return STOPPED
+        try:
+            return self._step()
+        except RemoteViolation as exc:
+            self._phase = _ERROR
+            self._error = exc
+            raise
+
+    def events(self) -> Iterator[Event]:
+        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
+        while True:
+            ev = self.next_event()
+            if ev is NEED_DATA or ev is STOPPED:
+                return
+            yield ev  # type: ignore[misc]
+
+    # -- machinery ---------------------------------------------------------------------
+    def _avail(self) -> int:
+        return len(self._data) - self._pos
+
+    def _violation(self, key: str, *args: object, caret: int, message: str) -> RemoteViolation:
+        qemu_error = self.catalog.format_error(key, *args) if key in self.catalog.errors else None
+        end = self._pos
+        return RemoteViolation(
+            message,
+            offset=self._frame_start,
+            release=self.release,
+            message_type=self._type,
+            qemu_error=qemu_error,
+            data=bytes(self._data[self._frame_start - self._base : end]),
+            caret=caret,
+            stopped_at=self._base + end,
+        )
+
+    def _stop_eof(self, *, truncated: bool, reason: str, qemu_error: str | None) -> EndOfStream:
+        start = self._frame_start if truncated else self.offset
+        ev = EndOfStream(
+            release=self.release,
+            offset=start,
+            truncated=truncated,
+            partial=self._base + len(self._data) - start,
+            qemu_error=qemu_error,
+            reason=reason,
+        )
+        self._pos = len(self._data)
+        self._phase = _STOPPED
+        return ev
+
+    def _step(self) -> Event | type[NEED_DATA]:
+        if self._phase == _HEADER:
+            return self._read_header()
+        if self._phase == _PAYLOAD:
+            return self._read_payload()
+        return self._read_blob()
+
+    def _read_header(self) -> Event | type[NEED_DATA]:
+        avail = self._avail()
+        self._frame_start = self.offset
+        if avail < 4:
+            if not self._eof:
+                return NEED_DATA
+            if self.catalog.file_error_check:
+                # 3.0+: qemu_file_get_error() after the header ends the thread with
+                # the channel's own error, not a protocol message.
+                return self._stop_eof(
+                    truncated=avail > 0,
+                    reason="truncated-header" if avail else "eof",
+                    qemu_error=None,
+                )
+            # Older sources read zeros at EOF and carry on into the checks below:
+            # what they print then is the end of the stream, not the peer's fault.
+            padded = bytes(self._data[self._pos :]) + bytes(4 - avail)
+            type_id, length = _BE16x2.unpack(padded)
+            self._type, self._len = type_id, length
+            try:
+                self._check_header(type_id, length)
+                # The header passed: the payload read then finds nothing either.
+                if length:
+                    qemu_error = self.catalog.format_error("short_read", type_id, 0, length)
+                elif self._by_id[type_id].short_name == "REQ_PAGES_ID":
+                    qemu_error = self.catalog.format_error("req_pages_id_length", 0, 13)
+                else:
+                    qemu_error = None
+            except RemoteViolation as exc:
+                qemu_error = exc.qemu_error
+            return self._stop_eof(
+                truncated=avail > 0,
+                reason="truncated-header" if avail else "eof",
+                qemu_error=qemu_error,
+            )
+        type_id, length = _BE16x2.unpack_from(self._data, self._pos)
+        self._pos += 4
+        self._type, self._len = type_id, length
+        self._check_header(type_id, length)
+        self._phase = _PAYLOAD
+        return self._read_payload()
+
+    def _check_header(self, type_id: int, length: int) -> None:
+        """The two header checks, in QEMU's order: type, then length."""
+        cat = self.catalog
+        if type_id >= cat.max or type_id == 0:
+            raise self._violation(
+                "invalid_type",
+                type_id,
+                length,
+                caret=0,
+                message=f"type 0x{type_id:04x} is not a message {cat.release} knows "
+                f"(MIG_RP_MSG_MAX = {cat.max})",
+            )
+        spec = self._by_id[type_id]
+        if (spec.length is not None and length != spec.length) or length > cat.buffer_size:
+            raise self._violation(
+                "bad_length",
+                cat.printed_name(spec),
+                type_id,
+                length,
+                cat.printed_length(spec),
+                caret=2,
+                message=f"{spec.name} with length {length}, "
+                + (
+                    f"expected {spec.length}"
+                    if spec.length is not None
+                    else f"more than the {cat.buffer_size}-byte buffer"
+                ),
+            )
+
+    def _read_payload(self) -> Event | type[NEED_DATA]:
+        length = self._len
+        avail = self._avail()
+        if avail < length:
+            if not self._eof:
+                return NEED_DATA
+            return self._stop_eof(
+                truncated=True,
+                reason="truncated-payload",
+                qemu_error=self.catalog.format_error("short_read", self._type, avail, length),
+            )
+        payload = bytes(self._data[self._pos : self._pos + length])
+        self._pos += length
+        self._stack_buf[:length] = payload
+        self._phase = _HEADER
+        return self._dispatch(payload)
+
+    def _common(self) -> dict[str, object]:
+        return {
+            "release": self.release,
+            "offset": self._frame_start,
+            "type_id": self._type,
+            "length": self._len,
+            "size": self.offset - self._frame_start,
+        }
+
+    def _dispatch(self, payload: bytes) -> Event | type[NEED_DATA]:
+        spec = self._by_id[self._type]
+        name = spec.short_name
+        cls = self._event_cls[self._type]
+        if cls is None or name not in PAYLOAD_LAYOUTS:
+            return RawMessage(**self._common(), short_name=name, payload=payload)  # type: ignore[arg-type]
+        if name == "SHUT":
+            (value,) = _BE32.unpack_from(payload)
+            # The thread exits after SHUT whatever its value (migration.c: `goto out`).
+            self._phase = _STOPPED
+            return cls(**self._common(), sibling_error=value)  # type: ignore[arg-type]
+        if name == "REQ_PAGES_ID":
+            return self._req_pages_id(payload)
+        if name == "REQ_PAGES":
+            start, ln = _BE64_BE32.unpack_from(payload)
+            self._check_req_pages(None, start, ln)
+            return cls(**self._common(), start=start, len=ln)  # type: ignore[arg-type]
+        if name == "RECV_BITMAP":
+            return self._recv_bitmap_frame(payload)
+        if name == "RESUME_ACK":
+            (value,) = _BE32.unpack_from(payload)
+            if value != self.catalog.resume_ack_value:
+                raise self._violation(
+                    "resume_ack_value",
+                    value,
+                    caret=4,
+                    message=f"RESUME_ACK value {value}, only "
+                    f"{self.catalog.resume_ack_value} is accepted",
+                )
+            return cls(**self._common(), value=value)  # type: ignore[arg-type]
+        layout = PAYLOAD_LAYOUTS[name]
+        values: dict[str, object] = {}
+        at = 0
+        for field_name, kind in layout:
+            if kind == "be32":
+                (values[field_name],) = _BE32.unpack_from(payload, at)
+                at += 4
+            elif kind == "be64":
+                (values[field_name],) = _BE64.unpack_from(payload, at)
+                at += 8
+            else:  # pragma: no cover - layouts with pstr8 are handled above
+                raise AssertionError(kind)
+        return cls(**self._common(), **values)  # type: ignore[arg-type]
+
+    def _req_pages_id(self, payload: bytes) -> Event:
+        length = self._len
+        expected = 12 + 1  # start + len + the idstr length byte
+        idstr = b""
+        start = ln = 0
+        if length >= expected:
+            start, ln = _BE64_BE32.unpack_from(payload)
+            n = payload[12]
+            self._stack_buf[13 + n] = 0
+            expected += n
+            idstr = payload[13 : 13 + n]
+        if length != expected:
+            raise self._violation(
+                "req_pages_id_length",
+                length,
+                expected,
+                caret=4 + 12 if length >= 13 else 2,
+                message=f"REQ_PAGES_ID with length {length}, its idstr length says {expected}",
+            )
+        name = idstr.decode("latin-1")
+        self._check_req_pages(name.split("\0", 1)[0], start, ln)
+        return ReqPagesId(**self._common(), start=start, len=ln, idstr=name)  # type: ignore[arg-type]
+
+    def _check_req_pages(self, block_name: str | None, start: int, ln: int) -> None:
+        """QEMU's ``migrate_handle_rp_req_pages`` then ``ram_save_queue_pages``, when RAM is known.
+
+        Order as in QEMU: host-page alignment of start and len; the block (the last
+        one named, or the one named now, which becomes the last); then the range,
+        ``start + len - 1`` in ram_addr_t arithmetic, inside the block's used length.
+        """
+        if self.ram_blocks is None:
+            return
+        hps = self.host_page_size
+        if start % hps or ln % hps:
+            raise self._violation(
+                "req_pages_misaligned",
+                start,
+                ln,
+                caret=4,
+                message=f"page request start 0x{start:x} len {ln} not aligned to the "
+                f"source's {hps}-byte host pages",
+            )
+        if block_name is None:
+            block = self._last_block
+            if block is None:
+                raise self._violation(
+                    "req_pages_no_previous_block",
+                    caret=4,
+                    message="REQ_PAGES before any REQ_PAGES_ID named a RAMBlock",
+                )
+        else:
+            found = self.ram_blocks.get(block_name)
+            if found is None:
+                raise self._violation(
+                    "req_pages_no_block",
+                    block_name,
+                    caret=4 + 13,
+                    message=f"REQ_PAGES_ID names RAMBlock {block_name!r}, which the source lacks",
+                )
+            block = self._last_block = found
+        if (start + ln - 1) & (2**64 - 1) >= block.used_length:
+            raise self._violation(
+                "req_pages_overrun",
+                start,
+                ln,
+                block.used_length,
+                caret=4,
+                message=f"page request 0x{start:x}+{ln} beyond RAMBlock {block.idstr!r} "
+                f"({block.used_length} bytes)",
+            )
+
+    def _recv_bitmap_frame(self, payload: bytes) -> Event | type[NEED_DATA]:
+        if self._len < 1:
+            raise self._violation(
+                "recv_bitmap_no_name", caret=2, message="RECV_BITMAP with no block name"
+            )
+        n = self._stack_buf[0]
+        self._stack_buf[n + 1] = 0
+        raw_name = bytes(self._stack_buf[1 : n + 1])
+        name = raw_name.split(b"\0", 1)[0].decode("latin-1")
+        if self.ram_blocks is not None and name not in self.ram_blocks:
+            raise self._violation(
+                "recv_bitmap_bad_block",
+                name,
+                caret=5,
+                message=f"RECV_BITMAP names RAMBlock {name!r}, which the source lacks",
+            )
+        self._pending = {"block_name": name, "payload": payload, "frame_len": self._len}
+        self._phase = _BLOB_SIZE
+        return self._read_blob()
+
+    def _read_failed_text(self, name: str, size: int, got: int) -> str | None:
+        fmt = self.catalog.errors.get("recv_bitmap_read_failed")
+        if fmt is None:
+            return None
+        # Up to 7.2 the text also prints qemu_file_get_error(): -EIO at end of file.
+        args: tuple[object, ...] = (name, size, got)
+        if c_conversions(fmt) == 4:
+            args = (name, -5, size, got)
+        return c_format(fmt, *args)
+
+    def _expected_bitmap_size(self) -> int | None:
+        if self.ram_blocks is None:
+            return None
+        block = self.ram_blocks[str(self._pending["block_name"])]
+        return block.recv_bitmap_size(self.target_page_size)
+
+    def _read_blob(self) -> Event | type[NEED_DATA]:
+        p = self._pending
+        name = str(p["block_name"])
+        if self._phase == _BLOB_SIZE:
+            if self._avail() < 8:
+                if not self._eof:
+                    return NEED_DATA
+                return self._stop_eof(
+                    truncated=True, reason="truncated-bitmap", qemu_error=None
+                )
+            (size,) = _BE64.unpack_from(self._data, self._pos)
+            self._pos += 8
+            expected = self._expected_bitmap_size()
+            if expected is not None and size != expected:
+                raise self._violation(
+                    "recv_bitmap_size_mismatch",
+                    name,
+                    size,
+                    expected,
+                    caret=4 + int(p["frame_len"]),  # type: ignore[call-overload]
+                    message=f"bitmap size {size} for {name!r}, the source expects {expected}",
+                )
+            if size > self.max_bitmap_size:
+                raise self._violation(
+                    "",
+                    caret=4 + int(p["frame_len"]),  # type: ignore[call-overload]
+                    message=f"bitmap size {size} exceeds this reader's limit "
+                    f"({self.max_bitmap_size}); no RAMBlock the model allows is that large",
+                )
+            p["bitmap_size"] = size
+            self._phase = _BLOB_DATA
+        if self._phase == _BLOB_DATA:
+            size = int(p["bitmap_size"])  # type: ignore[call-overload]
+            if self._avail() < size:
+                if not self._eof:
+                    return NEED_DATA
+                got = self._avail()
+                return self._stop_eof(
+                    truncated=True,
+                    reason="truncated-bitmap",
+                    qemu_error=self._read_failed_text(name, size, got),
+                )
+            p["bitmap"] = bytes(self._data[self._pos : self._pos + size])
+            self._pos += size
+            self._phase = _BLOB_END
+        if self._avail() < 8:
+            if not self._eof:
+                return NEED_DATA
+            return self._stop_eof(truncated=True, reason="truncated-bitmap", qemu_error=None)
+        (end_mark,) = _BE64.unpack_from(self._data, self._pos)
+        self._pos += 8
+        self._phase = _HEADER
+        if end_mark != self.catalog.recv_bitmap_ending:
+            raise self._violation(
+                "recv_bitmap_end_mark",
+                name,
+                end_mark,
+                caret=4 + int(p["frame_len"]) + 8 + int(p["bitmap_size"]),  # type: ignore[call-overload]
+                message=f"bitmap end mark 0x{end_mark:016x}, expected "
+                f"0x{self.catalog.recv_bitmap_ending:016x}",
+            )
+        self._pending = {}
+        return RecvBitmap(
+            **self._common(),  # type: ignore[arg-type]
+            block_name=name,
+            payload=p["payload"],  # type: ignore[arg-type]
+            bitmap_size=int(p["bitmap_size"]),  # type: ignore[call-overload]
+            bitmap=p["bitmap"],  # type: ignore[arg-type]
+            end_mark=end_mark,
+        )

@@ -1,0 +1,116 @@
+"""Whole-stream verdicts: run one or many source readers over the same bytes.
+
+Still sans-IO: callers hand in an iterable of byte chunks (a file, stdin, a
+reassembled TCP stream) and get, per source release, every event and the
+outcome — accepted, rejected at an offset with QEMU's exact text, or cut short.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from ._errors import RemoteViolation
+from ._events import EndOfStream, Event, Message, Shut
+from ._reader import Reader
+from ._releases import Release
+from ._sentinels import NEED_DATA, STOPPED
+
+__all__ = ["StreamVerdict", "check_stream"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+@dataclass(slots=True)
+class StreamVerdict:
+    """What one source release makes of a whole return-path stream."""
+
+    release: Release
+    frames: int = 0
+    counts: Counter[str] = field(default_factory=Counter)
+    rejection: RemoteViolation | None = None
+    end: EndOfStream | None = None
+    #: Set when the source stopped reading after a SHUT; bytes after it stay unread.
+    shut: Shut | None = None
+    unread: int = 0
+    total_bytes: int = 0
+
+    @property
+    def verdict(self) -> str:
+        """``rejected``, ``truncated`` (the stream ends inside a frame) or ``accepted``."""
+        if self.rejection is not None:
+            return "rejected"
+        if self.end is not None and self.end.truncated:
+            return "truncated"
+        return "accepted"
+
+    @property
+    def qemu_error(self) -> str | None:
+        """The text the source prints about this stream, if any."""
+        if self.rejection is not None:
+            return self.rejection.qemu_error
+        if self.shut is not None and self.shut.sibling_error:
+            return None
+        return self.end.qemu_error if self.end is not None else None
+
+
+def check_stream(
+    releases: Sequence[Release | str],
+    chunks: Iterable[bytes],
+    on_event: Callable[[int, Event], None] | None = None,
+) -> list[StreamVerdict]:
+    """Feed ``chunks`` to one reader per source release, in one pass.
+
+    :param on_event: called with (index into ``releases``, event) as events appear,
+        so long streams can be printed as they decode without being kept.
+    """
+    readers = [Reader(r) for r in releases]
+    verdicts = [StreamVerdict(release=r.release) for r in readers]
+    live = list(range(len(readers)))
+
+    def drain(i: int) -> bool:
+        reader, v = readers[i], verdicts[i]
+        while True:
+            try:
+                ev = reader.next_event()
+            except RemoteViolation as exc:
+                v.rejection = exc
+                return False
+            if ev is NEED_DATA:
+                return True
+            if ev is STOPPED:
+                return False
+            if isinstance(ev, Message):
+                v.frames += 1
+                v.counts[ev.name] += 1
+                if isinstance(ev, Shut):
+                    v.shut = ev
+            elif isinstance(ev, EndOfStream):
+                v.end = ev
+            if on_event is not None:
+                on_event(i, ev)  # type: ignore[arg-type]
+
+    total = 0
+    for chunk in chunks:
+        if not chunk:
+            continue
+        total += len(chunk)
+        for i in list(live):
+            readers[i].receive_data(chunk)
+            if not drain(i):
+                live.remove(i)
+        if not live:
+            for chunk_rest in chunks:
+                total += len(chunk_rest)
+            break
+    for i in live:
+        readers[i].receive_data(b"")
+        drain(i)
+    for reader, v in zip(readers, verdicts, strict=True):
+        v.total_bytes = total
+        stop = v.rejection.stopped_at if v.rejection is not None else reader.offset
+        v.unread = max(0, total - stop)
+    return verdicts

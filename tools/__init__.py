@@ -1,0 +1,1 @@
+"""Maintainer tools for qemu-migcompat (not installed with the package)."""
