@@ -172,9 +172,7 @@ def _list(args: argparse.Namespace) -> int:
     for col in ("release", "source", "--version", "package"):
         table.add_column(col)
     for b in builds:
-        table.add_row(
-            b.release, b.suite or b.binary, b.version_text, b.package_version or "-"
-        )
+        table.add_row(b.release, b.suite or b.binary, b.version_text, b.package_version or "-")
     from rich.console import Console
 
     Console().print(table)

@@ -1,24 +1,44 @@
 """The real-QEMU lab: provisioned builds, a qemu.qmp driver, a recording proxy, scenarios.
 
-Public API (stable; other parts of the project depend on it): :class:`QemuBuild`,
-:func:`installed_builds`, :func:`find_build`, :class:`LabError`, plus the driver
-(:class:`QemuInstance`, :class:`LabState`), the proxy (:class:`Proxy`) and the scenario runner
-(:func:`run_scenario`, :class:`RunRecord`).
+Public API (stable; other parts of the project depend on it):
+
+* builds — :class:`QemuBuild` (``release``, ``version_text``, ``suite``, ``argv(*args)``,
+  ``run_dir``), :func:`installed_builds`, :func:`find_build`, :func:`register_user_build`;
+* provisioning — :func:`provision`, :func:`suite_for`, :data:`SUITES`, :data:`DEFAULT_SUITES`;
+* driving — :class:`QemuInstance` with its :class:`LabState`;
+* the relay — :class:`Proxy`;
+* scenarios — :func:`run_scenario` returning a :class:`RunRecord`, :func:`parse_scenario`,
+  :func:`save_fixture`;
+* :class:`LabError`, the one error type (a ``MigcompatError``).
 """
 
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
+from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.provision import DEFAULT_SUITES, SUITES, provision, suite_for
+from migcompat.lab.proxy import Proxy
+from migcompat.lab.qemu import LabState, QemuInstance
+from migcompat.lab.runner import RunRecord, run_scenario, run_scenario_async
+from migcompat.lab.scenarios import Scenario, parse_scenario
 
 __all__ = [
     "DEFAULT_SUITES",
     "SUITES",
     "LabError",
+    "LabState",
+    "Proxy",
     "QemuBuild",
+    "QemuInstance",
+    "RunRecord",
+    "Scenario",
     "find_build",
     "installed_builds",
+    "parse_scenario",
     "provision",
     "register_user_build",
+    "run_scenario",
+    "run_scenario_async",
+    "save_fixture",
     "suite_for",
 ]
 

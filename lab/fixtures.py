@@ -96,8 +96,11 @@ def save_fixture(run_out: Path, fixture_dir: Path) -> dict[str, Any]:
     for name in ("rp.bin", "rp.1.bin", "chunks.jsonl"):
         if (run_out / name).exists():
             shutil.copyfile(run_out / name, fixture_dir / name)
-            files[name] = "return path as the source received it" if name != "chunks.jsonl" \
+            files[name] = (
+                "return path as the source received it"
+                if name != "chunks.jsonl"
                 else "timestamped chunk index (t, conn, dir, offset, len)"
+            )
     for name in ("fwd.bin", "fwd.1.bin"):
         if (run_out / name).exists():
             data = (run_out / name).read_bytes()[:FWD_KEEP]

@@ -28,7 +28,9 @@ def __dir__() -> list[str]:
 DEFAULT_WINDOW_MB: tuple[int, int] = (32, 64)
 
 
-def guest_kernel(window_mb: tuple[int, int] = DEFAULT_WINDOW_MB, *, outdir: Path | None = None) -> Path:
+def guest_kernel(
+    window_mb: tuple[int, int] = DEFAULT_WINDOW_MB, *, outdir: Path | None = None
+) -> Path:
     """Path of the multiboot ELF in the run dir, building it if the cached one is stale.
 
     :raises LabError: ``as``/``ld`` missing or failing (their output is kept).
@@ -66,7 +68,9 @@ def guest_kernel(window_mb: tuple[int, int] = DEFAULT_WINDOW_MB, *, outdir: Path
                 cmd.remove("--no-warn-rwx-segments")  # binutils < 2.39
                 subprocess.run(cmd, cwd=work, capture_output=True, check=True, timeout=60)
                 continue
-            raise LabError(f"building the guest kernel failed: {exc.stderr.strip()}", exc=exc) from exc
+            raise LabError(
+                f"building the guest kernel failed: {exc.stderr.strip()}", exc=exc
+            ) from exc
         except (OSError, subprocess.SubprocessError) as exc:
             raise LabError("building the guest kernel failed", exc=exc) from exc
     (work / "guest.elf").replace(target)

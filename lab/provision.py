@@ -61,7 +61,7 @@ Progress = Callable[[str], None]
 
 
 def suite_for(name: str) -> str:
-    """Debian suite for a release line or suite name (``7.2`` → ``bookworm``, ``11.x`` → ``sid``)."""
+    """Debian suite for a release line or suite name (``7.2`` → bookworm, ``11.x`` → sid)."""
     if name in SUITES:
         return name
     wanted = name.removesuffix(".x")

@@ -98,7 +98,7 @@ class Framer:
             else:
                 try:
                     self.reader = Reader(parse_release(release))
-                except Exception as exc:  # noqa: BLE001 - a core still being written: fall back
+                except Exception as exc:
                     self.reader_error = f"{type(exc).__name__}: {exc}"
                 else:
                     self._need_data = NEED_DATA
@@ -125,7 +125,7 @@ class Framer:
             }
             self.boundary = self.received
             return []
-        except Exception as exc:  # noqa: BLE001 - a Reader bug must not break the relay
+        except Exception as exc:
             self.reader_error = f"{type(exc).__name__}: {exc}"
             self.violation = {"offset": None, "qemu_error": None, "error": self.reader_error}
             self.boundary = self.received
@@ -164,7 +164,11 @@ class Framer:
                 size += 8 + blob + 8
             if len(self._buf) - pos < size:
                 break
-            out.append(FrameInfo(start + pos, size, type_id, _RP_NAMES.get(type_id, f"UNKNOWN_0x{type_id:04x}")))
+            out.append(
+                FrameInfo(
+                    start + pos, size, type_id, _RP_NAMES.get(type_id, f"UNKNOWN_0x{type_id:04x}")
+                )
+            )
             pos += size
         del self._buf[:pos]
         return out
@@ -339,7 +343,9 @@ class Proxy:
             rec = {"t": self.now(), "conn": conn, "dir": direction, "offset": offset, "len": length}
             self._chunks.write(json.dumps(rec) + "\n")
 
-    async def _accept(self, sr: asyncio.StreamReader, sw: asyncio.StreamWriter, target: int) -> None:
+    async def _accept(
+        self, sr: asyncio.StreamReader, sw: asyncio.StreamWriter, target: int
+    ) -> None:
         index = len(self.conns)
         try:
             dr, dw = await asyncio.open_connection(self.host, target)

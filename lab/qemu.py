@@ -65,7 +65,7 @@ class StateError(LabError):
 def require(
     required: LabState,
 ) -> Callable[[Callable[P, Awaitable[T]]], Callable[P, Awaitable[T]]]:
-    """Guard a coroutine method: raise :class:`StateError` unless the instance is in ``required``."""
+    """Guard a coroutine method: :class:`StateError` unless the instance is in ``required``."""
 
     def deco(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
         @functools.wraps(fn)
@@ -135,9 +135,7 @@ class QemuInstance:
         self.state = LabState.STARTING
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
-        argv = self.build.argv(
-            *self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"
-        )
+        argv = self.build.argv(*self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off")
         self.log.debug("argv: %s", argv)
         try:
             self._proc = await asyncio.create_subprocess_exec(

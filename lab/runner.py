@@ -308,8 +308,9 @@ class _Run:
                     inj = await asyncio.wait_for(self.proxy.inject(sc.frame), 10)
                     self.step("inject", **inj)
                 except (LabError, TimeoutError) as exc:
-                    self.rec.step_errors.append({"t": self.now(), "side": "proxy",
-                                                 "command": "inject", "error": str(exc)})
+                    self.rec.step_errors.append(
+                        {"t": self.now(), "side": "proxy", "command": "inject", "error": str(exc)}
+                    )
             return
         if sc.kind == "blackhole":
             await self.wait_status("src", {"postcopy-active"}, 30)
@@ -409,7 +410,9 @@ class _Run:
             serial = self.workdir / f"{side}.serial"
             if serial.exists():
                 text = serial.read_text(errors="replace")
-                self.rec.serial_tail[side] = text[:80] + ("…" + text[-40:] if len(text) > 120 else "")
+                self.rec.serial_tail[side] = text[:80] + (
+                    "…" + text[-40:] if len(text) > 120 else ""
+                )
         for name in ("fwd.bin", "rp.bin", "chunks.jsonl", "fwd.1.bin", "rp.1.bin"):
             if (self.outdir / name).exists():
                 self.rec.files[name.replace(".", "_", 1)] = str(self.outdir / name)
@@ -527,7 +530,9 @@ def print_record(rec: RunRecord) -> None:
         for line in rec.stderr_lines(side):
             c.print(f"[dim]{side} stderr:[/] {line}", markup=True, highlight=False)
     for err in rec.step_errors:
-        c.print(f"[yellow]{err['side']} {err['command']}:[/] {err.get('qemu_error') or err['error']}")
+        c.print(
+            f"[yellow]{err['side']} {err['command']}:[/] {err.get('qemu_error') or err['error']}"
+        )
     frames: dict[str, int] = {}
     for f in rec.proxy.get("frames", []):
         frames[f["name"]] = frames.get(f["name"], 0) + 1

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,10 +64,14 @@ def test_reextract_matches_committed(root: Path) -> None:
     if not committed_path.is_file():
         pytest.skip(f"{root}: QEMU {version} has no committed extraction")
     committed = json.loads(committed_path.read_text())
-    fresh = ec.extract(root, committed["label"], None)
+    fresh = json.loads(ec.dump(ec.extract(root, committed["label"], None)))
     if fresh["source"] is None:
-        pytest.skip(f"{root}: no dl-* directory with the .dsc/.orig to check the source block")
-    assert json.loads(ec.dump(fresh)) == committed
+        # The tree is here but not the Debian download it came from: everything
+        # read from the tree must still match; the tarball digest cannot be checked.
+        warnings.warn(f"{root}: no sibling dl-* with the .dsc/.orig; source block unchecked",
+                      stacklevel=1)
+        fresh["source"] = committed["source"]
+    assert fresh == committed
 
 
 def test_build_reproduces_catalog(tmp_path: Path) -> None:

@@ -21,7 +21,9 @@ Two subcommands:
     derived (``"basis": "history"``) from the nearest extracted tree at or after the line
     (the newest tree for lines after it) minus the ids history says came later, plus the
     history renames, length changes and error-format eras.  History is cross-checked
-    against every tree first; all disagreements are reported together.
+    against every tree first; all disagreements are reported together.  A message's
+    ``since`` is the first release line in which its id exists (a rename keeps it).
+    ``resume_ack_value``/``recv_bitmap_ending`` are null where their message is absent.
 
 Format normalisation (stated once, applied everywhere): C string literals are
 concatenated; ``<inttypes.h>`` macros are replaced by their glibc LP64 expansion

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCHEMA", "extract", "main"]
+__all__ = ["SCHEMA", "extract", "extract_behaviour", "main"]
 
 SCHEMA = 1
 
@@ -1163,13 +1163,71 @@ def _arr_key(name: str) -> tuple[str, int, int]:
     return (m.group(1), int(m.group(2)), int(m.group(3))) if m else (name, 0, 0)
 
 
+def extract_behaviour(captures: Path) -> dict[str, Any]:
+    """What sources really did when a return-path frame was injected (lab fixtures).
+
+    Reads ``<captures>/*/metadata.json`` written by the lab (``migcompat lab``) and keeps,
+    per run, only observed facts: final migration states, error-desc, stderr lines,
+    run states, split brain. Nothing is inferred here; ``compat`` cites the fixture.
+    """
+    runs: list[dict[str, Any]] = []
+    for meta in sorted(captures.glob("*/metadata.json")):
+        d = json.loads(meta.read_text())
+        sc = d.get("scenario", {})
+        if sc.get("kind") != "inject" or not sc.get("frame_hex"):
+            continue
+        frame = bytes.fromhex(sc["frame_hex"])
+        fm = d.get("final_migrate", {})
+        runs.append({
+            "fixture": str(meta.parent.name),
+            "path": f"fixtures/captures/{meta.parent.name}/metadata.json",
+            "scenario": sc.get("name"),
+            "trigger": sc.get("trigger"),
+            "frame_hex": sc["frame_hex"],
+            "type_id": int.from_bytes(frame[:2], "big"),
+            "length": int.from_bytes(frame[2:4], "big"),
+            "machine": d.get("machine"),
+            "capabilities": d.get("capabilities", []),
+            "src": {"release": d["src"]["release"], "version_text": d["src"]["version_text"]},
+            "dst": {"release": d["dst"]["release"], "version_text": d["dst"]["version_text"]},
+            "src_statuses": [x["status"] for x in d.get("statuses", {}).get("src", [])],
+            "dst_statuses": [x["status"] for x in d.get("statuses", {}).get("dst", [])],
+            "src_final": fm.get("src", {}).get("status"),
+            "dst_final": fm.get("dst", {}).get("status"),
+            "src_error_desc": d.get("error_desc", {}).get("src"),
+            "dst_error_desc": d.get("error_desc", {}).get("dst"),
+            "src_stderr": d.get("stderr", {}).get("src", []),
+            "dst_stderr": d.get("stderr", {}).get("dst", []),
+            "src_running": d.get("runstates", {}).get("src", {}).get("running"),
+            "dst_running": d.get("runstates", {}).get("dst", {}).get("running"),
+            "split_brain": d.get("split_brain"),
+            "killed": d.get("killed", {}),
+            "timed_out": d.get("timed_out"),
+        })
+    return {"schema": SCHEMA, "generator": "tools/extract_compat.py --behaviour-from",
+            "captures": str(captures), "runs": runs}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--qemu-src", required=True, type=Path, help="QEMU source tree")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--qemu-src", type=Path, help="QEMU source tree")
+    src.add_argument("--behaviour-from", type=Path, metavar="CAPTURES",
+                     help="lab fixtures folder (fixtures/captures): write the observed "
+                          "outcomes of injected frames (compat/data/behaviour.json)")
     ap.add_argument("-o", "--output", type=Path,
                     help="output JSON (default: stdout); conventionally "
                          "compat/data/compat-<VERSION>.json")
     args = ap.parse_args(argv)
+    if args.behaviour_from is not None:
+        data = extract_behaviour(args.behaviour_from)
+        text = json.dumps(data, indent=1) + "\n"
+        if args.output:
+            args.output.write_text(text)
+            print(f"{args.output}: {len(data['runs'])} injection runs", file=sys.stderr)
+        else:
+            sys.stdout.write(text)
+        return 0
     if not (args.qemu_src / "VERSION").exists():
         print(f"extract_compat: {args.qemu_src} has no VERSION file", file=sys.stderr)
         return 2

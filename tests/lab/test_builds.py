@@ -6,9 +6,8 @@ import json
 import stat
 from pathlib import Path
 
-import pytest
-
 import migcompat.lab as lab
+import pytest
 from migcompat.__main__ import main
 from migcompat.lab import LabError, QemuBuild
 from migcompat.lab.builds import release_from_version, release_key

@@ -11,7 +11,6 @@ import asyncio
 from pathlib import Path
 
 import pytest
-
 from migcompat.lab import LabError, QemuBuild, find_build, installed_builds
 from migcompat.lab.builds import release_key
 from migcompat.lab.qemu import LabState, QemuInstance, StateError
@@ -49,8 +48,13 @@ def _modern() -> QemuBuild:
     return min(modern, key=lambda b: release_key(b.release))
 
 
-def _frames(rec) -> list[str]:
-    return [f["name"] for f in rec.proxy["frames"]]
+def _frames(rec, conn: int | None = None) -> list[str]:
+    """Return-path frame names without QEMU's ``MIG_RP_MSG_`` prefix."""
+    return [
+        f["name"].removeprefix("MIG_RP_MSG_")
+        for f in rec.proxy["frames"]
+        if conn is None or f["conn"] == conn
+    ]
 
 
 def test_start_failure_keeps_qemu_error_verbatim(tmp_path: Path):
@@ -131,7 +135,7 @@ def test_recover_yields_recv_bitmap_and_resume_ack(tmp_path: Path):
         "postcopy-recover" in seq
     )
     assert seq[-1] == "completed"
-    second = [f["name"] for f in rec.proxy["frames"] if f["conn"] == 1]
+    second = _frames(rec, conn=1)
     assert "RECV_BITMAP" in second and "RESUME_ACK" in second
     assert second.index("RESUME_ACK") > second.index("RECV_BITMAP")
     assert (tmp_path / "rp.1.bin").exists()

@@ -1,4 +1,4 @@
-"""The relay with plain asyncio sockets (no QEMU): byte-exact, frame-boundary injection, blackhole."""
+"""The relay over plain asyncio sockets, no QEMU: byte-exact, boundary injection, blackhole."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import os
 import struct
 
 import pytest
-
 from migcompat.lab.proxy import Framer, Proxy, make_frame
+
 
 def _reader_available() -> bool:
     try:
