@@ -45,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
                     "source": str(v.release),
                     "verdict": v.verdict,
                     "frames": v.frames,
-                    "offset": rej.offset if rej else (v.end.offset if v.end and v.end.truncated else None),
+                    "offset": rej.offset
+                    if rej
+                    else (v.end.offset if v.end and v.end.truncated else None),
                     "type": rej.message_type if rej else None,
                     "error": v.qemu_error,
                 }
@@ -63,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
                 str(v.release),
                 f"[{style}]{v.verdict}[/]",
                 str(v.frames),
-                str(rej.offset) if rej else (str(v.end.offset) if v.end and v.end.truncated else ""),
+                str(rej.offset)
+                if rej
+                else (str(v.end.offset) if v.end and v.end.truncated else ""),
                 v.qemu_error or "",
             )
         console().print(table)

@@ -1,4 +1,4 @@
-"""``migcompat decode``: a raw destination-to-source stream, frame by frame, as one source reads it."""
+"""``migcompat decode``: a raw return-path stream, frame by frame, as one source reads it."""
 
 from __future__ import annotations
 
@@ -40,9 +40,7 @@ def register(sub: Any) -> None:
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per line")
-    out.add_argument(
-        "--summary", action="store_true", help="only per-type counts and the verdict"
-    )
+    out.add_argument("--summary", action="store_true", help="only per-type counts and the verdict")
     p.set_defaults(func=run)
 
 
@@ -156,7 +154,8 @@ def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
             + "\n"
         )
         if v.shut.sibling_error:
-            w(f"  {v.release} prints: {catalog(v.release).format_error('shut_error', v.shut.sibling_error)}\n")
+            text = catalog(v.release).format_error("shut_error", v.shut.sibling_error)
+            w(f"  {v.release} prints: {text}\n")
     elif v.end is not None and v.end.truncated:
         w(
             f"stream ends inside a frame at offset {v.end.offset} "

@@ -41,9 +41,9 @@ from ._events import (
 )
 from ._grammar import build_frame, frame_grammar, parse_frame
 from ._reader import RamBlock, Reader
-from ._stream import StreamVerdict, check_stream
 from ._releases import Release, parse_release
 from ._sentinels import NEED_DATA, STOPPED
+from ._stream import StreamVerdict, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
@@ -74,16 +74,16 @@ __all__ = (
     "RpCatalog",
     "Shut",
     "StreamCatalog",
-    "SwitchoverAck",
     "StreamVerdict",
+    "SwitchoverAck",
     "build_frame",
     "c_format",
+    "catalog",
     "check_stream",
     "frame_grammar",
-    "parse_frame",
-    "catalog",
     "known_releases",
     "overlays",
+    "parse_frame",
     "parse_release",
     "resolve_line",
     "stream_catalog",

@@ -29,7 +29,7 @@ from ._releases import Release
 
 __all__ = [
     "MessageSpec",
-    "MigRpMessageType",
+    "MigRpMessageType",  # noqa: F822 - generated from the data on first use (__getattr__)
     "Overlay",
     "RpCatalog",
     "StreamCatalog",
@@ -108,9 +108,7 @@ class RpCatalog:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_id", MappingProxyType({m.id: m for m in self.messages}))
-        object.__setattr__(
-            self, "by_name", MappingProxyType({m.name: m for m in self.messages})
-        )
+        object.__setattr__(self, "by_name", MappingProxyType({m.name: m for m in self.messages}))
 
     def knows(self, type_id: int) -> bool:
         """True when the source dispatches ``type_id`` (not 0, below ``MIG_RP_MSG_MAX``)."""

@@ -73,8 +73,10 @@ def frame_grammar(release: Release | str) -> cs.Construct:
         cs.Check(lambda ctx: 0 < ctx.type < cat.max),
         # rp_cmd_args[type].len != -1 && len != .len, or len > sizeof(buf)
         cs.Check(
-            lambda ctx: (fixed[ctx.type] is None or ctx.length == fixed[ctx.type])
-            and ctx.length <= cat.buffer_size
+            lambda ctx: (
+                (fixed[ctx.type] is None or ctx.length == fixed[ctx.type])
+                and ctx.length <= cat.buffer_size
+            )
         ),
         "payload" / cs.FixedSized(this.length, cs.Switch(this.type, cases)),
         "blob" / cs.If(this.type == recv_bitmap, blob),
@@ -121,7 +123,10 @@ def build_frame(release: Release | str, name: str, **fields: Any) -> bytes:
     frame: dict[str, Any] = {"type": spec.id, "length": length, "payload": fields, "blob": None}
     if table == "RECV_BITMAP":
         bitmap = blob_fields.get("bitmap", b"")
-        frame["blob"] = {"bitmap_size": blob_fields.get("bitmap_size", len(bitmap)), "bitmap": bitmap}
+        frame["blob"] = {
+            "bitmap_size": blob_fields.get("bitmap_size", len(bitmap)),
+            "bitmap": bitmap,
+        }
     try:
         return frame_grammar(release).build(frame)
     except (cs.ConstructError, KeyError, TypeError, AttributeError, UnicodeError) as exc:

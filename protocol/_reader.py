@@ -129,9 +129,7 @@ class Reader:
         self._stack_buf = bytearray(self.catalog.buffer_size + 1)
         self._last_block: RamBlock | None = None
         self._by_id = {m.id: m for m in self.catalog.messages}
-        self._event_cls = {
-            m.id: EVENT_TYPES.get(m.short_name) for m in self.catalog.messages
-        }
+        self._event_cls = {m.id: EVENT_TYPES.get(m.short_name) for m in self.catalog.messages}
         self._recv_bitmap_id = next(
             (m.id for m in self.catalog.messages if m.short_name == "RECV_BITMAP"), None
         )
@@ -486,9 +484,7 @@ class Reader:
             if self._avail() < 8:
                 if not self._eof:
                     return NEED_DATA
-                return self._stop_eof(
-                    truncated=True, reason="truncated-bitmap", qemu_error=None
-                )
+                return self._stop_eof(truncated=True, reason="truncated-bitmap", qemu_error=None)
             (size,) = _BE64.unpack_from(self._data, self._pos)
             self._pos += 8
             expected = self._expected_bitmap_size()

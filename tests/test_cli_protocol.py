@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from migcompat.__main__ import main
 from migcompat.protocol import build_frame, catalog, known_releases
 
@@ -27,7 +26,9 @@ def keepalive_stream(tmp_path: Path) -> Path:
     return p
 
 
-def test_decode_table_and_rejection(keepalive_stream: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_decode_table_and_rejection(
+    keepalive_stream: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["decode", str(keepalive_stream), "--source", "7.2"]) == 1
     out = capsys.readouterr().out
     assert "MIG_RP_MSG_REQ_PAGES_ID" in out
@@ -51,7 +52,9 @@ def test_decode_json_keys(keepalive_stream: Path, capsys: pytest.CaptureFixture[
     assert rows[1]["fields"] == {"start": 4096, "len": 4096, "idstr": "pc.ram"}
 
 
-def test_decode_json_rejection_row(keepalive_stream: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_decode_json_rejection_row(
+    keepalive_stream: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["decode", str(keepalive_stream), "--source", "10.0", "--json"]) == 1
     last = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert last["verdict"] == "rejected"
@@ -153,7 +156,10 @@ def test_catalog_views(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_release_resolution(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["release", "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "--json"]) == 0
+    assert (
+        main(["release", "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)", "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["line"] == "7.2"
 
 

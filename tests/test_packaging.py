@@ -54,7 +54,12 @@ def test_import_from_the_installed_wheel(wheel_dir: Path, tmp_path: Path) -> Non
     env = {**os.environ, "PYTHONPATH": str(wheel_dir)}
     env.pop("MIGCOMPAT_CATALOG", None)
     proc = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     file_line, max_line = proc.stdout.split()
     assert Path(file_line).is_relative_to(wheel_dir)

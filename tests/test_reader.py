@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 import pytest
-
 from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
@@ -25,7 +24,10 @@ from migcompat.protocol import (
     known_releases,
 )
 
-RELEASES = [*known_releases(), *(r.with_overlay("keepalive") for r in known_releases() if catalog(r).max == 8)]
+RELEASES = [
+    *known_releases(),
+    *(r.with_overlay("keepalive") for r in known_releases() if catalog(r).max == 8),
+]
 ENDING = catalog("10.0").recv_bitmap_ending
 
 # One example of every message a release may have, by QEMU's table name.
@@ -154,7 +156,15 @@ def test_shut_stops_the_thread() -> None:
 
 @pytest.mark.parametrize(
     ("length", "idlen", "expected"),
-    [(0, None, 13), (12, None, 13), (13, 0, None), (13, 1, 14), (19, 6, None), (19, 5, 18), (268, 255, None)],
+    [
+        (0, None, 13),
+        (12, None, 13),
+        (13, 0, None),
+        (13, 1, 14),
+        (19, 6, None),
+        (19, 5, 18),
+        (268, 255, None),
+    ],
 )
 def test_req_pages_id_length_rule(length: int, idlen: int | None, expected: int | None) -> None:
     payload = bytearray(length)
@@ -174,7 +184,9 @@ def test_recv_bitmap_reads_stale_stack_bytes_like_qemu() -> None:
     # A REQ_PAGES_ID leaves "pc.ram" at buf[13..]; a RECV_BITMAP of length 1 whose
     # name byte says 20 makes QEMU read its name from those stale bytes.
     first = build_frame("10.0", "REQ_PAGES_ID", start=0, len=4096, idstr="pc.ram")
-    lying = struct.pack(">HHB", 5, 1, 20) + struct.pack(">Q", 8) + bytes(8) + struct.pack(">Q", ENDING)
+    lying = (
+        struct.pack(">HHB", 5, 1, 20) + struct.pack(">Q", 8) + bytes(8) + struct.pack(">Q", ENDING)
+    )
     evs = decode_all("10.0", first + lying)
     bm = evs[1]
     assert isinstance(bm, RecvBitmap)

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import pytest
-
 from migcompat.protocol import InvalidRelease, Release, known_releases, parse_release, resolve_line
 
 # Must be in the correct sorting order.
@@ -109,7 +109,7 @@ def test_lines_resolve() -> None:
 
 def test_development_trees_speak_the_next_line() -> None:
     lines = known_releases()
-    for older, newer in zip(lines, lines[1:], strict=False):
+    for older, newer in itertools.pairwise(lines):
         assert resolve_line(f"{older}.50") == newer
         assert resolve_line(f"{older}.90") == newer
 

@@ -26,6 +26,7 @@ The configuration used to resolve ``#ifdef`` is an x86_64/aarch64/ppc64/s390x *L
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import re
@@ -843,18 +844,38 @@ def _camel_to_upper(name: str) -> str:
     return out.upper()
 
 
+def _qapi_exprs(path: Path) -> Iterator[dict[str, Any]]:
+    """The top-level expressions of a QAPI schema file (Python literals between comments)."""
+    text = "\n".join(ln for ln in path.read_text(errors="replace").split("\n")
+                     if not ln.lstrip().startswith("#"))
+    depth = 0
+    start = None
+    for i, ch in enumerate(text):
+        if ch == "{":
+            if depth == 0:
+                start = i
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0 and start is not None:
+                try:
+                    expr = ast.literal_eval(text[start : i + 1])
+                except (ValueError, SyntaxError):
+                    continue
+                if isinstance(expr, dict):
+                    yield expr
+
+
 def qapi_enum_constants(root: Path) -> dict[str, str]:
     """C constant -> QAPI member name for every enum in qapi/*.json (for enum defaults)."""
     consts: dict[str, str] = {}
     for path in sorted((root / "qapi").glob("*.json")):
-        text = strip_comments(path.read_text(errors="replace").replace("#", "//"))
-        for m in re.finditer(r"\{\s*'enum':\s*'(\w+)'(.*?)'data':\s*\[(.*?)\]", text, re.S):
-            pm = re.search(r"'prefix':\s*'(\w+)'", m.group(2))
-            prefix = pm.group(1) if pm else _camel_to_upper(m.group(1))
-            for member in re.findall(r"'name':\s*'([\w-]+)'|'([\w-]+)'", m.group(3)):
-                name = member[0] or member[1]
-                if name in ("name", "if", "features"):
-                    continue
+        for expr in _qapi_exprs(path):
+            if "enum" not in expr:
+                continue
+            prefix = expr.get("prefix") or _camel_to_upper(expr["enum"])
+            for member in expr.get("data", []):
+                name = member["name"] if isinstance(member, dict) else member
                 consts[f"{prefix}_{name.upper().replace('-', '_')}"] = name
     return consts
 
@@ -892,13 +913,19 @@ def _migration_props(toks: list[Tok], macros: dict[str, Macro], rel: str,
                 continue
             name = string_value(args[0], macros)
             macro = t.text
+            qmp: str | None = None
             if macro == "DEFINE_PROP_MIG_CAP":
                 kind, typ, default_toks = "capability", "bool", None
                 default: Any = False
                 expr = "false"
+                cap = expand(args[1], macros) if len(args) > 1 else []
+                qmp = enums.get(cap[0].text) if len(cap) == 1 else None
             else:
                 fld = " ".join(x.text for x in args[2]) if len(args) > 2 else ""
                 kind = "parameter" if fld.startswith("parameters") else "state"
+                if kind == "parameter":
+                    # the QMP name is the MigrationParameters member the field stores
+                    qmp = fld.split(".", 1)[1].strip().replace("_", "-")
                 suffix = macro.removeprefix("DEFINE_PROP_")
                 typ = _PROP_KIND.get(suffix, suffix.lower())
                 default_toks = args[3] if len(args) > 3 else None
@@ -912,7 +939,7 @@ def _migration_props(toks: list[Tok], macros: dict[str, Macro], rel: str,
                         if len(exp) == 1 and exp[0].text in enums:
                             default = enums[exp[0].text]  # QAPI enum constant -> its name
             entry: dict[str, Any] = {"kind": kind, "type": typ, "default": default,
-                                     "default_expr": expr, "macro": macro,
+                                     "default_expr": expr, "macro": macro, "qmp": qmp,
                                      "file": rel, "line": t.line}
             if t.line in conds:
                 entry["condition"] = conds[t.line]

@@ -10,16 +10,15 @@ import struct
 
 import construct as cs
 import pytest
-from hypothesis import assume, given, note
+from hypothesis import given, note
 from hypothesis import strategies as st
-
 from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
     EndOfStream,
     Message,
-    RecvBitmap,
     Reader,
+    RecvBitmap,
     RemoteViolation,
     catalog,
     frame_grammar,
@@ -106,9 +105,11 @@ def test_grammar_and_reader_agree_on_the_first_frame(release: object, data: byte
                 assert getattr(ev, key) == value
 
 
-@given(RELEASE.flatmap(lambda r: st.tuples(st.just(r), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF))))
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), st.integers(0, 0xFFFF), st.integers(0, 0xFFFF)))
+)
 def test_max_rule(args: tuple[object, int, int]) -> None:
-    """Every type >= MAX and type 0 is rejected with the release's text; nothing else for its type."""
+    """Every type >= MAX and type 0 is rejected with the release's text; no other type is."""
     release, type_id, length = args
     cat = catalog(release)  # type: ignore[arg-type]
     data = struct.pack(">HH", type_id, length) + bytes(min(length, 600))
@@ -123,8 +124,10 @@ def test_max_rule(args: tuple[object, int, int]) -> None:
             and ev.qemu_error == cat.format_error("invalid_type", type_id, length)
         )
         spec = cat.by_id[type_id]
-        if spec.length is not None and length == spec.length and spec.short_name not in (
-            "RESUME_ACK",
+        if (
+            spec.length is not None
+            and length == spec.length
+            and spec.short_name not in ("RESUME_ACK",)
         ):
             assert isinstance(ev, Message)
 
@@ -150,7 +153,9 @@ def test_any_split_gives_the_same_events(sample: rps.FrameSample, cuts: list[int
 
 
 @given(RELEASE, st.binary(max_size=200))
-def test_random_bytes_only_yield_events_need_data_or_violations(release: object, data: bytes) -> None:
+def test_random_bytes_only_yield_events_need_data_or_violations(
+    release: object, data: bytes
+) -> None:
     r = Reader(release)  # type: ignore[arg-type]
     r.receive_data(data)
     r.receive_data(b"")
