@@ -840,8 +840,15 @@ def extract_migration_properties(root: Path, macros: dict[str, Macro]) -> dict[s
 
 def _camel_to_upper(name: str) -> str:
     """QAPI's C enum prefix for a type name (``ZeroPageDetection`` -> ``ZERO_PAGE_DETECTION``)."""
-    out = re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", name)
-    return out.upper()
+    # a new word starts at a capital followed by a lower-case letter, or after a digit;
+    # so ``MultiFDCompression`` -> ``MULTIFD_COMPRESSION`` as QEMU's generated C names it
+    out = []
+    for i, ch in enumerate(name):
+        if ch.isupper() and i > 0 and name[i - 1] != "_" and (
+                (i + 1 < len(name) and name[i + 1].islower()) or name[i - 1].isdigit()):
+            out.append("_")
+        out.append(ch)
+    return "".join(out).upper()
 
 
 def _qapi_exprs(path: Path) -> Iterator[dict[str, Any]]:

@@ -1,0 +1,808 @@
+"""The forward (source-to-destination) migration stream, walked as far as it can be delimited.
+
+Theory of operation
+-------------------
+The forward stream is QEMU's ``savevm`` format: a ``QEVM`` header (be32 magic,
+be32 version), a configuration section (``QEMU_VM_CONFIGURATION``: be32 length
++ machine type name, then optional subsections), then a sequence of units each
+opened by a section-type byte (savevm.h ``QEMU_VM_*``):
+
+* ``QEMU_VM_COMMAND``: be16 ``MIG_CMD_*`` id, be16 length, payload
+  (``qemu_savevm_command_send``). ``MIG_CMD_PACKAGED`` is followed by a be32
+  size and that many bytes of an inner stream (no header) that the destination
+  loads from a buffer (``loadvm_handle_cmd_packaged``).
+* ``QEMU_VM_SECTION_START``/``FULL``: be32 section id, u8 idstr length, idstr,
+  be32 instance id, be32 version id, the section's data, and (machine types
+  since 2.4) a footer ``QEMU_VM_SECTION_FOOTER`` + be32 section id.
+* ``QEMU_VM_SECTION_PART``/``END``: be32 section id, data, footer.
+* ``QEMU_VM_EOF`` ends a precopy stream; ``QEMU_VM_VMDESCRIPTION`` (be32 length
+  + JSON) may follow it.
+
+A section's data has no length: only the device's own load function knows
+where it ends. The ``ram`` section is the exception this reader relies on: its
+data is a run of page headers (be64 ``addr | flags``, migration/ram.c
+``ram_load_precopy``) that ends with ``RAM_SAVE_FLAG_EOS``, so it can be walked
+page by page and the commands after it are found. Any other section (a device's
+``FULL`` state, ``block``, ``dirty-bitmap``, vfio …) cannot be delimited without
+the vmdesc JSON, which comes only at the very end of a precopy stream and never
+in postcopy; the reader then returns a :class:`ForwardStop` saying so, and
+nothing after it is decoded — never a guess. Inside a descended ``PACKAGED``
+body the same stop only ends the package: its size is known, so decoding goes
+on after it.
+
+The section-type bytes, the magic, the version and the ``MIG_CMD_*`` table
+(ids, names and fixed lengths) all come from :func:`stream_catalog`; the RAM
+flag values are ``RAM_SAVE_FLAG_*`` of migration/ram.c, identical from 2.5 to
+11.0 (0x80 ``HOOK`` is RDMA, which this reader does not walk).
+
+Like :class:`~migcompat.protocol.Reader`, :class:`ForwardReader` is sans-IO:
+``receive_data(bytes)`` (``b""`` = end of stream), ``next_event()`` returning an
+event, :data:`NEED_DATA` or :data:`STOPPED`. Internally a generator pulls bytes
+as the grammar needs them, so feeding one byte at a time gives the same events.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Generator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._catalog import StreamCatalog, stream_catalog
+from ._errors import RemoteViolation
+from ._events import Event
+from ._releases import Release
+from ._sentinels import NEED_DATA, STOPPED
+
+__all__ = [
+    "ForwardCommand",
+    "ForwardEnd",
+    "ForwardReader",
+    "ForwardStop",
+    "RamBlocks",
+    "RamPage",
+    "SectionHeader",
+    "StreamHeader",
+    "VmDescription",
+    "VmEof",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+# -- RAM_SAVE_FLAG_* (migration/ram.c; same values 2.5 … 11.0) -------------------------
+_RAM_FULL = 0x01  # obsolete, rejected by ram_load
+_RAM_ZERO = 0x02
+_RAM_MEM_SIZE = 0x04
+_RAM_PAGE = 0x08
+_RAM_EOS = 0x10
+_RAM_CONTINUE = 0x20
+_RAM_XBZRLE = 0x40
+_RAM_HOOK = 0x80  # RDMA: not walked
+_RAM_COMPRESS_PAGE = 0x100  # removed in 9.1
+_RAM_MULTIFD_FLUSH = 0x200  # 8.0+
+_RAM_WITH_BLOCK = _RAM_PAGE | _RAM_ZERO | _RAM_COMPRESS_PAGE | _RAM_XBZRLE
+
+#: ``TARGET_PAGE_SIZE`` assumed until ``MIG_CMD_POSTCOPY_ADVISE`` says otherwise (x86, arm64).
+DEFAULT_TARGET_PAGE_SIZE = 4096
+
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+_BE64 = struct.Struct(">Q")
+_CMD_HDR = struct.Struct(">HH")
+
+# The QEMUFile idstr of the RAM section (savevm "ram", migration/ram.c register_savevm_live).
+_RAM_IDSTR = "ram"
+
+
+# -- events ------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StreamHeader(Event):
+    """The ``QEVM`` magic and version (``qemu_savevm_state_header``)."""
+
+    release: Release
+    offset: int
+    size: int
+    magic: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardCommand(Event):
+    """A ``QEMU_VM_COMMAND``: ``MIG_CMD_*`` id, length and payload, decoded where QEMU says how.
+
+    ``depth`` is 1 inside a descended ``MIG_CMD_PACKAGED`` body. ``fields`` holds the
+    payload decoded in QEMU's words (``value`` of PING, ``size`` of PACKAGED,
+    ``block_name`` of RECV_BITMAP, ``page_size_summary``/``target_page_size`` of
+    POSTCOPY_ADVISE, ``block_name``/``ranges`` of POSTCOPY_RAM_DISCARD).
+    """
+
+    release: Release
+    offset: int
+    size: int
+    cmd: int
+    name: str
+    length: int
+    payload: bytes
+    depth: int = 0
+    fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def short_name(self) -> str:
+        return self.name.removeprefix("MIG_CMD_")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SectionHeader(Event):
+    """A section's opening: ``kind`` is ``START``/``PART``/``END``/``FULL``/``CONFIGURATION``."""
+
+    release: Release
+    offset: int
+    size: int
+    kind: str
+    section_id: int
+    idstr: str
+    instance_id: int | None = None
+    version_id: int | None = None
+    depth: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RamBlocks(Event):
+    """``RAM_SAVE_FLAG_MEM_SIZE``: total RAM and every RAMBlock's idstr and used length."""
+
+    release: Release
+    offset: int
+    size: int
+    total: int
+    blocks: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RamPage(Event):
+    """One RAM page header and its data (``kind``: page, zero, xbzrle, compressed)."""
+
+    release: Release
+    offset: int
+    size: int
+    block: str
+    addr: int
+    flags: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmEof(Event):
+    """``QEMU_VM_EOF``: the end of the device state (precopy completes)."""
+
+    release: Release
+    offset: int
+    size: int = 1
+    depth: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VmDescription(Event):
+    """``QEMU_VM_VMDESCRIPTION``: the JSON description after EOF (kept only as its size)."""
+
+    release: Release
+    offset: int
+    size: int
+    json_size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardStop(Event):
+    """The forward decode cannot go on without guessing; ``reason`` says why.
+
+    ``final`` is false when only a ``PACKAGED`` body is abandoned (its size is known)
+    and decoding resumes after it.
+    """
+
+    release: Release
+    offset: int
+    reason: str
+    section_id: int | None = None
+    idstr: str | None = None
+    depth: int = 0
+    final: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardEnd(Event):
+    """The byte stream ended; ``truncated`` when it ended inside a unit."""
+
+    release: Release
+    offset: int
+    truncated: bool
+    reason: str = "eof"
+
+
+# -- machinery -----------------------------------------------------------------------------
+class _Eof(Exception):
+    """Raised inside the grammar generator when bytes run out after EOF."""
+
+
+class _Stuck(Exception):
+    """Raised inside the grammar when a section cannot be delimited."""
+
+    def __init__(self, reason: str, section_id: int | None, idstr: str | None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.section_id = section_id
+        self.idstr = idstr
+
+
+_Need = Generator[Any, None, Any]
+
+
+class _Section:
+    __slots__ = ("idstr", "instance_id", "version_id")
+
+    def __init__(self, idstr: str, instance_id: int, version_id: int) -> None:
+        self.idstr = idstr
+        self.instance_id = instance_id
+        self.version_id = version_id
+
+
+class ForwardReader:
+    """Feed source-to-destination bytes; get the stream's header, sections and commands.
+
+    :param release: the release whose ``MIG_CMD_*`` table and section types apply.
+    :param channel: ``"main"`` (QEVM header expected, or a headerless stream that starts
+        with a command, as after ``migrate`` with ``resume=true``), ``"auto"`` (same,
+        also accepting a stream without a header), or ``"preempt"`` (the postcopy
+        preempt channel: bare RAM page headers).
+    :param descend_packaged: walk ``MIG_CMD_PACKAGED`` bodies (else skip them whole).
+    :param pages: emit a :class:`RamPage` per page (else pages are only counted).
+    :param target_page_size: ``TARGET_PAGE_SIZE``; ``POSTCOPY_ADVISE`` overrides it.
+    """
+
+    def __init__(
+        self,
+        release: Release | str,
+        *,
+        channel: str = "main",
+        descend_packaged: bool = True,
+        pages: bool = True,
+        target_page_size: int | None = None,
+    ) -> None:
+        if channel not in ("main", "auto", "preempt"):
+            raise ValueError(f"channel must be main, auto or preempt, not {channel!r}")
+        self.catalog: StreamCatalog = stream_catalog(release)
+        self.release = self.catalog.release
+        self.channel = channel
+        self.descend_packaged = descend_packaged
+        self.pages = pages
+        self.target_page_size = target_page_size or DEFAULT_TARGET_PAGE_SIZE
+        self._page_size_known = target_page_size is not None
+        st = self.catalog.section_types
+        self._t_eof = st["QEMU_VM_EOF"]
+        self._t_start = st["QEMU_VM_SECTION_START"]
+        self._t_part = st["QEMU_VM_SECTION_PART"]
+        self._t_end = st["QEMU_VM_SECTION_END"]
+        self._t_full = st["QEMU_VM_SECTION_FULL"]
+        self._t_sub = st["QEMU_VM_SUBSECTION"]
+        self._t_vmdesc = st["QEMU_VM_VMDESCRIPTION"]
+        self._t_config = st["QEMU_VM_CONFIGURATION"]
+        self._t_command = st["QEMU_VM_COMMAND"]
+        self._t_footer = st["QEMU_VM_SECTION_FOOTER"]
+        self._kind_of = {
+            self._t_start: "START",
+            self._t_part: "PART",
+            self._t_end: "END",
+            self._t_full: "FULL",
+        }
+        self._cmd_by_name = {m.short_name: m for m in self.catalog.commands}
+        self._data = bytearray()
+        self._pos = 0
+        self._base = 0
+        self._eof = False
+        self._done = False
+        self._error: RemoteViolation | None = None
+        self._unit_start = 0
+        self._at_boundary = True
+        self._sections: dict[int, _Section] = {}
+        self._footers: bool | None = None
+        self._postcopy_advised = False
+        self._last_block = ""
+        #: Blocks seen in ``RAM_SAVE_FLAG_MEM_SIZE`` (idstr → used length).
+        self.ram_blocks: dict[str, int] = {}
+        #: Page records walked (counted even when ``pages`` is off).
+        self.page_count = 0
+        self.machine_type: str | None = None
+        self._gen = self._top()
+
+    # -- public interface -----------------------------------------------------------
+    @property
+    def offset(self) -> int:
+        """Stream offset of the next unread byte."""
+        return self._base + self._pos
+
+    @property
+    def stopped(self) -> bool:
+        return self._done
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes; ``b""`` means the stream ended."""
+        if not data:
+            self._eof = True
+            return
+        if self._eof:
+            raise ValueError("receive_data after EOF")
+        if self._done:
+            return
+        if self._pos > 65536 and self._pos * 2 > len(self._data):
+            del self._data[: self._pos]
+            self._base += self._pos
+            self._pos = 0
+        self._data += data
+
+    def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
+        """The next event, :data:`NEED_DATA`, or :data:`STOPPED` after a final stop or the end.
+
+        :raises RemoteViolation: bytes the destination would reject (bad magic, unknown
+            section type or ``MIG_CMD``, wrong command length); raised again on later calls.
+        """
+        if self._error is not None:
+            raise self._error
+        if self._done:
+            return STOPPED
+        try:
+            out = next(self._gen)
+        except _Eof:
+            self._done = True
+            return ForwardEnd(
+                release=self.release,
+                offset=self._unit_start if not self._at_boundary else self.offset,
+                truncated=not self._at_boundary,
+                reason="eof" if self._at_boundary else "truncated",
+            )
+        except StopIteration:
+            self._done = True
+            return STOPPED
+        except RemoteViolation as exc:
+            self._error = exc
+            self._done = True
+            raise
+        if out is NEED_DATA:
+            return NEED_DATA
+        if isinstance(out, ForwardStop) and out.final:
+            self._done = True
+        return out  # type: ignore[no-any-return]
+
+    def events(self) -> Iterator[Event]:
+        """Drain every event available now."""
+        while True:
+            ev = self.next_event()
+            if ev is NEED_DATA or ev is STOPPED:
+                return
+            yield ev  # type: ignore[misc]
+
+    # -- byte access (generator helpers) ---------------------------------------------------
+    def _take(self, n: int) -> _Need:
+        while len(self._data) - self._pos < n:
+            if self._eof:
+                raise _Eof
+            yield NEED_DATA
+        b = bytes(self._data[self._pos : self._pos + n])
+        self._pos += n
+        return b
+
+    def _peek(self, n: int) -> _Need:
+        """Up to ``n`` next bytes without consuming (fewer only at end of stream)."""
+        while len(self._data) - self._pos < n:
+            if self._eof:
+                return bytes(self._data[self._pos :])
+            yield NEED_DATA
+        return bytes(self._data[self._pos : self._pos + n])
+
+    def _skip(self, n: int) -> _Need:
+        while n:
+            avail = len(self._data) - self._pos
+            if not avail:
+                if self._eof:
+                    raise _Eof
+                yield NEED_DATA
+                continue
+            k = min(avail, n)
+            self._pos += k
+            n -= k
+
+    def _u8(self) -> _Need:
+        return (yield from self._take(1))[0]
+
+    def _be16(self) -> _Need:
+        return _BE16.unpack((yield from self._take(2)))[0]
+
+    def _be32(self) -> _Need:
+        return _BE32.unpack((yield from self._take(4)))[0]
+
+    def _be64(self) -> _Need:
+        return _BE64.unpack((yield from self._take(8)))[0]
+
+    def _pstr(self) -> _Need:
+        n = yield from self._u8()
+        return (yield from self._take(n)).decode("latin-1")
+
+    def _violation(self, message: str, start: int) -> RemoteViolation:
+        lo = max(start - self._base, 0)
+        return RemoteViolation(
+            message,
+            offset=start,
+            release=self.release,
+            data=bytes(self._data[lo : self._pos + 8]),
+            caret=max(0, self._pos - lo - 1),
+            stopped_at=self.offset,
+        )
+
+    def _begin(self) -> None:
+        self._unit_start = self.offset
+        self._at_boundary = False
+
+    def _end_unit(self) -> None:
+        self._at_boundary = True
+
+    # -- grammar ------------------------------------------------------------------------------
+    def _top(self) -> _Need:
+        if self.channel == "preempt":
+            yield from self._preempt()
+            return
+        head = yield from self._peek(8)
+        if len(head) >= 4 and _BE32.unpack_from(head)[0] == self.catalog.magic:
+            yield from self._header()
+        elif self.channel == "main" and head and head[0] != self._t_command:
+            self._begin()
+            raise self._violation(
+                f"stream does not start with the QEVM magic 0x{self.catalog.magic:08x}", 0
+            )
+        if head and len(head) < 4 and self._eof:
+            self._begin()
+            raise _Eof
+        yield from self._units(depth=0, end=None)
+
+    def _header(self) -> _Need:
+        self._begin()
+        start = self.offset
+        magic = yield from self._be32()
+        version = yield from self._be32()
+        if version != self.catalog.version:
+            # QEMU 2.x+ also loads version 2 streams (QEMU_VM_FILE_VERSION_COMPAT).
+            if version != 2:
+                raise self._violation(f"QEVM version {version}, expected {self.catalog.version}", start)
+        self._end_unit()
+        yield StreamHeader(
+            release=self.release, offset=start, size=8, magic=magic, version=version
+        )
+
+    def _units(self, *, depth: int, end: int | None) -> _Need:
+        """Units until ``end`` (a PACKAGED body's end offset) or the stream's end."""
+        while end is None or self.offset < end:
+            if end is None:
+                self._end_unit()
+                probe = yield from self._peek(1)
+                if not probe:
+                    raise _Eof
+            start = self.offset
+            self._begin()
+            t = yield from self._u8()
+            if t == self._t_command:
+                yield from self._command(start, depth)
+            elif t in self._kind_of:
+                yield from self._section(t, start, depth)
+            elif t == self._t_config:
+                yield from self._configuration(start)
+            elif t == self._t_eof:
+                yield VmEof(release=self.release, offset=start, depth=depth)
+                if depth == 0:
+                    head = yield from self._peek(1)
+                    if head and head[0] == self._t_vmdesc:
+                        yield from self._u8()
+                        n = yield from self._be32()
+                        yield from self._skip(n)
+                        yield VmDescription(
+                            release=self.release, offset=start + 1, size=5 + n, json_size=n
+                        )
+                    self._end_unit()
+                    return
+            else:
+                raise self._violation(f"unknown section type 0x{t:02x}", start)
+        self._end_unit()
+
+    def _configuration(self, start: int) -> _Need:
+        n = yield from self._be32()
+        name = (yield from self._take(n)).decode("latin-1")
+        self.machine_type = name
+        subs: list[str] = []
+        # vmstate_configuration's subsections (savevm.c): target-page-bits, capabilities, uuid.
+        while True:
+            head = yield from self._peek(1)
+            if not head or head[0] != self._t_sub:
+                break
+            yield from self._u8()
+            sub = yield from self._pstr()
+            _version = yield from self._be32()
+            if sub == "configuration/target-page-bits":
+                bits = yield from self._be32()
+                if not self._page_size_known:
+                    self.target_page_size = 1 << bits
+            elif sub == "configuration/capabilities":
+                count = yield from self._be32()
+                for _ in range(count):
+                    subs.append("capability:" + (yield from self._pstr()))
+            elif sub == "configuration/uuid":
+                yield from self._take(16)
+            else:
+                raise _Stuck(f"cannot delimit configuration subsection {sub!r}", None, sub)
+            subs.append(sub)
+        yield SectionHeader(
+            release=self.release,
+            offset=start,
+            size=self.offset - start,
+            kind="CONFIGURATION",
+            section_id=0,
+            idstr=name,
+        )
+
+    def _command(self, start: int, depth: int) -> _Need:
+        cmd, length = _CMD_HDR.unpack((yield from self._take(4)))
+        spec = self.catalog.by_id.get(cmd)
+        if spec is None or cmd == 0 or cmd >= self.catalog.max:
+            raise self._violation(
+                f"MIG_CMD 0x{cmd:x} unknown (len 0x{length:x}) to {self.release}", start
+            )
+        if spec.length is not None and length != spec.length:
+            raise self._violation(
+                f"{spec.name} with length {length}, {self.release} expects {spec.length}", start
+            )
+        payload = yield from self._take(length)
+        name = spec.short_name
+        fields: dict[str, Any] = {}
+        if name == "PING" and length == 4:
+            fields["value"] = _BE32.unpack(payload)[0]
+        elif name == "POSTCOPY_ADVISE":
+            self._postcopy_advised = length == 16
+            if length == 16:
+                summary, tps = struct.unpack(">QQ", payload)
+                fields["page_size_summary"] = summary
+                fields["target_page_size"] = tps
+                if tps and not self._page_size_known:
+                    self.target_page_size = tps
+        elif name == "RECV_BITMAP" and length >= 1:
+            fields["block_name"] = payload[1 : 1 + payload[0]].decode("latin-1")
+        elif name == "POSTCOPY_RAM_DISCARD" and length >= 2:
+            n = payload[1]
+            fields["block_name"] = payload[2 : 2 + n].decode("latin-1")
+            rest = payload[3 + n :]
+            fields["ranges"] = [
+                list(struct.unpack_from(">QQ", rest, i)) for i in range(0, len(rest) - 15, 16)
+            ]
+        elif name == "PACKAGED":
+            fields["size"] = _BE32.unpack(payload)[0]
+        ev = ForwardCommand(
+            release=self.release,
+            offset=start,
+            size=4 + 1 + length,
+            cmd=cmd,
+            name=spec.name,
+            length=length,
+            payload=payload,
+            depth=depth,
+            fields=fields,
+        )
+        self._end_unit()
+        yield ev
+        if name == "PACKAGED":
+            yield from self._packaged(fields["size"], depth)
+
+    def _packaged(self, size: int, depth: int) -> _Need:
+        body_start = self.offset
+        end = body_start + size
+        if not self.descend_packaged or depth >= 1:
+            self._begin()
+            yield from self._skip(size)
+            self._end_unit()
+            return
+        try:
+            yield from self._units(depth=depth + 1, end=end)
+        except _Stuck as stuck:
+            self._begin()
+            yield ForwardStop(
+                release=self.release,
+                offset=self.offset,
+                reason=stuck.reason + "; skipping the rest of the PACKAGED body",
+                section_id=stuck.section_id,
+                idstr=stuck.idstr,
+                depth=depth + 1,
+                final=False,
+            )
+            yield from self._skip(end - self.offset)
+        if self.offset != end:
+            raise self._violation(
+                f"PACKAGED body of {size} bytes overrun by {self.offset - end} bytes", body_start
+            )
+        self._end_unit()
+
+    def _section(self, t: int, start: int, depth: int) -> _Need:
+        kind = self._kind_of[t]
+        section_id = yield from self._be32()
+        if t in (self._t_start, self._t_full):
+            idstr = yield from self._pstr()
+            instance_id = yield from self._be32()
+            version_id = yield from self._be32()
+            self._sections[section_id] = _Section(idstr, instance_id, version_id)
+        else:
+            known = self._sections.get(section_id)
+            if known is None:
+                raise self._violation(f"section id {section_id} was never started", start)
+            idstr, instance_id, version_id = known.idstr, known.instance_id, known.version_id
+        yield SectionHeader(
+            release=self.release,
+            offset=start,
+            size=self.offset - start,
+            kind=kind,
+            section_id=section_id,
+            idstr=idstr,
+            instance_id=instance_id,
+            version_id=version_id,
+            depth=depth,
+        )
+        if idstr != _RAM_IDSTR or t == self._t_full:
+            stuck = _Stuck(
+                f"cannot delimit device section {section_id} {idstr!r} ({kind}) without vmdesc",
+                section_id,
+                idstr,
+            )
+            if depth:
+                raise stuck
+            self._begin()
+            yield ForwardStop(
+                release=self.release,
+                offset=start,
+                reason=stuck.reason,
+                section_id=section_id,
+                idstr=idstr,
+                depth=depth,
+            )
+            return
+        yield from self._ram_records(section_id, depth)
+        yield from self._footer(section_id, start)
+
+    def _footer(self, section_id: int, start: int) -> _Need:
+        head = yield from self._peek(1)
+        if head and head[0] == self._t_footer:
+            yield from self._u8()
+            sid = yield from self._be32()
+            if sid != section_id:
+                raise self._violation(
+                    f"section footer names section {sid}, expected {section_id}", start
+                )
+            self._footers = True
+        elif self._footers:
+            raise self._violation(f"section {section_id} has no footer", start)
+        self._end_unit()
+
+    def _ram_records(self, section_id: int, depth: int) -> _Need:
+        """``ram_load_precopy``'s loop: page headers until ``RAM_SAVE_FLAG_EOS``."""
+        while True:
+            rec = self.offset
+            self._begin()
+            word = yield from self._be64()
+            mask = self.target_page_size - 1
+            flags, addr = word & mask, word & ~mask
+            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
+                self._last_block = yield from self._pstr()
+            op = flags & ~_RAM_CONTINUE
+            if op == _RAM_EOS:
+                return
+            if op == _RAM_MEM_SIZE:
+                yield from self._mem_size(rec, addr)
+                continue
+            if op == _RAM_MULTIFD_FLUSH:
+                continue
+            kind = yield from self._page_body(op, section_id)
+            self.page_count += 1
+            if self.pages:
+                yield RamPage(
+                    release=self.release,
+                    offset=rec,
+                    size=self.offset - rec,
+                    block=self._last_block,
+                    addr=addr,
+                    flags=flags,
+                    kind=kind,
+                )
+
+    def _page_body(self, op: int, section_id: int | None) -> _Need:
+        if op == _RAM_PAGE:
+            yield from self._skip(self.target_page_size)
+            return "page"
+        if op == _RAM_ZERO:
+            yield from self._take(1)
+            return "zero"
+        if op == _RAM_XBZRLE:
+            yield from self._take(1)
+            n = yield from self._be16()
+            yield from self._skip(n)
+            return "xbzrle"
+        if op == _RAM_COMPRESS_PAGE:
+            n = yield from self._be32()
+            yield from self._skip(n)
+            return "compressed"
+        raise _Stuck(
+            f"RAM flags 0x{op:x} cannot be walked (RDMA hook, obsolete FULL, or a target page "
+            f"size other than {self.target_page_size})",
+            section_id,
+            _RAM_IDSTR,
+        )
+
+    def _mem_size(self, rec: int, total: int) -> _Need:
+        blocks: list[tuple[str, int]] = []
+        remaining = total
+        while remaining > 0:
+            name = yield from self._pstr()
+            used = yield from self._be64()
+            blocks.append((name, used))
+            remaining -= used
+            if self._postcopy_advised:
+                # ram_save_setup adds be64 page_size for blocks whose page size differs
+                # from the host's: it is a power of two with no flag bits, unlike the
+                # length byte of the next idstr or the next page header.
+                nxt = yield from self._peek(8)
+                if len(nxt) == 8:
+                    (v,) = _BE64.unpack(nxt)
+                    if v >= 4096 and v & (v - 1) == 0 and (remaining > 0 or v & 0xFFF == 0):
+                        if remaining == 0 or nxt[0] == 0:
+                            yield from self._take(8)
+        if remaining != 0:
+            raise _Stuck(
+                f"RAM_SAVE_FLAG_MEM_SIZE lists {total - remaining} bytes of blocks for a total "
+                f"of {total}: ignore-shared or mapped-ram layouts are not walked",
+                None,
+                _RAM_IDSTR,
+            )
+        self.ram_blocks.update(blocks)
+        yield RamBlocks(
+            release=self.release,
+            offset=rec,
+            size=self.offset - rec,
+            total=total,
+            blocks=tuple(blocks),
+        )
+
+    def _preempt(self) -> _Need:
+        """The postcopy preempt channel: page headers only (``ram_load_postcopy``)."""
+        while True:
+            self._end_unit()
+            probe = yield from self._peek(1)
+            if not probe:
+                raise _Eof
+            rec = self.offset
+            self._begin()
+            word = yield from self._be64()
+            mask = self.target_page_size - 1
+            flags, addr = word & mask, word & ~mask
+            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
+                self._last_block = yield from self._pstr()
+            op = flags & ~_RAM_CONTINUE
+            if op == _RAM_EOS:
+                self._end_unit()
+                continue
+            try:
+                kind = yield from self._page_body(op, None)
+            except _Stuck as stuck:
+                yield ForwardStop(release=self.release, offset=rec, reason=stuck.reason)
+                return
+            self.page_count += 1
+            if self.pages:
+                yield RamPage(
+                    release=self.release,
+                    offset=rec,
+                    size=self.offset - rec,
+                    block=self._last_block,
+                    addr=addr,
+                    flags=flags,
+                    kind=kind,
+                )
