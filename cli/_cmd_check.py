@@ -58,17 +58,19 @@ def run(args: argparse.Namespace) -> int:
         table = Table(title="return-path conformance", title_justify="left")
         for col in ("source", "verdict", "frames read", "offset", "what the source prints"):
             table.add_column(col, overflow="fold")
+        # Consecutive releases that read the stream identically share one row.
+        rows: list[tuple[list[str], tuple[str, str, str, str]]] = []
         for v in verdicts:
             rej = v.rejection
-            style = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}[v.verdict]
-            table.add_row(
-                str(v.release),
-                f"[{style}]{v.verdict}[/]",
-                str(v.frames),
-                str(rej.offset)
-                if rej
-                else (str(v.end.offset) if v.end and v.end.truncated else ""),
-                v.qemu_error or "",
-            )
+            where = rej.offset if rej else (v.end.offset if v.end and v.end.truncated else "")
+            key = (v.verdict, str(v.frames), str(where), v.qemu_error or "")
+            if rows and rows[-1][1] == key:
+                rows[-1][0].append(str(v.release))
+            else:
+                rows.append(([str(v.release)], key))
+        for names, (verdict, frames, where, text) in rows:
+            style = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}[verdict]
+            label = names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
+            table.add_row(label, f"[{style}]{verdict}[/]", frames, where, text)
         console().print(table)
     return 1 if any(v.verdict == "rejected" for v in verdicts) else 0

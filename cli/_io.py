@@ -35,8 +35,12 @@ def open_check(path: str) -> None:
         raise InputError(f"{path}: permission denied")
 
 
+#: Files at least this large show a progress bar (on a terminal).
+PROGRESS_MIN = 32 << 20
+
+
 def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
-    """Yield the bytes of ``path`` (``-`` = stdin) in chunks."""
+    """Yield the bytes of ``path`` (``-`` = stdin) in chunks; progress on large files."""
     open_check(path)
     if path == "-":
         stream = sys.stdin.buffer
@@ -44,11 +48,27 @@ def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
             yield chunk
         return
     try:
+        total = os.path.getsize(path)
         with open(path, "rb") as f:
-            while chunk := f.read(size):
-                yield chunk
+            if total < PROGRESS_MIN or not sys.stderr.isatty():
+                while chunk := f.read(size):
+                    yield chunk
+                return
+            from rich.progress import Progress
+
+            with Progress(console=_stderr_console(), transient=True) as bar:
+                task = bar.add_task(os.path.basename(path), total=total)
+                while chunk := f.read(size):
+                    bar.advance(task, len(chunk))
+                    yield chunk
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def parse_releases(text: str) -> list[Release]:

@@ -186,6 +186,29 @@ class CompatTable:
         fams = [family] if family else sorted(self.by_family)
         return tuple(m for f in fams for m in self.by_family.get(f, ()) if m.registered)
 
+    def lifecycle_state(self, version: Release, qemu: Release) -> str | None:
+        """``supported``/``deprecated``/``deleted`` for machine ``version`` in QEMU ``qemu``.
+
+        Evaluates the versioned-machine lifecycle of this table's ``boards.h``
+        (``MACHINE_VER_DEPRECATION_MAJOR``/``_DELETION_MAJOR``: a type is deprecated or
+        deleted once it is that many major releases old, same minor or older) for
+        another QEMU version, e.g. a newer build whose sources were not extracted.
+        None when this release has no such rule. Development snapshots (micro >= 50)
+        are not modelled.
+        """
+        if not self.lifecycle:
+            return None
+
+        def expired(cutoff: int) -> bool:
+            d = qemu.major - version.major
+            return d > cutoff or (d == cutoff and qemu.minor - version.minor >= 0)
+
+        if expired(int(self.lifecycle["deletion_major"])):
+            return "deleted"
+        if expired(int(self.lifecycle["deprecation_major"])):
+            return "deprecated"
+        return "supported"
+
     def resolve(self, name: str) -> MachineInfo:
         """The machine type ``name`` names in this release (aliases resolved).
 

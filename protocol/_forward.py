@@ -363,6 +363,15 @@ class ForwardReader:
         except StopIteration:
             self._done = True
             return STOPPED
+        except _Stuck as stuck:
+            self._done = True
+            return ForwardStop(
+                release=self.release,
+                offset=self._unit_start,
+                reason=stuck.reason,
+                section_id=stuck.section_id,
+                idstr=stuck.idstr,
+            )
         except RemoteViolation as exc:
             self._error = exc
             self._done = True
@@ -451,16 +460,17 @@ class ForwardReader:
             yield from self._preempt()
             return
         head = yield from self._peek(8)
-        if len(head) >= 4 and _BE32.unpack_from(head)[0] == self.catalog.magic:
+        magic = _BE32.pack(self.catalog.magic)
+        if len(head) < 8 and head and magic.startswith(head[:4]):
+            self._begin()  # the stream ends inside the header
+            raise _Eof
+        if head[:4] == magic:
             yield from self._header()
         elif self.channel == "main" and head and head[0] != self._t_command:
             self._begin()
             raise self._violation(
                 f"stream does not start with the QEVM magic 0x{self.catalog.magic:08x}", 0
             )
-        if head and len(head) < 4 and self._eof:
-            self._begin()
-            raise _Eof
         yield from self._units(depth=0, end=None)
 
     def _header(self) -> _Need:
@@ -750,12 +760,13 @@ class ForwardReader:
                 # ram_save_setup adds be64 page_size for blocks whose page size differs
                 # from the host's: it is a power of two with no flag bits, unlike the
                 # length byte of the next idstr or the next page header.
+                # A power of two >= 4096 is neither (its first byte is 0, and no idstr is
+                # empty; its low 12 bits are 0, and every page header has a flag there).
                 nxt = yield from self._peek(8)
                 if len(nxt) == 8:
                     (v,) = _BE64.unpack(nxt)
-                    if v >= 4096 and v & (v - 1) == 0 and (remaining > 0 or v & 0xFFF == 0):
-                        if remaining == 0 or nxt[0] == 0:
-                            yield from self._take(8)
+                    if v >= 4096 and v & (v - 1) == 0:
+                        yield from self._take(8)
         if remaining != 0:
             raise _Stuck(
                 f"RAM_SAVE_FLAG_MEM_SIZE lists {total - remaining} bytes of blocks for a total "

@@ -793,6 +793,7 @@ def _machines_in_expansion(exp: list[Tok], funcs: dict[str, Function],
                 if any(t.text.startswith("type_register") for t in fn.body):
                     reg = MachineState()
                     registered = Interpreter({}, macros).run(fn.body, reg)
+                    st.notes.extend(f"register: {n}" for n in reg.notes)
             yield {
                 "name": name,
                 "qom_type": qom_name,
