@@ -258,6 +258,9 @@ class ForwardReader:
     :param descend_packaged: walk ``MIG_CMD_PACKAGED`` bodies (else skip them whole).
     :param pages: emit a :class:`RamPage` per page (else pages are only counted).
     :param target_page_size: ``TARGET_PAGE_SIZE``; ``POSTCOPY_ADVISE`` overrides it.
+    :param sections: sections started on an earlier connection of the same migration
+        (section id → idstr), for a stream resumed after postcopy recovery, whose
+        ``SECTION_PART`` units name sections it never started.
     """
 
     def __init__(
@@ -268,6 +271,7 @@ class ForwardReader:
         descend_packaged: bool = True,
         pages: bool = True,
         target_page_size: int | None = None,
+        sections: dict[int, str] | None = None,
     ) -> None:
         if channel not in ("main", "auto", "preempt"):
             raise ValueError(f"channel must be main, auto or preempt, not {channel!r}")
@@ -304,7 +308,9 @@ class ForwardReader:
         self._error: RemoteViolation | None = None
         self._unit_start = 0
         self._at_boundary = True
-        self._sections: dict[int, _Section] = {}
+        self._sections: dict[int, _Section] = {
+            k: _Section(v, 0, 0) for k, v in (sections or {}).items()
+        }
         self._footers: bool | None = None
         self._postcopy_advised = False
         self._last_block = ""
@@ -313,6 +319,7 @@ class ForwardReader:
         #: Page records walked (counted even when ``pages`` is off).
         self.page_count = 0
         self.machine_type: str | None = None
+        self._header_seen = False
         self._gen = self._top()
 
     # -- public interface -----------------------------------------------------------
@@ -483,6 +490,7 @@ class ForwardReader:
             if version != 2:
                 raise self._violation(f"QEVM version {version}, expected {self.catalog.version}", start)
         self._end_unit()
+        self._header_seen = True
         yield StreamHeader(
             release=self.release, offset=start, size=8, magic=magic, version=version
         )
@@ -635,6 +643,11 @@ class ForwardReader:
             )
         self._end_unit()
 
+    @property
+    def sections(self) -> dict[int, str]:
+        """Sections started so far (section id → idstr), to seed a resumed stream's reader."""
+        return {k: v.idstr for k, v in self._sections.items()}
+
     def _section(self, t: int, start: int, depth: int) -> _Need:
         kind = self._kind_of[t]
         section_id = yield from self._be32()
@@ -646,7 +659,14 @@ class ForwardReader:
         else:
             known = self._sections.get(section_id)
             if known is None:
-                raise self._violation(f"section id {section_id} was never started", start)
+                if self._header_seen:
+                    raise self._violation(f"section id {section_id} was never started", start)
+                raise _Stuck(
+                    f"section {section_id} ({kind}) was started on an earlier connection; "
+                    "its idstr is unknown here",
+                    section_id,
+                    None,
+                )
             idstr, instance_id, version_id = known.idstr, known.instance_id, known.version_id
         yield SectionHeader(
             release=self.release,

@@ -39,6 +39,15 @@ DEVICES = ("virtio-net-pci,id=cnet", "virtio-balloon-pci,id=cballoon", "virtio-r
 OBJECTS = ("/machine/peripheral/cnet", "/machine/peripheral/cballoon", "/machine/peripheral/crng")
 FAMILIES = ("pc-q35", "pc-i440fx")
 
+#: Observed differences between the newest extracted table and a newer, unextracted build.
+#: 11.1.3 (sid): the x86 CPU has no "x-migrate-error-code" property, so 11.1's
+#: pc_compat_10_1 cannot still carry 10.2.2's (x86_64-cpu, x-migrate-error-code, false)
+#: (QEMU refuses to start on a non-optional global whose property is missing).
+KNOWN_DRIFT: dict[str, tuple[str, ...]] = {
+    "11.1": ("x-migrate-error-code: qom-get failed: Property 'qemu64-x86_64-cpu.x-migrate-"
+             "error-code' not found",),
+}
+
 
 def _builds() -> list[Any]:
     try:
@@ -66,14 +75,17 @@ def _table_for(build: Any) -> tuple[Any, bool]:
     return compat_table(older[-1]), False
 
 
-def _machines(table: Any, exact: bool) -> list[str]:
+def _machines(table: Any, exact: bool, build_release: str) -> list[str]:
     """At least five machine types per build, spread over both x86 families."""
     out: list[str] = []
     for fam in FAMILIES:
         regs = [m.name for m in table.registered(fam)]
         if not exact:
-            # newest table's types minus its own newest (whose arrays a newer QEMU extends)
-            regs = regs[:-1]
+            # the newest table's types that the lifecycle rule keeps in the newer build,
+            # minus the table's own newest (whose arrays a newer QEMU extends)
+            qemu = Release(build_release)
+            regs = [n for n in regs[:-1]
+                    if table.lifecycle_state(table.machines[n].version, qemu) != "deleted"]
         picks = {regs[0], regs[len(regs) // 3], regs[(2 * len(regs)) // 3], regs[-1]}
         out.extend(sorted(picks, key=lambda n: Release(n.rsplit("-", 1)[1])))
     return out
@@ -86,9 +98,15 @@ def _cases() -> list[Any]:
             table, exact = _table_for(b)
         except pytest.skip.Exception:
             continue
-        for m in _machines(table, exact):
+        for m in _machines(table, exact, _version(b)):
             cases.append(pytest.param(b, m, id=f"{b.release}-{m}"))
     return cases
+
+
+def _version(build: Any) -> str:
+    """``7.2.22`` from the build's ``--version`` line."""
+    m = re.search(r"version (\d+\.\d+\.\d+)", build.version_text)
+    return m.group(1) if m else build.release
 
 
 def _norm(expected: str, observed: Any) -> tuple[Any, Any]:
@@ -175,7 +193,7 @@ def _chain(parents: dict[str, str | None], name: str) -> list[str]:
 @pytest.mark.parametrize(("build", "machine"), _cases())
 def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
     table, exact = _table_for(build)
-    info, props = effective_properties(machine, table.release)
+    _info, props = effective_properties(machine, table.release)
 
     async def run() -> tuple[list[str], int]:
         extra: list[str] = []
@@ -244,7 +262,11 @@ def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
         return mismatches, checked
 
     mismatches, checked = asyncio.run(run())
-    assert checked >= 5, f"only {checked} values compared for {machine}"
+    print(f"{build.release} {machine}: {checked} values compared")
+    assert checked >= (5 if exact else 3), f"only {checked} values compared for {machine}"
+    if not exact:
+        drift = KNOWN_DRIFT.get(build.release, ())
+        mismatches = [m for m in mismatches if not any(d in m for d in drift)]
     assert not mismatches, "\n".join(mismatches)
 
 
@@ -275,3 +297,26 @@ def test_machine_list_matches_machine_help(build: Any) -> None:
     for alias in ("q35", "pc"):
         m = re.search(r"\(alias of (\S+)\)", listed[alias])
         assert m and m.group(1) == table.aliases[alias]
+
+
+@pytest.mark.skipif(not BUILDS, reason="no QEMU provisioned: run `migcompat lab provision`")
+@pytest.mark.parametrize("build", [pytest.param(b, id=b.release) for b in BUILDS])
+def test_lifecycle_prediction_for_unextracted_build(build: Any) -> None:
+    """A build newer than every extracted tree: predict its list from the newest table."""
+    table, exact = _table_for(build)
+    if exact:
+        pytest.skip(f"{build.release} has its own table (checked exactly above)")
+    qemu = Release(_version(build))
+    out = subprocess.run(build.argv("-machine", "help"), capture_output=True, text=True,
+                         timeout=120, check=True).stdout
+    listed = {m.group("name"): m.group("desc") for line in out.splitlines()[1:]
+              if (m := _HELP_RE.match(line))}
+    versioned = {n for n in listed if re.fullmatch(r"pc(-q35|-i440fx)-\d+\.\d+(\.\d+)?", n)
+                 and Release(n.rsplit("-", 1)[1]) <= table.release}
+    predicted = {m.name: table.lifecycle_state(m.version, qemu)
+                 for m in table.machines.values()
+                 if m.version is not None and m.board in FAMILIES}
+    kept = {n for n, st in predicted.items() if st != "deleted"}
+    assert versioned == kept, (sorted(versioned - kept), sorted(kept - versioned))
+    deprecated = {n for n in versioned if "(deprecated)" in listed[n]}
+    assert deprecated == {n for n in kept if predicted[n] == "deprecated"}
