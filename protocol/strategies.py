@@ -441,6 +441,11 @@ def _hdr(t: int, n: int) -> bytes:
     return struct.pack(">HH", t, n)
 
 
+def _recv_bitmap_head(release: Release, name: str) -> bytes:
+    """A RECV_BITMAP frame alone, without the blob that follows it on the wire."""
+    return build_frame(release, "RECV_BITMAP", block_name=name)[: 4 + 1 + len(name)]
+
+
 def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[FrameSample]:
     rel = cat.release
     if kind in RAM_KINDS and ram is None:
@@ -511,7 +516,7 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
         assert ram is not None
 
         def bad_size(block: tuple[str, int], size: int) -> FrameSample:
-            head = build_frame(rel, "RECV_BITMAP", block_name=block[0])
+            head = _recv_bitmap_head(rel, block[0])
             expected = _bitmap_size(block[1])
             # Nothing after the size is read: no bitmap, however large the size says.
             return rej(
@@ -552,7 +557,7 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
         )
         return names.map(
             lambda n: (lambda d: rej(d, "recv_bitmap_bad_block", n, stop=len(d)))(
-                build_frame(rel, "RECV_BITMAP", block_name=n)
+                _recv_bitmap_head(rel, n)
             )
         )
     if kind == "resume-ack-bad-value":

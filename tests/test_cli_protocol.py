@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from migcompat.__main__ import main
 from migcompat.protocol import build_frame, catalog, known_releases
 

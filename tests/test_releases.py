@@ -6,6 +6,7 @@ import itertools
 import pickle
 
 import pytest
+
 from migcompat.protocol import InvalidRelease, Release, known_releases, parse_release, resolve_line
 
 # Must be in the correct sorting order.

@@ -12,6 +12,7 @@ import construct as cs
 import pytest
 from hypothesis import given, note
 from hypothesis import strategies as st
+
 from migcompat.protocol import (
     NEED_DATA,
     STOPPED,

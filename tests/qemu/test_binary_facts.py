@@ -33,12 +33,14 @@ NO_QEMU = "no QEMU provisioned: run `migcompat lab provision` (see README)"
 
 def binary_bytes(build: object) -> bytes:
     root = getattr(build, "root", None)
-    binary = getattr(build, "binary")
+    binary = build.binary
     path = Path(root) / str(binary).lstrip("/") if root else Path(str(binary))
     return path.read_bytes()
 
 
-@pytest.fixture(scope="module", params=BUILDS or [None], ids=lambda b: getattr(b, "release", "none"))
+@pytest.fixture(
+    scope="module", params=BUILDS or [None], ids=lambda b: getattr(b, "release", "none")
+)
 def build_and_bytes(request: pytest.FixtureRequest) -> tuple[object, bytes]:
     if request.param is None:
         pytest.skip(NO_QEMU)
@@ -69,7 +71,9 @@ def test_table_names_are_in_the_binary(build_and_bytes: tuple[object, bytes]) ->
             assert b"\0" + m.table_name.encode() + b"\0" in data or m.table_name.encode() in data
 
 
-def test_the_keepalive_proposal_is_not_in_any_release(build_and_bytes: tuple[object, bytes]) -> None:
+def test_the_keepalive_proposal_is_not_in_any_release(
+    build_and_bytes: tuple[object, bytes],
+) -> None:
     _, data = build_and_bytes
     name = overlays()["keepalive"].parameter["name"]
     assert name.encode() not in data
