@@ -133,6 +133,11 @@ class HalfStream:
             first = min(self._ooo)
             yield from self._hole(first - self.next, ts, packet, "lost")
             yield from self._drain()
+        acked = self.peer_ack
+        if self.fin_at is not None:
+            acked = min(acked, self.fin_at)  # the FIN takes a sequence number, not a byte
+        if acked > self.next:
+            yield from self._hole(acked - self.next, ts, packet, "lost")
 
     # -- machinery ----------------------------------------------------------------
     def _place(

@@ -6,7 +6,14 @@ import argparse
 from typing import Any
 
 from migcompat._io import console, print_json
-from migcompat.protocol import RpCatalog, catalog, known_releases, parse_release
+from migcompat.protocol import (
+    Release,
+    RpCatalog,
+    catalog,
+    known_releases,
+    parse_release,
+    stream_catalog,
+)
 
 __all__ = ["register"]
 
@@ -24,6 +31,11 @@ def register(sub: Any) -> None:
     p.add_argument("--release", metavar="REL", help="release (default: newest in the catalog)")
     p.add_argument("--diff", nargs=2, metavar=("A", "B"), help="what changed from A to B")
     p.add_argument("--errors", action="store_true", help="also list the error texts")
+    p.add_argument(
+        "--commands",
+        action="store_true",
+        help="the forward stream instead: QEVM header, section types, MIG_CMD_* table",
+    )
     p.add_argument("--list", action="store_true", help="list every release line and its MAX")
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=run)
@@ -122,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"  error text [italic]{key}[/]:\n    - {e['from']!r}\n    + {e['to']!r}")
         return 0
     rel = parse_release(args.release) if args.release else known_releases()[-1]
+    if args.commands:
+        return show_commands(rel, as_json=args.json)
     cat = catalog(rel)
     if args.json:
         print_json(as_json(cat))
@@ -147,4 +161,43 @@ def run(args: argparse.Namespace) -> int:
         for k, v in cat.errors.items():
             et.add_row(k, v)
         con.print(et)
+    return 0
+
+
+def show_commands(rel: Release, *, as_json: bool) -> int:
+    """The forward stream's header, section types and ``MIG_CMD_*`` table of a release."""
+    sc = stream_catalog(rel)
+    if as_json:
+        print_json(
+            {
+                "release": str(sc.release),
+                "magic": sc.magic,
+                "version": sc.version,
+                "section_types": dict(sc.section_types),
+                "commands": [
+                    {"id": c.id, "name": c.name, "length": c.length, "since": str(c.since)}
+                    for c in sc.commands
+                ],
+                "max": sc.max,
+            }
+        )
+        return 0
+    from rich.table import Table
+
+    con = console()
+    con.print(f"stream header: magic 0x{sc.magic:08X} (QEVM), version {sc.version}")
+    st = Table(title="section types", title_justify="left")
+    st.add_column("byte")
+    st.add_column("name")
+    for name, value in sorted(sc.section_types.items(), key=lambda kv: kv[1]):
+        st.add_row(f"0x{value:02x}", name)
+    con.print(st)
+    t = Table(title=f"MIG_CMD_* of {sc.release} (QEMU_VM_COMMAND)", title_justify="left")
+    for col in ("id", "name", "argument length", "since"):
+        t.add_column(col)
+    for c in sc.commands:
+        length = "variable" if c.length is None else str(c.length)
+        t.add_row(str(c.id), c.name, length if c.id else "(always rejected)", str(c.since))
+    t.add_row(str(sc.max), "MIG_CMD_MAX", "", "", style="dim")
+    con.print(t)
     return 0

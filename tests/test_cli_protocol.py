@@ -170,3 +170,14 @@ def test_help_lists_subcommands(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for cmd in ("decode", "check", "catalog"):
         assert cmd in out
+
+
+def test_catalog_forward_stream_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    from migcompat.protocol import stream_catalog
+
+    assert main(["catalog", "--commands", "--release", "10.0", "--json"]) == 0
+    c = json.loads(capsys.readouterr().out)
+    sc = stream_catalog("10.0")
+    assert c["magic"] == 0x5145564D == sc.magic
+    assert [x["name"] for x in c["commands"]] == [x.name for x in sc.commands]
+    assert c["max"] == len(sc.commands)
