@@ -141,7 +141,7 @@ def iter_packets(
     kind = sniff_format(path)
     f: BinaryIO
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed in finally
+        f = open(path, "rb")
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
     try:
@@ -266,9 +266,7 @@ def decode_tcp(pkt: Packet) -> TcpSegment | str | None:
     start = tcp + doff
     wire_len = max(0, end - start)
     payload = buf[start : min(end, len(buf))] if start <= len(buf) else b""
-    return TcpSegment(
-        pkt.index, pkt.ts, src, sport, dst, dport, seq, ack, flags, payload, wire_len
-    )
+    return TcpSegment(pkt.index, pkt.ts, src, sport, dst, dport, seq, ack, flags, payload, wire_len)
 
 
 def addr_text(addr: bytes, port: int) -> str:

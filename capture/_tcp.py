@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["MAX_OOO_BYTES", "Data", "Hole", "HalfStream"]
+__all__ = ["MAX_OOO_BYTES", "Data", "HalfStream", "Hole"]
 
 
 def __dir__() -> list[str]:

@@ -43,6 +43,10 @@ inject:T[:L[:HEX]] inject one frame of type T (be16), length L (default: len(HEX
 blackhole-idle    idle destination; the proxy stops forwarding both ways without closing
 recover           blackhole, migrate-pause on both sides, migrate-recover on the destination
                   through a new proxy port, migrate resume=true (RECV_BITMAP + RESUME_ACK)
+partition-idle    silent network partition (netns + veth, nftables drop) during postcopy;
+                  destination -S: time until each side reports postcopy-paused
+partition-active  same with the guest running on the destination (page requests in flight)
+                  (both: --keepalive tcp:IDLE,INTVL,CNT, --window S; see docs/partition.md)
 """
 
 
@@ -120,6 +124,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="seconds to keep watching after the source settles / the blackhole starts",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for an outcome")
+    p.add_argument(
+        "--keepalive",
+        metavar="tcp:IDLE,INTVL,CNT",
+        default="none",
+        help="partition-*: TCP keep-alive options in both migration URIs",
+    )
+    p.add_argument(
+        "--window",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="partition-*: seconds to watch after the cut (default 120)",
+    )
     p.set_defaults(func=_run)
 
     lab.set_defaults(func=lambda _args: (lab.print_help(sys.stderr), 2)[1])
@@ -192,6 +209,10 @@ def _run(args: argparse.Namespace) -> int:
                 f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
             )
     scenario = args.scenario
+    if scenario.startswith("partition-"):
+        from migcompat._cmd_partition import lab_run
+
+        return lab_run(args, src, dst)
     record = run_scenario(
         src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,

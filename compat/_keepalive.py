@@ -379,6 +379,8 @@ def decide_keepalive(
     if ovl_name is not None and proposal is not None and ovl_name != proposal:
         raise InputError(f"destination {dest} already carries overlay {ovl_name!r}, "
                          f"not {proposal!r}")
+    if ovl_name is not None:
+        catalog(dest)  # the catalog refuses an overlay on a line it cannot apply to
     keep = ovls.get("keepalive")
     if keep is None:
         raise InputError("the protocol catalog has no 'keepalive' overlay")

@@ -46,6 +46,7 @@ _RP_NAMES = {
     3: "MIG_RP_MSG_REQ_PAGES_ID", 4: "MIG_RP_MSG_REQ_PAGES", 5: "MIG_RP_MSG_RECV_BITMAP",
     6: "MIG_RP_MSG_RESUME_ACK", 7: "MIG_RP_MSG_SWITCHOVER_ACK",
 }  # fmt: skip
+_SHUT = 1
 _RECV_BITMAP = 5
 _BITMAP_END = 0x0123456789ABCDEF
 
@@ -85,6 +86,7 @@ class Framer:
         self._buf = bytearray()  # fallback parser only
         self._violation_types: tuple[type[BaseException], ...] = ()
         self.reader_error: str | None = None  #: why the protocol core's Reader is not used
+        self.stopped: str | None = None  #: the Reader's end sentinel, once it returned one
         if release is not None:
             try:
                 from migcompat.protocol import (  # type: ignore[attr-defined]
@@ -107,7 +109,7 @@ class Framer:
     @property
     def passthrough(self) -> bool:
         """True once frame boundaries are no longer known."""
-        return self.violation is not None
+        return self.violation is not None or self.stopped is not None
 
     def feed(self, data: bytes) -> list[FrameInfo]:
         """Feed bytes (``b""`` = EOF); return the frames completed by them."""
@@ -130,7 +132,9 @@ class Framer:
             self.violation = {"offset": None, "qemu_error": None, "error": self.reader_error}
             self.boundary = self.received
             return []
-        if frames:
+        if self.passthrough:
+            self.boundary = self.received
+        elif frames:
             last = frames[-1]
             self.boundary = last.offset + last.size
         return frames
@@ -142,7 +146,10 @@ class Framer:
             ev = self.reader.next_event()
             if ev is self._need_data:
                 return out
-            if not hasattr(ev, "offset"):  # e.g. an end-of-stream sentinel
+            if not hasattr(ev, "size"):
+                # STOPPED (after SHUT the source reads no more) or EndOfStream: from here on
+                # the relay passes bytes through untouched, knowing no boundaries.
+                self.stopped = str(ev)
                 return out
             out.append(FrameInfo(ev.offset, ev.size, ev.type_id, ev.name))
 
@@ -164,12 +171,12 @@ class Framer:
                 size += 8 + blob + 8
             if len(self._buf) - pos < size:
                 break
-            out.append(
-                FrameInfo(
-                    start + pos, size, type_id, _RP_NAMES.get(type_id, f"UNKNOWN_0x{type_id:04x}")
-                )
-            )
+            name = _RP_NAMES.get(type_id, f"UNKNOWN_0x{type_id:04x}")
+            out.append(FrameInfo(start + pos, size, type_id, name))
             pos += size
+            if type_id == _SHUT:  # every source's return-path thread ends after SHUT
+                self.stopped = "STOPPED"
+                break
         del self._buf[:pos]
         return out
 
@@ -324,6 +331,7 @@ class Proxy:
                     "rp_bytes_to_src": c.rp_out,
                     "violation": c.framer.violation,
                     "reader_error": c.framer.reader_error,
+                    "reader_stopped": c.framer.stopped,
                 }
                 for c in self.conns
             ],
@@ -384,6 +392,7 @@ class Proxy:
                 await c.dst_writer.drain()
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._note("error", conn=c.index, dir="fwd", error=f"{type(exc).__name__}: {exc}")
+            self._propagate_failure(c)
 
     async def _pump_rp(self, c: _Conn) -> None:
         try:
@@ -426,6 +435,18 @@ class Proxy:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._note("error", conn=c.index, dir="rp", error=f"{type(exc).__name__}: {exc}")
             self._fail_pending(c, str(exc))
+            self._propagate_failure(c)
+
+    def _propagate_failure(self, c: _Conn) -> None:
+        """A reset or error on one leg resets the other, as one direct connection would.
+
+        Without this, a source that resets its socket (e.g. its return-path thread gave up)
+        would leave the destination's leg open and the destination waiting forever: an
+        artefact of the relay, not QEMU's behaviour.
+        """
+        if not c.closed:
+            self._note("propagate-reset", conn=c.index)
+            self._close_conn(c, reset=True)
 
     def _send_rp(self, c: _Conn, data: bytes) -> None:
         if not data:

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import enum
 import functools
+import itertools
 import logging
 import os
 import signal
@@ -20,9 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
+
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild
-from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 __all__ = ["LabState", "QemuInstance", "StateError", "newest_common_machine", "query_machines"]
 
@@ -270,10 +272,13 @@ class QemuInstance:
             self.qmp_path.unlink()
 
 
+_probe_ids = itertools.count()
+
+
 async def query_machines(build: QemuBuild, workdir: Path) -> list[dict[str, Any]]:
     """``query-machines`` of ``build`` (a throwaway ``-machine none`` instance)."""
     inst = QemuInstance(
-        build, f"probe-{os.getpid()}-{id(build) & 0xFFFF:x}", workdir,
+        build, f"probe-{os.getpid()}-{next(_probe_ids)}", workdir,
         ["-machine", "none", "-nodefaults", "-display", "none", "-S"],
     )  # fmt: skip
     await inst.start()

@@ -294,7 +294,9 @@ class _Run:
         if sc.kind == "inject":
             assert sc.frame is not None
             if sc.trigger == "postcopy":
+                # both sides: the destination runs the guest (and faults) from then on
                 ok = await self.wait_status("src", {"postcopy-active"}, 30)
+                ok = ok and await self.wait_status("dst", {"postcopy-active"}, 10)
                 self.step("trigger", trigger=sc.trigger, reached=ok)
             elif sc.trigger.startswith("frames="):
                 ok = await self.proxy.wait_frames(int(sc.trigger[7:]), 30)
@@ -383,6 +385,8 @@ class _Run:
         )
 
     async def teardown(self) -> None:
+        # stderr lines stamped after this step come from our quit/kill, not the scenario
+        self.step("teardown")
         for inst in (self.src, self.dst):
             if inst is not None:
                 with contextlib.suppress(Exception):

@@ -39,6 +39,20 @@ from ._events import (
     Shut,
     SwitchoverAck,
 )
+from ._fast import FastReader
+from ._forward import (
+    ForwardCommand,
+    ForwardEnd,
+    ForwardReader,
+    ForwardResync,
+    ForwardStop,
+    RamBlocks,
+    RamPage,
+    SectionHeader,
+    StreamHeader,
+    VmDescription,
+    VmEof,
+)
 from ._grammar import build_frame, frame_grammar, parse_frame
 from ._reader import RamBlock, Reader
 from ._releases import Release, parse_release
@@ -52,6 +66,12 @@ __all__ = (
     "CatalogError",
     "EndOfStream",
     "Event",
+    "FastReader",
+    "ForwardCommand",
+    "ForwardEnd",
+    "ForwardReader",
+    "ForwardResync",
+    "ForwardStop",
     "InputError",
     "InvalidRelease",
     "Keepalive",
@@ -63,6 +83,8 @@ __all__ = (
     "Pong",
     "ProtocolViolation",
     "RamBlock",
+    "RamBlocks",
+    "RamPage",
     "RawMessage",
     "Reader",
     "RecvBitmap",
@@ -72,10 +94,14 @@ __all__ = (
     "ReqPagesId",
     "ResumeAck",
     "RpCatalog",
+    "SectionHeader",
     "Shut",
     "StreamCatalog",
+    "StreamHeader",
     "StreamVerdict",
     "SwitchoverAck",
+    "VmDescription",
+    "VmEof",
     "build_frame",
     "c_format",
     "catalog",

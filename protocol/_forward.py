@@ -43,6 +43,7 @@ as the grammar needs them, so feeding one byte at a time gives the same events.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ __all__ = [
     "ForwardCommand",
     "ForwardEnd",
     "ForwardReader",
+    "ForwardResync",
     "ForwardStop",
     "RamBlocks",
     "RamPage",
@@ -84,6 +86,26 @@ _RAM_HOOK = 0x80  # RDMA: not walked
 _RAM_COMPRESS_PAGE = 0x100  # removed in 9.1
 _RAM_MULTIFD_FLUSH = 0x200  # 8.0+
 _RAM_WITH_BLOCK = _RAM_PAGE | _RAM_ZERO | _RAM_COMPRESS_PAGE | _RAM_XBZRLE
+# Candidate page headers for re-synchronisation (4 KiB target pages): two zero bytes
+# (addresses < 256 TiB), four address bytes, a byte whose low nibble (flag bits 8-11)
+# is 0 or 2 (MULTIFD_FLUSH), then a flag byte of PAGE or ZERO (with or without CONTINUE),
+# EOS, or 0. A lookahead, so that overlapping candidates are all tried.
+_HEADER_RE = re.compile(
+    rb"(?=\x00\x00.{4}["
+    + b"".join(re.escape(bytes([b])) for b in range(256) if b & 0x0F in (0, 2))
+    + rb"][\x02\x08\x22\x28\x10\x00])",
+    re.DOTALL,
+)
+_ANY_HEADER_RE = re.compile(rb"(?=\x00\x00)")
+
+#: Consecutive page records that must parse, back to back, before decoding resumes after a
+#: gap: 8 records are >= 8 x 4104 bytes in which every header has a legal flag set, a page
+#: address inside a known RAMBlock and (when not CONTINUE) a known block name.
+RESYNC_MIN_RECORDS = 8
+#: PACKAGED bodies up to this size are buffered to look for their trailing commands
+#: (device state is usually well under 1 MiB; QEMU caps packages at 4 GiB).
+MAX_TRAILER_SCAN = 16 << 20
+_RESYNC_WINDOW = 64 << 10
 
 #: ``TARGET_PAGE_SIZE`` assumed until ``MIG_CMD_POSTCOPY_ADVISE`` says otherwise (x86, arm64).
 DEFAULT_TARGET_PAGE_SIZE = 4096
@@ -208,6 +230,23 @@ class ForwardStop(Event):
     idstr: str | None = None
     depth: int = 0
     final: bool = True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ForwardResync(Event):
+    """Decoding resumes after a gap (:meth:`ForwardReader.gap`), inside a RAM section.
+
+    ``offset`` is where the first validated page record starts; ``skipped`` counts
+    bytes after the gap that were passed over to find it; ``records`` is how many
+    consecutive records validated the position (see :data:`RESYNC_MIN_RECORDS`).
+    Whatever the gap held (commands, section boundaries) is unknown.
+    """
+
+    release: Release
+    offset: int
+    skipped: int
+    records: int
+    section_id: int | None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -397,6 +436,25 @@ class ForwardReader:
                 return
             yield ev  # type: ignore[misc]
 
+    def gap(self, length: int) -> None:
+        """``length`` bytes are missing right after the bytes received so far (a capture hole).
+
+        Buffered bytes not yet decoded are dropped with them; decoding resumes only
+        where a run of :data:`RESYNC_MIN_RECORDS` RAM page records validates a position
+        (a :class:`ForwardResync` event), else the stream ends with a :class:`ForwardStop`.
+        """
+        if self._done or self._error is not None:
+            return
+        if self._eof:
+            raise ValueError("gap after EOF")
+        self._gen.close()
+        self._base += len(self._data) + length
+        self._data = bytearray()
+        self._pos = 0
+        self._at_boundary = False
+        self._unit_start = self._base
+        self._gen = self._resync()
+
     # -- byte access (generator helpers) ---------------------------------------------------
     def _take(self, n: int) -> _Need:
         while len(self._data) - self._pos < n:
@@ -488,12 +546,12 @@ class ForwardReader:
         if version != self.catalog.version:
             # QEMU 2.x+ also loads version 2 streams (QEMU_VM_FILE_VERSION_COMPAT).
             if version != 2:
-                raise self._violation(f"QEVM version {version}, expected {self.catalog.version}", start)
+                raise self._violation(
+                    f"QEVM version {version}, expected {self.catalog.version}", start
+                )
         self._end_unit()
         self._header_seen = True
-        yield StreamHeader(
-            release=self.release, offset=start, size=8, magic=magic, version=version
-        )
+        yield StreamHeader(release=self.release, offset=start, size=8, magic=magic, version=version)
 
     def _units(self, *, depth: int, end: int | None) -> _Need:
         """Units until ``end`` (a PACKAGED body's end offset) or the stream's end."""
@@ -627,21 +685,86 @@ class ForwardReader:
             yield from self._units(depth=depth + 1, end=end)
         except _Stuck as stuck:
             self._begin()
+            remaining = end - self.offset
+            trailer: list[ForwardCommand] = []
+            if remaining <= MAX_TRAILER_SCAN:
+                body_at = self.offset
+                body = yield from self._take(remaining)
+                trailer = self._trailer(body, body_at, depth + 1)
+            note = (
+                f"; {len(trailer)} trailing command(s) located from the body's end"
+                if trailer
+                else ""
+            )
             yield ForwardStop(
                 release=self.release,
-                offset=self.offset,
-                reason=stuck.reason + "; skipping the rest of the PACKAGED body",
+                offset=end - remaining,
+                reason=stuck.reason + "; skipping the rest of the PACKAGED body" + note,
                 section_id=stuck.section_id,
                 idstr=stuck.idstr,
                 depth=depth + 1,
                 final=False,
             )
+            yield from iter(trailer)
             yield from self._skip(end - self.offset)
         if self.offset != end:
             raise self._violation(
                 f"PACKAGED body of {size} bytes overrun by {self.offset - end} bytes", body_start
             )
         self._end_unit()
+
+    def _trailer(self, body: bytes, body_at: int, depth: int) -> list[ForwardCommand]:
+        """Commands that end a PACKAGED body, found from its end.
+
+        QEMU closes the package with ``MIG_CMD_PING`` 3 and ``MIG_CMD_POSTCOPY_RUN``
+        after the device state (``postcopy_start``). A suffix is accepted only when
+        it is a chain of legal commands ending exactly at the body's end and starting
+        right after a section footer (``QEMU_VM_SECTION_FOOTER`` + be32 section id);
+        the longest such chain within the last 256 bytes wins.
+        """
+        best: list[ForwardCommand] = []
+        n = len(body)
+        for k in range(n - 5, max(4, n - 256), -1):
+            if body[k - 5] != self._t_footer:
+                continue
+            chain = self._command_chain(body, k, body_at, depth)
+            if chain and len(chain) > len(best):
+                best = chain
+        return best
+
+    def _command_chain(
+        self, body: bytes, k: int, body_at: int, depth: int
+    ) -> list[ForwardCommand] | None:
+        out: list[ForwardCommand] = []
+        i = k
+        while i < len(body):
+            if body[i] != self._t_command or i + 5 > len(body):
+                return None
+            cmd, length = _CMD_HDR.unpack_from(body, i + 1)
+            spec = self.catalog.by_id.get(cmd)
+            if spec is None or cmd == 0 or (spec.length is not None and spec.length != length):
+                return None
+            if spec.short_name == "PACKAGED" or i + 5 + length > len(body):
+                return None
+            payload = bytes(body[i + 5 : i + 5 + length])
+            fields: dict[str, Any] = {"located": "from the end of the PACKAGED body"}
+            if spec.short_name == "PING":
+                fields["value"] = _BE32.unpack(payload)[0]
+            out.append(
+                ForwardCommand(
+                    release=self.release,
+                    offset=body_at + i,
+                    size=5 + length,
+                    cmd=cmd,
+                    name=spec.name,
+                    length=length,
+                    payload=payload,
+                    depth=depth,
+                    fields=fields,
+                )
+            )
+            i += 5 + length
+        return out
 
     @property
     def sections(self) -> dict[int, str]:
@@ -702,7 +825,9 @@ class ForwardReader:
 
     def _footer(self, section_id: int, start: int) -> _Need:
         head = yield from self._peek(1)
-        if head and head[0] == self._t_footer:
+        if not head:
+            raise _Eof
+        if head[0] == self._t_footer:
             yield from self._u8()
             sid = yield from self._be32()
             if sid != section_id:
@@ -724,6 +849,8 @@ class ForwardReader:
             flags, addr = word & mask, word & ~mask
             if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
                 self._last_block = yield from self._pstr()
+            elif not self._last_block and flags & _RAM_WITH_BLOCK:
+                self._last_block = self._guess_block(addr)
             op = flags & ~_RAM_CONTINUE
             if op == _RAM_EOS:
                 return
@@ -805,6 +932,124 @@ class ForwardReader:
 
     def _preempt(self) -> _Need:
         """The postcopy preempt channel: page headers only (``ram_load_postcopy``)."""
+        yield from self._preempt_records()
+
+    # -- re-synchronisation after a gap --------------------------------------------------
+    def _ram_section_id(self) -> int | None:
+        ids = [k for k, v in self._sections.items() if v.idstr == _RAM_IDSTR]
+        return ids[-1] if ids else None
+
+    def _resync(self) -> _Need:
+        sid = self._ram_section_id()
+        if sid is None and self.channel != "preempt":
+            yield ForwardStop(
+                release=self.release,
+                offset=self.offset,
+                reason="a gap before any RAM section was seen: nothing to re-sync on",
+            )
+            return
+        skipped = 0
+        while True:
+            while len(self._data) - self._pos < _RESYNC_WINDOW and not self._eof:
+                yield NEED_DATA
+            found = self._find_chain(self._pos)
+            if found is not None:
+                p, n = found
+                skipped += p - self._pos
+                self._pos = p
+                yield ForwardResync(
+                    release=self.release,
+                    offset=self.offset,
+                    skipped=skipped,
+                    records=n,
+                    section_id=sid,
+                )
+                break
+            if self._eof:
+                self._pos = len(self._data)
+                yield ForwardStop(
+                    release=self.release,
+                    offset=self.offset,
+                    reason=f"no re-sync point in the {skipped + len(self._data)} bytes after "
+                    "the gap",
+                )
+                return
+            # Keep a record's worth of tail: a chain may start there.
+            drop = max(0, len(self._data) - self._pos - (self.target_page_size + 512))
+            skipped += drop
+            self._pos += drop
+        if self.channel == "preempt":
+            yield from self._preempt_records()
+            return
+        assert sid is not None
+        start = self.offset
+        yield from self._ram_records(sid, 0)
+        yield from self._footer(sid, start)
+        yield from self._units(depth=0, end=None)
+
+    def _candidates(self, start: int) -> Iterator[int]:
+        # A page header's top two bytes are 0 (addresses < 256 TiB) and its flag bits
+        # sit below the page mask: cheap to find with a regex, then validated in full.
+        pattern = _HEADER_RE if self.target_page_size == 4096 else _ANY_HEADER_RE
+        for m in pattern.finditer(self._data, start):
+            yield m.start()
+
+    def _find_chain(self, start: int) -> tuple[int, int] | None:
+        data = self._data
+        end = len(data)
+        for p in self._candidates(start):
+            n, ok = self._chain(p, end)
+            if ok and (n >= RESYNC_MIN_RECORDS or (self._eof and n >= 2)):
+                return p, n
+            if p > end - 8:
+                break
+        return None
+
+    def _chain(self, p: int, end: int) -> tuple[int, bool]:
+        """How many page records parse back to back from ``p`` (and whether they all did)."""
+        data = self._data
+        mask = self.target_page_size - 1
+        sizes = self.ram_blocks
+        biggest = max(sizes.values()) if sizes else 1 << 48
+        n = 0
+        while p + 8 <= end and n < 4 * RESYNC_MIN_RECORDS:
+            (word,) = _BE64.unpack_from(data, p)
+            flags, addr = word & mask, word & ~mask
+            op = flags & ~_RAM_CONTINUE
+            q = p + 8
+            if op == _RAM_EOS:
+                if q + 5 <= end and self._footers is not False:
+                    return n, data[q] == self._t_footer
+                return n, n > 0
+            if op == _RAM_MULTIFD_FLUSH:
+                p = q
+                n += 1
+                continue
+            if op not in (_RAM_PAGE, _RAM_ZERO):
+                return n, False
+            if not flags & _RAM_CONTINUE:
+                if q >= end:
+                    return n, True
+                ln = data[q]
+                name = bytes(data[q + 1 : q + 1 + ln]).decode("latin-1")
+                if ln == 0 or (sizes and name not in sizes):
+                    return n, False
+                if sizes and addr >= sizes[name]:
+                    return n, False
+                q += 1 + ln
+            elif addr >= biggest:
+                return n, False
+            q += self.target_page_size if op == _RAM_PAGE else 1
+            p = q
+            n += 1
+        return n, True
+
+    def _guess_block(self, addr: int) -> str:
+        """The only known block large enough for ``addr`` (a CONTINUE record after a gap)."""
+        fits = [k for k, v in self.ram_blocks.items() if addr < v]
+        return fits[0] if len(fits) == 1 else ""
+
+    def _preempt_records(self) -> _Need:
         while True:
             self._end_unit()
             probe = yield from self._peek(1)

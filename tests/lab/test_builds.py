@@ -6,8 +6,9 @@ import json
 import stat
 from pathlib import Path
 
-import migcompat.lab as lab
 import pytest
+
+import migcompat.lab as lab
 from migcompat.__main__ import main
 from migcompat.lab import LabError, QemuBuild
 from migcompat.lab.builds import release_from_version, release_key

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 import pytest
+
 from migcompat.lab import LabError, QemuBuild, find_build, installed_builds
 from migcompat.lab.builds import release_key
 from migcompat.lab.qemu import LabState, QemuInstance, StateError

@@ -7,6 +7,7 @@ import os
 import struct
 
 import pytest
+
 from migcompat.lab.proxy import Framer, Proxy, make_frame
 
 
@@ -173,6 +174,24 @@ def test_injection_after_the_recv_bitmap_blob(tmp_path, release):
     assert asyncio.run(main()) == blob_frame + KEEPALIVE
 
 
+@pytest.mark.parametrize("release", FRAMINGS)
+def test_bytes_after_shut_still_go_through(tmp_path, release):
+    """The source stops reading after SHUT; the relay must not hold back what follows."""
+    shut = make_frame(1, bytes(4))
+
+    async def main():
+        p = await Pair().start(tmp_path, release)
+        p.dst_w.write(PONG + shut + b"\x00\x02\x00")  # a stray partial frame after SHUT
+        await p.dst_w.drain()
+        got = await read_exactly(p.src_r, len(PONG) + len(shut) + 3)
+        summary = await p.close()
+        return got, summary
+
+    got, summary = asyncio.run(main())
+    assert got == PONG + shut + b"\x00\x02\x00"
+    assert [f["name"] for f in summary["frames"]] == ["MIG_RP_MSG_PONG", "MIG_RP_MSG_SHUT"]
+
+
 def test_injection_at_once_when_idle(tmp_path):
     async def main():
         p = await Pair().start(tmp_path)
@@ -217,3 +236,25 @@ def test_cut_closes_both_sides(tmp_path):
         return a, b
 
     assert asyncio.run(main()) == (b"", b"")
+
+
+def test_a_reset_on_one_leg_resets_the_other(tmp_path):
+    """A source that resets must not leave the destination's leg open (a relay artefact)."""
+    import socket as _socket
+
+    async def main():
+        p = await Pair().start(tmp_path)
+        p.dst_w.write(PONG)
+        await p.dst_w.drain()
+        await read_exactly(p.src_r, len(PONG))
+        sock = p.src_w.get_extra_info("socket")
+        sock.setsockopt(_socket.SOL_SOCKET, _socket.SO_LINGER, struct.pack("ii", 1, 0))
+        p.src_w.transport.abort()
+        try:
+            got = await asyncio.wait_for(p.dst_r.read(10), 5)
+        except ConnectionResetError:
+            got = b""
+        await p.close()
+        return got
+
+    assert asyncio.run(main()) == b""

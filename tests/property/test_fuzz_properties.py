@@ -86,9 +86,7 @@ def test_first_rejection_is_where_the_source_stops_reading(case: tuple[object, b
 
 @given(
     st.tuples(RELEASE, rps.ram_blocks()).flatmap(
-        lambda t: st.tuples(
-            st.just(t[0]), rps.mutated_streams(t[0], ram=t[1]), st.just(t[1])
-        )
+        lambda t: st.tuples(st.just(t[0]), rps.mutated_streams(t[0], ram=t[1]), st.just(t[1]))
     )
 )
 def test_stop_position_with_ram_context(case: tuple[object, bytes, dict[str, int]]) -> None:

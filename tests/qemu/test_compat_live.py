@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from migcompat.compat import compat_releases, compat_table, effective_properties
 from migcompat.compat._properties import versioned_array
 from migcompat.protocol import Release

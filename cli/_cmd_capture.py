@@ -1,0 +1,350 @@
+"""``migcompat capture``: decode a migration from a pcap/pcapng capture or a lab recording."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any
+
+from migcompat._io import print_json
+from migcompat.protocol import InputError, catalog, parse_release
+
+__all__ = ["register"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: Files larger than this get a progress bar (on a terminal).
+PROGRESS_THRESHOLD = 32 << 20
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "capture",
+        help="decode a migration from a pcap/pcapng capture (both directions, timeline, summary)",
+        description=(
+            "Find QEMU migration connections in a pcap or pcapng capture (or a lab recording "
+            "folder with chunks.jsonl), reassemble both TCP directions, decode the forward "
+            "stream's header, sections and MIG_CMD commands and every return-path frame as "
+            "the source release reads it, and correlate them (PING→PONG, RECV_BITMAP, "
+            "POSTCOPY_RESUME→RESUME_ACK, page-request latency). Exit 0: decoded; 1: the "
+            "source (or a --check-against release) rejects a return path; 2: bad input."
+        ),
+    )
+    p.add_argument("path", help="pcap/pcapng file, or a lab recording folder")
+    p.add_argument(
+        "--source",
+        default="auto",
+        metavar="REL|auto",
+        help="source release; auto (default): metadata.json beside the capture if any, "
+        "else the newest release consistent with the capture",
+    )
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object per event")
+    p.add_argument("--summary", action="store_true", help="only the summary")
+    p.add_argument(
+        "--check-against",
+        nargs="+",
+        default=[],
+        metavar="REL",
+        help="also run each return path through these source releases (or 'all')",
+    )
+    p.add_argument(
+        "--keepalive-period",
+        type=float,
+        default=60000.0,
+        metavar="MS",
+        help="keepalive period for the silence analysis (default 60000 ms)",
+    )
+    p.add_argument("--plot", metavar="FILE.png", help="draw frames, silences and latencies")
+    p.add_argument("--port", type=int, help="only connections with this TCP port")
+    p.add_argument(
+        "--connection",
+        metavar="ID",
+        help="only this connection: c0, 0, or CLIENT-SERVER as printed",
+    )
+    p.add_argument("--pages", action="store_true", help="list every RAM page walked (large output)")
+    p.add_argument(
+        "--skip-packaged",
+        action="store_true",
+        help="skip MIG_CMD_PACKAGED bodies instead of descending into them",
+    )
+    p.set_defaults(func=run)
+
+
+def _releases(values: list[str]) -> tuple[Any, ...]:
+    from migcompat._io import parse_releases
+
+    out: list[Any] = []
+    for v in values:
+        out.extend(parse_releases(v))
+    return tuple(out)
+
+
+def _fields_text(kind: str, fields: dict[str, Any]) -> str:
+    parts = []
+    for k, v in fields.items():
+        if v is None or v == {} or v == [] or (k == "depth" and v == 0):
+            continue
+        if kind == "rp-frame" and k in ("type", "length"):
+            continue
+        if isinstance(v, int) and k in ("start", "addr", "end_mark"):
+            parts.append(f"{k}=0x{v:x}")
+        elif isinstance(v, str) and len(v) > 60:
+            parts.append(f"{k}={v[:60]}…")
+        elif isinstance(v, dict | list) and len(str(v)) > 80:
+            parts.append(f"{k}={str(v)[:80]}…")
+        else:
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
+def _line(rec: dict[str, Any]) -> str:
+    t = rec["t"]
+    conn = rec["conn"] or "-"
+    d = rec["dir"] or ""
+    name = str(rec["name"]).removeprefix("MIG_RP_MSG_")
+    kind = rec["kind"]
+    label = {
+        "rp-frame": name,
+        "command": name,
+        "section": name,
+        "connection": f"connection {name}",
+        "hole": f"HOLE ({name})",
+        "fwd-stop": "FORWARD DECODE STOPS",
+        "fwd-violation": "FORWARD REJECTED",
+        "rp-violation": "RETURN PATH REJECTED",
+        "rp-end": f"return path ends ({name})",
+        "fwd-end": f"forward stream ends ({name})",
+        "resync": f"resync: {name}",
+        "page-served": "requested page sent",
+        "page": f"page {name}",
+        "ram-blocks": "RAM blocks",
+        "header": "QEVM header",
+        "note": f"note: {name}",
+    }.get(kind, f"{kind} {name}")
+    off = "" if rec["offset"] is None else f"@{rec['offset']}"
+    return f"{t:>11.6f}  {conn:>3} {d:3}  {label:28} {off:>10}  {_fields_text(kind, rec['fields'])}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from migcompat.capture import CaptureOptions, decode_capture, sniff_format
+    from migcompat.capture._summary import summarize
+
+    path = args.path
+    sniff_format(path)  # a clear error before anything else
+    source = None
+    if args.source != "auto":
+        source = parse_release(args.source)
+        catalog(source)
+    if args.keepalive_period <= 0:
+        raise InputError("--keepalive-period must be positive (milliseconds)")
+    period = args.keepalive_period / 1000.0
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "--plot needs matplotlib: pip install 'qemu-migcompat[plot]'"
+            ) from None
+    options = CaptureOptions(
+        source=source,
+        port=args.port,
+        connection=args.connection,
+        check_against=_releases(args.check_against),
+        keepalive_period=period,
+        pages=args.pages,
+        descend_packaged=not args.skip_packaged,
+    )
+    frames: list[tuple[float, str, str]] = []
+    out = sys.stdout
+
+    def on_record(rec: dict[str, Any]) -> None:
+        if args.plot and rec["kind"] == "rp-frame":
+            frames.append((rec["t"], rec["conn"], rec["name"]))
+        if args.summary:
+            return
+        if args.json:
+            print_json(rec)
+        else:
+            out.write(_line(rec) + "\n")
+
+    progress, done = _progress(path)
+    try:
+        report = decode_capture(path, options, on_record, progress)
+    finally:
+        done()
+    summary = summarize(report, period)
+    if args.json:
+        print_json(
+            {
+                "t": None,
+                "conn": None,
+                "dir": None,
+                "kind": "summary",
+                "name": "summary",
+                "offset": None,
+                "fields": summary,
+            }
+        )
+    else:
+        if not args.summary:
+            out.write("\n")
+        _print_summary(summary)
+    if args.plot:
+        from migcompat.capture._plot import plot_capture
+
+        plot_capture(report, frames, args.plot, period)
+        if not args.json:
+            out.write(f"plot written to {args.plot}\n")
+    rejected = any(
+        c.get("return_path", {}).get("verdict") == "rejected"
+        or any(
+            v["verdict"] == "rejected" for v in c.get("return_path", {}).get("checks", {}).values()
+        )
+        for c in summary["connections"]
+    )
+    return 1 if rejected else 0
+
+
+def _progress(path: str) -> tuple[Any, Any]:
+    try:
+        size = os.path.getsize(path) if os.path.isfile(path) else 0
+    except OSError:
+        size = 0
+    if size < PROGRESS_THRESHOLD or not sys.stderr.isatty():
+        return None, lambda: None
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    prog = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    )
+    prog.start()
+    task = prog.add_task(os.path.basename(path), total=size)
+
+    def update(pos: int) -> None:
+        prog.update(task, completed=pos)
+
+    return update, prog.stop
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f} ms"
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    w = sys.stdout.write
+    w(f"capture {s['path']} ({s['input']}): {s['packets']} records, {s['duration_s']:.3f} s\n")
+    w(f"source release {s['source']} ({s['source_basis']})")
+    if s["metadata_source"] and s["source_basis"] != "metadata.json":
+        w(f"; metadata.json says {s['metadata_source']}")
+    w("\n")
+    for c in s["connections"]:
+        w(f"\n{c['id']} {c['client']} → {c['server']}: {c['role']}")
+        if c["migration"] is not None:
+            w(f" (migration #{c['migration']})")
+        w(f"; {c['bytes']['fwd']} bytes forward, {c['bytes']['rp']} bytes back")
+        if c["closed"] is not None:
+            w(f"; closed at {c['closed']:.3f} s ({c['closed_how']})")
+        w("\n")
+        tcp = [
+            f"{c[k]} {k.replace('_', '-')}"
+            for k in ("retransmitted", "out_of_order", "overlaps")
+            if c[k]
+        ]
+        if tcp:
+            w(f"  TCP: {', '.join(tcp)}\n")
+        for h in c["holes"][:10]:
+            w(
+                f"  hole: {h['dir']} offset {h['offset']}, {h['length']} bytes missing "
+                f"({h['reason']}, from packet {h['packet']} at {h['t']:.3f} s)\n"
+            )
+        if len(c["holes"]) > 10:
+            w(f"  … {len(c['holes']) - 10} more holes\n")
+        fwd = c.get("forward")
+        if fwd:
+            cmds = ", ".join(f"{k.removeprefix('MIG_CMD_')}×{v}" for k, v in fwd["counts"].items())
+            w(f"  forward: {cmds or 'nothing decoded'}; {fwd['pages_walked']} pages walked\n")
+            if fwd["resyncs"]:
+                w(f"  forward decode re-synced {fwd['resyncs']} time(s) after holes\n")
+            if fwd["end"]:
+                w(f"  forward decode {fwd['end']}\n")
+        rp = c.get("return_path")
+        if rp:
+            counts = ", ".join(
+                f"{k.removeprefix('MIG_RP_MSG_')}×{v}"
+                for k, v in sorted(rp["counts"].items(), key=lambda kv: -kv[1])
+            )
+            w(f"  return path: {rp['frames']} frames ({counts or 'none'}); {rp['verdict']}")
+            w(f" — {rp['error']}\n" if rp["error"] else "\n")
+            if rp["resyncs"]:
+                w(f"  re-synced {rp['resyncs']} time(s) after holes\n")
+            gaps = rp["longest_silences"]
+            if gaps:
+                w(
+                    "  longest silences: "
+                    + ", ".join(f"{g['seconds']:.3f} s from {g['start']:.3f} s" for g in gaps[:3])
+                    + "\n"
+                )
+            k = rp["keepalive"]
+            w(
+                f"  keepalive: with P = {k['period_s']:g} s the destination would have sent "
+                f"{k['would_send']} keepalives during this capture; longest silence "
+                f"{k['longest_silence_s'] or 0:.3f} s"
+            )
+            if k["first_detection"] is not None:
+                w(f"; a dead link would first be noticed at {k['first_detection']:.3f} s")
+            w("\n")
+            for rel, v in rp["checks"].items():
+                extra = f" at offset {v['offset']}" if v["offset"] is not None else ""
+                err = f": {v['error']}" if v["error"] else ""
+                w(f"  check against {rel}: {v['verdict']}{extra} ({v['frames']} frames){err}\n")
+    for m in s["migrations"]:
+        w(
+            f"\nmigration #{m['index']} ({m['machine_type'] or 'machine type not seen'}), "
+            f"connections {', '.join(m['connections'])}\n"
+        )
+        if m["states"]:
+            w(
+                "  states: "
+                + " → ".join(f"{x['state']} ({x['t']:.3f} s)" for x in m["states"])
+                + "\n"
+            )
+        pp = m["ping_pong"]
+        if pp["count"] or pp["unanswered"]:
+            w(
+                f"  PING→PONG: {pp['count']} matched, p50 {_ms(pp['p50_ms'])}, max "
+                f"{_ms(pp['max_ms'])}; {pp['unanswered']} unanswered\n"
+            )
+        if m["recv_bitmap"]:
+            w(
+                f"  RECV_BITMAP: {len(m['recv_bitmap'])} blocks answered, max "
+                f"{max(x['ms'] for x in m['recv_bitmap']):.3f} ms\n"
+            )
+        if m["resume_ack"]:
+            acks = ", ".join(f"{x:.3f} ms" for x in m["resume_ack"])
+            w(f"  POSTCOPY_RESUME→RESUME_ACK: {acks}\n")
+        pr = m["page_requests"]
+        if pr["requests"]:
+            w(f"  page requests: {pr['requests']}, matched {pr['count']}")
+            if pr["count"]:
+                w(f": p50 {_ms(pr['p50_ms'])}, p99 {_ms(pr['p99_ms'])}, max {_ms(pr['max_ms'])}")
+            if pr["unmatched_already_sent"]:
+                w(
+                    f"; {pr['unmatched_already_sent']} of the {pr['unmatched']} unmatched had "
+                    "already been sent when asked for (in flight)"
+                )
+            if pr.get("why_unmatched"):
+                w(f" ({pr['why_unmatched']})")
+            w("\n")
+    for prob in s["problems"]:
+        w(f"problem: {prob}\n")

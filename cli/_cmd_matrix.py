@@ -1,0 +1,245 @@
+"""``migcompat matrix``: predict the cross-version matrix, run it on real QEMU, emit it for CI."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from migcompat.protocol import InputError
+
+__all__ = ["register"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+_EPILOG = """\
+examples:
+  migcompat matrix predict                                  # 7.2, 10.0, 11.1, core scenarios
+  migcompat matrix predict --releases 7.2,11.1 --scenarios plain,keepalive-proposal --markdown
+  migcompat matrix run --jobs 2 --markdown docs/matrix.md --junit matrix.xml
+  migcompat matrix run --cell '7.2->11.1/pc-q35-7.2/keepalive-proposal'
+  migcompat matrix emit gitlab-ci > .gitlab-ci-matrix.yml
+
+scenarios: plain, switchover-ack (inject 00 07 00 00 once postcopy is active),
+keepalive-proposal (inject 00 08 00 00), blackhole-idle, recover,
+resume-ack-outside-recovery, recv-bitmap-outside-recovery, or any lab spec inject:TYPE[:LEN[:HEX]].
+A cell id is SRC->DST/MACHINE/SCENARIO. Exit status of `run`: 0 all pass (or skipped),
+1 any mismatch or lab error, 2 bad input.
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _selection(p: argparse.ArgumentParser) -> None:
+    from migcompat.compat._matrix import DEFAULT_RELEASES
+
+    p.add_argument(
+        "--releases", type=_csv, default=list(DEFAULT_RELEASES), metavar="R,R,…",
+        help=f"release lines (all ordered pairs, incl. same-version; default "
+        f"{','.join(DEFAULT_RELEASES)})",
+    )  # fmt: skip
+    p.add_argument(
+        "--scenarios", type=_csv, default=None, metavar="S,S,…",
+        help="scenarios (default: the core ones); 'all' for every named one",
+    )  # fmt: skip
+    p.add_argument(
+        "--machines", default="newest", metavar="newest|all|M,M",
+        help="machine types per pair: the newest both register (default), all, or a list",
+    )  # fmt: skip
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``matrix`` and its subcommands."""
+    m = subparsers.add_parser(
+        "matrix",
+        help="cross-version matrix: predict every cell, run it on real QEMU, emit it for CI",
+        description=(
+            "Every (source release, destination release, machine type, scenario): what the "
+            "source and the destination must end in, predicted from the catalog and the lab's "
+            "observations; run on the lab and compared; emitted as a GitLab CI matrix."
+        ),
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = m.add_subparsers(dest="matrix_command", metavar="SUBCOMMAND")
+
+    p = sub.add_parser("predict", help="print the predicted outcome of every cell")
+    _selection(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="JSON output")
+    fmt.add_argument("--markdown", action="store_true", help="Markdown table")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("run", help="run cells on the lab and compare with the prediction")
+    _selection(p)
+    p.add_argument("--cell", action="append", default=[], metavar="ID",
+                   help="run only this cell (SRC->DST/MACHINE/SCENARIO); repeatable")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1; 2 cores: ≤ 2)")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+                   help="run directories (default ./matrix-runs/<time>)")  # fmt: skip
+    p.add_argument("--keep", action="store_true", help="keep captures of passing cells too")
+    p.add_argument("--json", metavar="FILE", help="write the JSON report ('-' = stdout)")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown report ('-' = stdout)")
+    p.add_argument("--junit", metavar="FILE", help="write JUnit XML")
+    p.add_argument("--timeout", type=float, default=90.0, help="per-cell outcome timeout (s)")
+    p.add_argument("--observe", type=float, default=5.0,
+                   help="seconds to watch after the source settles")  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("emit", help="emit the matrix for another tool")
+    p.add_argument("target", choices=["gitlab-ci"], help="gitlab-ci: a parallel:matrix job")
+    _selection(p)
+    p.add_argument("--job", default="migcompat-matrix", help="job name")
+    p.add_argument("--stage", default="test", help="stage")
+    p.add_argument("--image", default="debian:trixie", help="container image")
+    p.set_defaults(func=_emit)
+    m.set_defaults(func=lambda args: (m.print_help(sys.stderr), 2)[1])
+
+
+def _scenarios(args: argparse.Namespace) -> list[str] | None:
+    from migcompat.compat._matrix import known_scenarios
+
+    if args.scenarios == ["all"]:
+        return list(known_scenarios())
+    return args.scenarios
+
+
+def _predictions(args: argparse.Namespace) -> list[Any]:
+    from migcompat.compat._matrix import common_machines, parse_cell_id, predict, predict_matrix
+
+    cells = getattr(args, "cell", None)
+    if cells:
+        out = []
+        for text in cells:
+            cell = parse_cell_id(text)
+            if cell.machine not in common_machines(cell.source, cell.destination,
+                                                   cell.machine.rsplit("-", 1)[0]):  # fmt: skip
+                raise InputError(
+                    f"{cell.machine} is not registered by both {cell.source} and {cell.destination}"
+                )
+            out.append(predict(cell))
+        return out
+    return predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from migcompat.compat._matrix import predictions_markdown
+
+    preds = _predictions(args)
+    if args.json:
+        print(json.dumps([p.to_json() for p in preds], indent=2))
+        return 0
+    if args.markdown:
+        sys.stdout.write(predictions_markdown(preds))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"predicted matrix ({len(preds)} cells)")
+    for col in ("cell", "source", "source error (exact)", "destination", "runstates s/d",
+                "split brain"):  # fmt: skip
+        t.add_column(col, overflow="fold")
+    for p in preds:
+        if p.unpredicted:
+            t.add_row(p.cell.id, "[dim]not predicted[/]", p.unpredicted, "", "", "")
+            continue
+        sb = {"always": "[bold red]SPLIT-BRAIN[/]", "possible": "[red]possible[/]"}.get(
+            p.split_brain, "no"
+        )
+        t.add_row(
+            p.cell.id, p.src_status or "", p.src_error or "—", " | ".join(sorted(p.dst_statuses)),
+            f"{'/'.join(sorted(p.src_runstates))} ; {'/'.join(sorted(p.dst_runstates))}", sb,
+        )  # fmt: skip
+    Console().print(t)
+    return 0
+
+
+def _write(target: str, text: str) -> None:
+    if target == "-":
+        sys.stdout.write(text)
+    else:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        Path(target).write_text(text, encoding="utf-8")
+
+
+def _run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from migcompat.compat._matrix import (
+        build_versions,
+        results_json,
+        results_junit,
+        results_markdown,
+        results_summary,
+        run_cells,
+    )
+
+    if not 1 <= args.jobs <= 8:
+        raise InputError("--jobs must be between 1 and 8 (2 is sensible on 2 cores)")
+    preds = _predictions(args)
+    err = Console(stderr=True)
+    if args.dry_run:
+        for p in preds:
+            print(p.cell.id + (f"  (skipped: {p.unpredicted})" if p.unpredicted else ""))
+        return 0
+    out = args.out or Path("matrix-runs") / time.strftime("%Y%m%d-%H%M%S")
+    rels = sorted({r for p in preds for r in (p.cell.source, p.cell.destination)})
+    versions = build_versions(rels)
+    running: set[str] = set()
+    with Progress(
+        TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=err, transient=False,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("", total=len(preds))
+
+        def started(p: Any) -> None:
+            running.add(p.cell.id)
+            bar.update(task, description=", ".join(sorted(running)))
+
+        def done(r: Any) -> None:
+            running.discard(r.prediction.cell.id)
+            colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
+            sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
+            bar.console.print(f"[{colour}]{r.outcome:8}[/] {r.prediction.cell.id}{sb}"
+                              + (f" — {'; '.join(r.reasons)}" if r.reasons else ""),
+                              highlight=False, markup=True)  # fmt: skip
+            bar.update(task, advance=1, description=", ".join(sorted(running)))
+
+        results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
+                            observe=args.observe, keep=args.keep, on_start=started,
+                            on_done=done)  # fmt: skip
+    s = results_summary(results)
+    title = "Cross-version matrix: " + ", ".join(rels)
+    if args.json:
+        _write(args.json, results_json(results, versions))
+    if args.markdown:
+        command = "migcompat " + " ".join(sys.argv[1:])
+        _write(args.markdown, results_markdown(results, versions=versions, title=title,
+                                               command=command))  # fmt: skip
+    if args.junit:
+        _write(args.junit, results_junit(results))
+    err.print(
+        f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
+        f"{s['error']} error[/] of {s['total']}; split brain observed in {s['split_brain']}; "
+        f"runs under {out}"
+    )
+    return 1 if s["mismatch"] or s["error"] else 0
+
+
+def _emit(args: argparse.Namespace) -> int:
+    from migcompat.compat._matrix import gitlab_ci, predict_matrix
+
+    preds = predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+    cells = [p.cell for p in preds if not p.unpredicted]
+    sys.stdout.write(gitlab_ci(cells, job=args.job, stage=args.stage, image=args.image))
+    return 0

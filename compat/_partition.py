@@ -1,0 +1,426 @@
+"""How long each side of a postcopy migration takes to notice a silent network partition.
+
+Theory of operation. After a silent cut (no RST, FIN or ICMP) a QEMU side goes to
+``postcopy-paused`` only when a read or write on its migration socket fails, i.e. when its own
+kernel declares the TCP connection dead. Linux does that by exactly one of three routes, chosen
+by what the socket has outstanding (``net/ipv4/tcp_timer.c``):
+
+1. **Unacknowledged data** (the side wrote something after the cut — the source pushing
+   postcopy pages, a destination's page request, the proposed RP KEEPALIVE frame): the
+   retransmission timer. It gives up after ``tcp_retries2`` back-offs, i.e. once
+   ``tcp_model_timeout(retries2, TCP_RTO_MIN)`` has passed since the first unacknowledged
+   segment — 924.6 s for the default 15 — or, with ``TCP_USER_TIMEOUT`` set, after that many
+   milliseconds (``retransmits_timed_out``). Keep-alive is *not* used while data is in flight
+   (``tcp_keepalive_timer``: "It is alive without keepalive").
+2. **Nothing outstanding, SO_KEEPALIVE set**: the keep-alive timer probes after ``idle`` s of
+   silence, every ``interval`` s, and resets after ``count`` unanswered probes —
+   ``idle + count * interval`` after the last segment received (with a user timeout: the first
+   probe tick at or after it).
+3. **Nothing outstanding, no keep-alive**: never. An idle postcopy destination (no page to ask
+   for) waits in ``postcopy-active`` for ever.
+
+Which side can set keep-alive, and with which knobs, is QEMU's part (``compat.tcp_keepalive``,
+read from ``qapi/sockets.json`` and ``util/qemu-sockets.c``): the connecting side since 4.2 with
+the system's idle/interval/count, both sides with the knobs since 10.1.
+
+WARNING: the kernel formulas below are written as code, kept in sync by hand with
+``tcp_model_timeout``/``retransmits_timed_out``/``tcp_keepalive_timer`` (Linux 5.x–6.x).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from migcompat.protocol import Release
+from migcompat.protocol._errors import InputError
+
+from ._keepalive import Fact, tcp_keepalive
+
+__all__ = [
+    "PartitionPrediction",
+    "SidePrediction",
+    "Strategy",
+    "StrategyError",
+    "TcpSettings",
+    "keepalive_timeout_s",
+    "predict_partition",
+    "retransmission_schedule_s",
+    "retransmission_timeout_s",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: ``TCP_RTO_MIN`` (``include/net/tcp.h``: ``HZ/5``): the first RTO on a LAN-sized RTT.
+TCP_RTO_MIN_MS = 200
+#: ``TCP_RTO_MAX`` (``include/net/tcp.h``: ``120*HZ``): where exponential back-off stops.
+TCP_RTO_MAX_MS = 120_000
+#: The kernel's built-in sysctl defaults (also what a new network namespace starts with).
+LINUX_DEFAULTS = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75,
+                  "tcp_keepalive_probes": 9, "tcp_retries2": 15}  # fmt: skip
+#: Largest value QEMU's uint32 keep-alive members and our ms arguments take.
+_UINT32 = 0xFFFFFFFF
+
+
+class StrategyError(InputError):
+    """A ``--strategy`` (or TCP setting) that cannot be used; exit status 2."""
+
+
+@dataclass(frozen=True, slots=True)
+class TcpSettings:
+    """The Linux TCP settings that decide detection time (``/proc/sys/net/ipv4``).
+
+    >>> TcpSettings().keepalive_time
+    7200
+    """
+
+    keepalive_time: int = 7200
+    keepalive_intvl: int = 75
+    keepalive_probes: int = 9
+    retries2: int = 15
+    rto_min_ms: int = TCP_RTO_MIN_MS
+    rto_max_ms: int = TCP_RTO_MAX_MS
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise StrategyError(f"{f.name} must be a non-negative integer, got {v!r}")
+        if self.rto_min_ms == 0 or self.rto_max_ms < self.rto_min_ms:
+            raise StrategyError("need 0 < rto_min_ms <= rto_max_ms")
+
+    @classmethod
+    def from_sysctls(cls, values: Mapping[str, int]) -> TcpSettings:
+        """From ``{"tcp_keepalive_time": …}`` (missing keys: Linux's defaults)."""
+        v = {**LINUX_DEFAULTS, **{k: int(x) for k, x in values.items() if k in LINUX_DEFAULTS}}
+        return cls(v["tcp_keepalive_time"], v["tcp_keepalive_intvl"], v["tcp_keepalive_probes"],
+                   v["tcp_retries2"])  # fmt: skip
+
+    @classmethod
+    def from_proc(cls, base: Path = Path("/proc/sys/net/ipv4")) -> TcpSettings:
+        """This (network namespace's) kernel's values; unreadable ones fall back to defaults."""
+        values: dict[str, int] = {}
+        for key in LINUX_DEFAULTS:
+            try:
+                values[key] = int((base / key).read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+        return cls.from_sysctls(values)
+
+    def to_json(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def retransmission_timeout_s(retries: int, rto_min_ms: int = TCP_RTO_MIN_MS,
+                             rto_max_ms: int = TCP_RTO_MAX_MS) -> float:  # fmt: skip
+    """Linux's ``tcp_model_timeout(sk, retries, TCP_RTO_MIN)``, in seconds.
+
+    The connection is dropped at the first retransmission timer tick at least this long after
+    the first unacknowledged segment was sent.
+
+    >>> retransmission_timeout_s(15)
+    924.6
+    >>> retransmission_timeout_s(8)
+    102.2
+    """
+    thresh = int(math.log2(rto_max_ms // rto_min_ms))  # ilog2(TCP_RTO_MAX / rto_base)
+    if retries <= thresh:
+        ms = ((2 << retries) - 1) * rto_min_ms
+    else:
+        ms = ((2 << thresh) - 1) * rto_min_ms + (retries - thresh) * rto_max_ms
+    return round(ms / 1000, 3)
+
+
+def retransmission_schedule_s(retries: int, rto_ms: float = TCP_RTO_MIN_MS,
+                              rto_max_ms: int = TCP_RTO_MAX_MS,
+                              rto_min_ms: int = TCP_RTO_MIN_MS) -> list[float]:  # fmt: skip
+    """Times (s after the first send) of each retransmission tick, the last one giving up.
+
+    ``rto_ms`` is the connection's RTO before the cut (``srtt + rttvar``, at least
+    ``TCP_RTO_MIN``: 200 ms plus the RTT on a LAN). It doubles per tick up to ``TCP_RTO_MAX``.
+
+    >>> retransmission_schedule_s(3)
+    [0.2, 0.6, 1.4, 3.0]
+    """
+    limit = retransmission_timeout_s(retries, rto_min_ms, rto_max_ms)
+    out, t, rto = [], 0.0, float(rto_ms)
+    while True:
+        t += rto / 1000
+        out.append(round(t, 3))
+        if t + 1e-9 >= limit:
+            return out
+        rto = min(rto * 2, rto_max_ms)
+
+
+def keepalive_timeout_s(idle: int, interval: int, count: int,
+                        user_timeout_ms: int | None = None) -> float:  # fmt: skip
+    """Seconds after the last segment received until keep-alive resets the connection.
+
+    Without a user timeout: ``idle + count * interval``. With one (``tcp_keepalive_timer``):
+    the first probe tick at which ``user_timeout`` has passed and at least one probe is out.
+
+    >>> keepalive_timeout_s(5, 2, 3)
+    11.0
+    >>> keepalive_timeout_s(5, 2, 3, user_timeout_ms=6000)
+    7.0
+    """
+    if not user_timeout_ms:
+        return float(idle + count * interval)
+    ticks = max(1, math.ceil((user_timeout_ms / 1000 - idle) / interval)) if interval else 1
+    return float(idle + ticks * interval)
+
+
+# ---------------------------------------------------------------------------------------
+# Section: strategies
+# ---------------------------------------------------------------------------------------
+
+_STRATEGY_RE = re.compile(
+    r"none|tcp:(?P<i>\d+),(?P<n>\d+),(?P<c>\d+)|rp-keepalive:(?P<p>\d+)|user-timeout:(?P<u>\d+)"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Strategy:
+    """How the migration is meant to notice a dead peer.
+
+    ``none``; ``tcp:IDLE,INTVL,CNT`` (TCP keep-alive options on the migration address, on the
+    sides whose release applies them); ``rp-keepalive:PERIOD_MS`` (the never-merged return-path
+    KEEPALIVE proposal: the destination writes a frame every period); ``user-timeout:MS``
+    (TCP_USER_TIMEOUT on both sockets; no QEMU release sets it — a what-if). Joined with ``+``
+    they combine (``rp-keepalive:1000+user-timeout:10000``).
+
+    >>> str(Strategy.parse("tcp:5,2,3"))
+    'tcp:5,2,3'
+    >>> Strategy.parse("rp-keepalive:1000+user-timeout:5000").user_timeout_ms
+    5000
+    """
+
+    tcp: tuple[int, int, int] | None = None
+    rp_keepalive_ms: int | None = None
+    user_timeout_ms: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Strategy:
+        """Parse the ``--strategy`` grammar above.
+
+        :raises StrategyError: unknown form, repeated part, or a value out of range.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise StrategyError("empty strategy; use none, tcp:IDLE,INTVL,CNT, "
+                                "rp-keepalive:PERIOD_MS or user-timeout:MS")  # fmt: skip
+        tcp = rp = ut = None
+        parts = text.strip().split("+")
+        for part in parts:
+            m = _STRATEGY_RE.fullmatch(part.strip())
+            if not m:
+                raise StrategyError(
+                    f"strategy {part!r}: expected none, tcp:IDLE,INTVL,CNT (seconds, seconds, "
+                    "probes), rp-keepalive:PERIOD_MS or user-timeout:MS"
+                )
+            if m["i"] is not None:
+                if tcp is not None:
+                    raise StrategyError(f"strategy {text!r}: tcp given twice")
+                tcp = (int(m["i"]), int(m["n"]), int(m["c"]))
+                if min(tcp) < 1 or max(tcp) > _UINT32:
+                    raise StrategyError(f"strategy {part!r}: idle, interval and count must be "
+                                        "1 … 4294967295 (0 would mean the system default)")
+            elif m["p"] is not None:
+                if rp is not None:
+                    raise StrategyError(f"strategy {text!r}: rp-keepalive given twice")
+                rp = int(m["p"])
+                if not 1 <= rp <= 0x7FFFFFFF:
+                    raise StrategyError(f"strategy {part!r}: the period must be 1 … 2147483647 "
+                                        "ms (the proposal refuses values > INT_MAX; 0 is off)")
+            elif m["u"] is not None:
+                if ut is not None:
+                    raise StrategyError(f"strategy {text!r}: user-timeout given twice")
+                ut = int(m["u"])
+                if not 1 <= ut <= 0x7FFFFFFF:
+                    raise StrategyError(f"strategy {part!r}: TCP_USER_TIMEOUT is 1 … "
+                                        "2147483647 ms (0 means off)")
+            elif len(parts) > 1:
+                raise StrategyError(f"strategy {text!r}: none cannot be combined")
+        return cls(tcp=tcp, rp_keepalive_ms=rp, user_timeout_ms=ut)
+
+    def __str__(self) -> str:
+        parts = []
+        if self.tcp:
+            parts.append("tcp:{},{},{}".format(*self.tcp))
+        if self.rp_keepalive_ms:
+            parts.append(f"rp-keepalive:{self.rp_keepalive_ms}")
+        if self.user_timeout_ms:
+            parts.append(f"user-timeout:{self.user_timeout_ms}")
+        return "+".join(parts) or "none"
+
+
+# ---------------------------------------------------------------------------------------
+# Section: the prediction
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SidePrediction:
+    """When one side should report ``postcopy-paused``, measured from the cut.
+
+    :param detect_s: seconds after the cut; ``None`` = never (no mechanism fires).
+    :param mechanism: ``keepalive``, ``retransmission``, ``user-timeout`` or ``never``.
+    :param keepalive: what this side's socket has: ``None`` (off) or ``(idle, intvl, cnt)``.
+    """
+
+    role: str
+    release: str | None
+    detect_s: float | None
+    mechanism: str
+    keepalive: tuple[int, int, int] | None
+    facts: tuple[Fact, ...] = field(default=())
+
+    def within(self, window_s: float) -> bool:
+        """Whether the prediction is a detection inside an observation window."""
+        return self.detect_s is not None and self.detect_s <= window_s
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "release": self.release, "detect_s": self.detect_s,
+                "mechanism": self.mechanism,
+                "keepalive": list(self.keepalive) if self.keepalive else None,
+                "facts": [f.to_json() for f in self.facts]}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionPrediction:
+    """Both sides' predictions for one (source, destination, strategy, scenario)."""
+
+    source: SidePrediction
+    destination: SidePrediction
+    strategy: Strategy
+    scenario: str
+    settings: TcpSettings
+
+    def to_json(self) -> dict[str, Any]:
+        return {"strategy": str(self.strategy), "scenario": self.scenario,
+                "settings": self.settings.to_json(), "source": self.source.to_json(),
+                "destination": self.destination.to_json()}  # fmt: skip
+
+
+def _release(value: Release | str | None, role: str) -> Release | None:
+    if value is None or isinstance(value, Release):
+        return value
+    return Release(value)
+
+
+def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
+                    facts: list[Fact]) -> tuple[int, int, int] | None:  # fmt: skip
+    """The keep-alive this side's socket really gets under ``strategy``, with why."""
+    if strategy.tcp is None:
+        facts.append(Fact(f"{role}: no TCP keep-alive requested"))
+        return None
+    if rel is None:
+        facts.append(Fact(f"{role}: release unknown, assuming it applies nothing"))
+        return None
+    idle, intvl, cnt = strategy.tcp
+    advice = tcp_keepalive(rel if role == "source" else None, rel, idle, intvl, cnt)
+    side = advice.source if role == "source" else advice.destination
+    for f in side.facts:
+        if "detected within" not in f.text and "sysctls apply" not in f.text:
+            facts.append(Fact(f"{role}: {f.text}", f.source))
+    if not side.keep_alive:
+        facts.append(Fact(f"{role} {rel.line}: the keep-alive options are not applied to the "
+                          "migration socket"))  # fmt: skip
+        return None
+    if side.knobs:
+        return (idle, intvl, cnt)
+    facts.append(Fact(f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
+                      f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
+                      f"{st.keepalive_intvl}/{st.keepalive_probes} apply",
+                      "/proc/sys/net/ipv4/tcp_keepalive_*"))  # fmt: skip
+    return (st.keepalive_time, st.keepalive_intvl, st.keepalive_probes)
+
+
+def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
+                  writes: str | None, write_delay_s: float) -> SidePrediction:  # fmt: skip
+    """One side: ``writes`` says what it has to send after the cut (``None``: nothing)."""
+    facts: list[Fact] = []
+    ka = _side_keepalive(role, rel, strategy, st, facts)
+    ut = strategy.user_timeout_ms
+    relname = str(rel) if rel is not None else None
+    if writes is not None:
+        facts.append(Fact(f"{role} has data to send after the cut ({writes}): it stays "
+                          "unacknowledged, so the retransmission timer decides and keep-alive "
+                          "never probes", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
+        if ut:
+            t = write_delay_s + ut / 1000
+            facts.append(Fact(f"TCP_USER_TIMEOUT {ut} ms: retransmission gives up {ut / 1000:g} s "
+                              "after the first unacknowledged segment",
+                              "retransmits_timed_out / tcp_clamp_rto_to_user_timeout"))
+            return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts))
+        limit = retransmission_timeout_s(st.retries2, st.rto_min_ms, st.rto_max_ms)
+        sched = retransmission_schedule_s(st.retries2, st.rto_min_ms, st.rto_max_ms,
+                                          st.rto_min_ms)  # fmt: skip
+        facts.append(Fact(f"tcp_retries2 = {st.retries2}: give-up after "
+                          f"tcp_model_timeout = {limit:g} s (RTO {st.rto_min_ms} ms doubling to "
+                          f"{st.rto_max_ms // 1000} s; {len(sched)} ticks)",
+                          "net/ipv4/tcp_timer.c tcp_model_timeout"))  # fmt: skip
+        return SidePrediction(role, relname, round(write_delay_s + sched[-1], 3),
+                              "retransmission", ka, tuple(facts))  # fmt: skip
+    facts.append(Fact(f"{role} has nothing to send after the cut: only keep-alive can notice"))
+    if ka is None:
+        if ut:
+            facts.append(Fact("TCP_USER_TIMEOUT alone does nothing on a socket with nothing "
+                              "outstanding and no keep-alive"))  # fmt: skip
+        return SidePrediction(role, relname, None, "never", None, tuple(facts))
+    t = keepalive_timeout_s(*ka, user_timeout_ms=ut)
+    facts.append(Fact(f"keep-alive {ka[0]} s idle + {ka[2]} probes × {ka[1]} s"
+                      + (f" with TCP_USER_TIMEOUT {ut} ms" if ut else "")
+                      + f" = {t:g} s after the last segment received (≈ the cut while the peer "
+                      "was sending)", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
+    return SidePrediction(role, relname, t, "keepalive", ka, tuple(facts))
+
+
+def predict_partition(
+    source: Release | str | None,
+    destination: Release | str | None,
+    strategy: Strategy | str = "none",
+    *,
+    scenario: str = "idle",
+    settings: TcpSettings | Mapping[str, int] | None = None,
+    source_sending: bool = True,
+) -> PartitionPrediction:
+    """Predict each side's detection time of a silent partition during postcopy.
+
+    :param scenario: ``idle`` (destination started with ``-S``: no page requests) or
+        ``active`` (the guest runs on the destination and faults: page requests in flight).
+    :param settings: TCP sysctls where the sockets live (default: this kernel's).
+    :param source_sending: the source still has pages to push (postcopy not yet complete).
+    :raises StrategyError: bad strategy or settings.
+    :raises InvalidRelease: a release string that names no release.
+    """
+    strat = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
+    if scenario not in ("idle", "active"):
+        raise StrategyError(f"scenario {scenario!r}: expected idle or active")
+    if settings is None:
+        st = TcpSettings.from_proc()
+    elif isinstance(settings, TcpSettings):
+        st = settings
+    else:
+        st = TcpSettings.from_sysctls(settings)
+    src, dst = _release(source, "source"), _release(destination, "destination")
+    if scenario == "active":
+        dst_writes: str | None = "page requests of the running guest"
+        delay = 0.0
+    elif strat.rp_keepalive_ms:
+        dst_writes = f"a RP KEEPALIVE frame every {strat.rp_keepalive_ms} ms"
+        delay = strat.rp_keepalive_ms / 1000  # the first one after the cut: within a period
+    else:
+        dst_writes, delay = None, 0.0
+    src_writes = "the remaining postcopy pages" if source_sending else None
+    return PartitionPrediction(
+        source=_predict_side("source", src, strat, st, src_writes, 0.0),
+        destination=_predict_side("destination", dst, strat, st, dst_writes, delay),
+        strategy=strat, scenario=scenario, settings=st,
+    )  # fmt: skip

@@ -1,0 +1,654 @@
+"""Silent network partition during postcopy: how long until each side reports ``postcopy-paused``.
+
+Scenarios (``migcompat lab run --scenario partition-idle|partition-active [--keepalive
+tcp:IDLE,INTVL,CNT] [--window S]``):
+
+* ``partition-idle`` — destination started with ``-S`` and never continued: it has no page to
+  ask for, so after the cut it has nothing to send (the seed's case);
+* ``partition-active`` — the guest runs on the destination and faults: page requests are in
+  flight when the path dies.
+
+Order of a run:
+
+1. two network namespaces joined by a veth pair (:class:`~migcompat.lab.netns.VethPair`);
+   QEMU runs inside them (``nsenter``), QMP stays on unix sockets in the shared run dir;
+2. destination ``-incoming defer`` then ``migrate-incoming tcp:10.231.0.2:4444[,keep-alive…]``,
+   source ``migrate`` with the same options: every release is handed the same URI, and what it
+   *does* with it is read from the sockets (``ss -tno`` timers), not assumed;
+3. postcopy as in :mod:`migcompat.lab.runner` (bandwidth limits so it lasts); once both sides
+   are ``postcopy-active`` and a second has passed, the silent cut (nftables ``netdev`` ingress
+   drop on both veth ends) — ``tcpdump`` on the source's veth records what still leaves either
+   side (both directions are tapped before the drop);
+4. watch for ``window`` seconds (or until both sides are paused): MIGRATION events with QEMU's
+   timestamps, ``query-migrate`` statuses, ``ss`` samples;
+5. compare each side with ``compat.predict_partition`` for the same releases, strategy and the
+   namespaces' own TCP sysctls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migcompat.compat import SidePrediction, Strategy, TcpSettings, predict_partition
+from migcompat.lab._errors import LabError
+from migcompat.lab.builds import QemuBuild, release_key, run_dir
+from migcompat.lab.kernel import guest_kernel
+from migcompat.lab.netns import VethPair
+from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
+
+__all__ = [
+    "DEFAULT_WINDOW",
+    "PARTITION_SCENARIOS",
+    "PartitionRecord",
+    "check_side",
+    "keepalive_uri_options",
+    "print_partition",
+    "run_partition",
+    "run_partition_async",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: Scenario names this module runs.
+PARTITION_SCENARIOS = ("partition-idle", "partition-active")
+#: Seconds to watch after the cut (the machine is shared: keep runs bounded).
+DEFAULT_WINDOW = 120.0
+#: Migration port inside the namespaces (nothing else listens there).
+PORT = 4444
+#: Statuses that mean "this side noticed".
+NOTICED = frozenset({"postcopy-paused", "failed", "cancelled"})
+#: Same limits as the lab's runner, so postcopy lasts well past the cut.
+PRECOPY_BANDWIDTH = 32 * 1024 * 1024
+POSTCOPY_BANDWIDTH = 10 * 1000 * 1000
+RAM = "128M"
+#: Guest RAM window (MiB) the active scenario's guest writes (lab default: 32–64).
+ACTIVE_WINDOW_MB = (16, 120)
+#: Agreement between a measured and a predicted time: this many seconds, or 5 % if larger
+#: (QMP event delivery, timer slack and the ~10 ms between the two nft loads).
+TOLERANCE_S = 2.0
+
+
+@dataclass
+class PartitionRecord:
+    """Everything observed in one partition run (JSON-able via :meth:`to_json`).
+
+    Times are seconds on the run's clock; ``detected`` and ``cut``-relative fields are seconds
+    after the cut.
+    """
+
+    scenario: str
+    strategy: str
+    window: float
+    src: dict[str, Any]
+    dst: dict[str, Any]
+    machine: str = ""
+    capabilities: list[str] = field(default_factory=list)
+    uris: dict[str, str] = field(default_factory=dict)
+    sysctls: dict[str, dict[str, int]] = field(default_factory=dict)
+    cut: dict[str, Any] = field(default_factory=dict)
+    detected: dict[str, float | None] = field(default_factory=dict)
+    detected_status: dict[str, str | None] = field(default_factory=dict)
+    detected_qemu_clock: dict[str, float | None] = field(default_factory=dict)
+    statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    stderr: dict[str, list[str]] = field(default_factory=dict)
+    error_desc: dict[str, str | None] = field(default_factory=dict)
+    sockets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    keepalive_seen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    after_cut: dict[str, Any] = field(default_factory=dict)
+    dropped: dict[str, int] = field(default_factory=dict)
+    prediction: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    step_errors: list[dict[str, Any]] = field(default_factory=list)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+    killed: dict[str, bool] = field(default_factory=dict)
+    outdir: str = ""
+    duration: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict (``json.dumps``-able)."""
+        return asdict(self)
+
+
+def keepalive_uri_options(strategy: Strategy) -> str:
+    """URI suffix for a strategy's TCP keep-alive (``""`` when it has none).
+
+    >>> keepalive_uri_options(Strategy.parse("tcp:5,2,3"))
+    ',keep-alive=on,keep-alive-idle=5,keep-alive-interval=2,keep-alive-count=3'
+    """
+    if strategy.tcp is None:
+        return ""
+    idle, intvl, cnt = strategy.tcp
+    return (f",keep-alive=on,keep-alive-idle={idle},keep-alive-interval={intvl},"
+            f"keep-alive-count={cnt}")  # fmt: skip
+
+
+def check_side(pred: SidePrediction, measured: float | None, window: float) -> dict[str, Any]:
+    """Does a measurement agree with a prediction? (``verdict`` ``agrees``/``disagrees``).
+
+    >>> from migcompat.compat import predict_partition
+    >>> p = predict_partition("11.1", "11.1", "tcp:5,2,3", settings={})
+    >>> check_side(p.destination, 11.4, 120)["verdict"]
+    'agrees'
+    >>> check_side(p.source, None, 120)["verdict"]
+    'agrees'
+    """
+    p = pred.detect_s
+    if measured is None:
+        ok = p is None or p > window
+        why = ("not detected within the window; predicted "
+               + ("never" if p is None else f"{p:g} s ({pred.mechanism})"))  # fmt: skip
+    elif p is None:
+        ok, why = False, f"detected after {measured:g} s; predicted never"
+    else:
+        tol = max(TOLERANCE_S, 0.05 * p)
+        ok = abs(measured - p) <= tol
+        why = f"measured {measured:g} s, predicted {p:g} s ({pred.mechanism}), tolerance {tol:g} s"
+    return {"verdict": "agrees" if ok else "disagrees", "why": why, "predicted_s": p,
+            "measured_s": measured, "mechanism": pred.mechanism}  # fmt: skip
+
+
+_TCPDUMP = re.compile(
+    r"^(?P<t>\d+\.\d+) IP (?P<src>[\d.]+)\.(?P<sport>\d+) > (?P<dst>[\d.]+)\.(?P<dport>\d+): "
+    r"Flags \[(?P<flags>[^\]]*)\].*?length (?P<len>\d+)"
+)
+
+
+def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dict[str, Any]:
+    """Packets after the cut per sender: count, data vs empty (probes), RST/FIN, ICMP."""
+    out: dict[str, Any] = {}
+    names = {pair.addr("src"): "src", pair.addr("dst"): "dst"}
+    for side in ("src", "dst"):
+        out[side] = {"packets": 0, "data": 0, "empty": 0, "rst": 0, "fin": 0, "first": []}
+    icmp = 0
+    for line in lines:
+        if " ICMP " in line:
+            icmp += 1
+            continue
+        m = _TCPDUMP.match(line)
+        if not m or m["src"] not in names:
+            continue
+        t = float(m["t"]) - cut_wall
+        if t < 0:
+            continue
+        s = out[names[m["src"]]]
+        s["packets"] += 1
+        s["data" if int(m["len"]) else "empty"] += 1
+        s["rst"] += "R" in m["flags"]
+        s["fin"] += "F" in m["flags"]
+        if len(s["first"]) < 25:
+            s["first"].append({"t": round(t, 3), "flags": m["flags"], "len": int(m["len"])})
+    out["icmp"] = icmp
+    return out
+
+
+class _PartitionRun:
+    """One run; the coroutine methods are the steps of the module docstring."""
+
+    def __init__(self, srcb: QemuBuild, dstb: QemuBuild, scenario: str, strategy: Strategy,
+                 window: float, outdir: Path | None, machine: str | None,
+                 console: Any) -> None:  # fmt: skip
+        if scenario not in PARTITION_SCENARIOS:
+            raise LabError(f"unknown partition scenario {scenario!r}; known: "
+                           + ", ".join(PARTITION_SCENARIOS))  # fmt: skip
+        if strategy.rp_keepalive_ms or strategy.user_timeout_ms:
+            raise LabError(
+                f"strategy {strategy}: no QEMU release can set it; the lab runs "
+                "none and tcp:IDLE,INTVL,CNT (see `migcompat partition` for the model)"
+            )
+        if not 1 <= window <= 600:
+            raise LabError(f"--window {window:g}: 1 … 600 s (the machine is shared)")
+        self.clock = time.monotonic()
+        self.srcb, self.dstb = srcb, dstb
+        self.idle = scenario == "partition-idle"
+        self.strategy, self.window = strategy, window
+        self.workdir = run_dir() / f"p{os.getpid()}-{int(time.time() * 1000) % 10**8}"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.outdir = outdir or (self.workdir / "out")
+        self.outdir.mkdir(parents=True, exist_ok=True)
+        self.console = console
+        self.status: Any = None
+        self.rec = PartitionRecord(
+            scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
+            dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
+        )  # fmt: skip
+        self.last: dict[str, str | None] = {"src": None, "dst": None}
+        self.src: QemuInstance | None = None
+        self.dst: QemuInstance | None = None
+        self.tcpdump: asyncio.subprocess.Process | None = None
+        self.tcpdump_lines: list[str] = []
+        self.cut_t: float | None = None
+        self.cut_wall: float = 0.0
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.clock, 4)
+
+    def step(self, what: str, **kw: Any) -> None:
+        self.rec.steps.append({"t": self.now(), "step": what, **kw})
+        if self.status is not None:
+            since = f" (+{self.now() - self.cut_t:.1f}s after cut)" if self.cut_t else ""
+            self.status.update(f"[{self.now():6.1f}s] {what}{since} — src {self.last['src']}, "
+                               f"dst {self.last['dst']}")  # fmt: skip
+
+    async def qmp(self, side: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """A QMP step; QEMU's refusal is kept verbatim in ``step_errors`` and gives ``None``."""
+        inst = self.src if side == "src" else self.dst
+        assert inst is not None
+        try:
+            return await asyncio.wait_for(inst.execute(cmd, args), 15)
+        except (LabError, TimeoutError) as exc:
+            self.rec.step_errors.append({
+                "t": self.now(), "side": side, "command": cmd, "arguments": args,
+                "qemu_error": getattr(exc, "qemu_error", None), "error": str(exc) or repr(exc),
+            })  # fmt: skip
+            return None
+
+    # -- steps ---------------------------------------------------------
+
+    async def prepare(self, pair: VethPair) -> None:
+        # The active guest dirties most of its RAM, so that pages are still missing (and
+        # requested) on the destination when the path dies; the idle one never runs there.
+        kernel = guest_kernel(ACTIVE_WINDOW_MB) if not self.idle else guest_kernel()
+        if not self.rec.machine:
+            self.step("query-machines")
+            a, b = await asyncio.gather(query_machines(self.srcb, self.workdir),
+                                        query_machines(self.dstb, self.workdir))  # fmt: skip
+            self.rec.machine = newest_common_machine(a, b)
+        for side in ("src", "dst"):
+            self.rec.sysctls[side] = pair.sysctls(side)
+        common = ["-machine", self.rec.machine, "-accel", "tcg", "-m", RAM, "-nodefaults",
+                  "-display", "none", "-net", "none", "-kernel", str(kernel)]  # fmt: skip
+        self.dst = QemuInstance(
+            pair.build(self.dstb, "dst"), "dst", self.workdir,
+            [*common, "-serial", f"file:{self.workdir}/dst.serial", "-name", "dst",
+             "-incoming", "defer", *(["-S"] if self.idle else [])],
+            clock=self.clock,
+        )  # fmt: skip
+        self.src = QemuInstance(
+            pair.build(self.srcb, "src"), "src", self.workdir,
+            [*common, "-serial", f"file:{self.workdir}/src.serial", "-name", "src"],
+            clock=self.clock,
+        )  # fmt: skip
+        self.step("start")
+        for r in await asyncio.gather(self.dst.start(), self.src.start(), return_exceptions=True):
+            if isinstance(r, BaseException):
+                raise r
+
+    async def wait_guest(self, timeout: float = 20.0) -> None:
+        serial = self.workdir / "src.serial"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                if "." in serial.read_text(errors="replace"):
+                    self.step("guest-running")
+                    return
+            await asyncio.sleep(0.05)
+        self.step("guest-silent", waited=timeout)
+
+    async def migrate(self, pair: VethPair) -> None:
+        caps = ["events", "postcopy-ram", "return-path"]
+        if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
+            caps.append("switchover-ack")
+        self.rec.capabilities = caps
+        cap_list = [{"capability": c, "state": True} for c in caps]
+        for side in ("dst", "src"):
+            await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
+        await self.qmp("src", "migrate-set-parameters", {
+            "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
+        })  # fmt: skip
+        opts = keepalive_uri_options(self.strategy)
+        target = f"tcp:{pair.addr('dst')}:{PORT}"
+        for side, cmd in (("dst", "migrate-incoming"), ("src", "migrate")):
+            uri = target + opts
+            self.step(cmd, uri=uri)
+            ok = await self.qmp(side, cmd, {"uri": uri})
+            if ok is None and opts:
+                # Refused: say so (kept verbatim) and migrate without the options.
+                uri = target
+                self.step(cmd + "-without-options", uri=uri)
+                await self.qmp(side, cmd, {"uri": uri})
+            self.rec.uris[side] = uri
+
+    async def poll(self) -> None:
+        """Record every status change of both sides (MIGRATION events are recorded anyway)."""
+        while True:
+            for side, inst in (("src", self.src), ("dst", self.dst)):
+                assert inst is not None
+                info = await inst.try_execute("query-migrate")
+                if not isinstance(info, dict):
+                    continue
+                st = info.get("status")
+                if st and st != self.last[side]:
+                    self.last[side] = st
+                    self.rec.statuses.setdefault(side, []).append({"t": self.now(), "status": st})
+                    self.step("status", side=side, status=st)
+                if info.get("error-desc"):
+                    self.rec.error_desc[side] = info["error-desc"]
+            await asyncio.sleep(0.2)
+
+    async def sample_sockets(self, pair: VethPair) -> None:
+        """``ss -tno`` on the migration port in both namespaces, once a second."""
+        while True:
+            for side in ("src", "dst"):
+                try:
+                    socks = await asyncio.to_thread(pair.sockets, side, PORT)
+                except LabError:
+                    continue
+                for s in socks:
+                    if s.state != "ESTAB":
+                        continue
+                    self.rec.sockets.setdefault(side, []).append({"t": self.now(), **s.to_json()})
+            await asyncio.sleep(1.0)
+
+    async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.last[side] in wanted:
+                return True
+            if self.last[side] in NOTICED | {"completed"}:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+    async def start_tcpdump(self, pair: VethPair) -> None:
+        if shutil.which("tcpdump") is None:
+            self.step("tcpdump-missing")
+            return
+        self.tcpdump = await asyncio.create_subprocess_exec(
+            *pair.exec_prefix("src"), "tcpdump", "-i", pair.dev["src"], "-n", "-tt", "-l",
+            "-s", "96", "tcp or icmp",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert self.tcpdump.stderr is not None
+        try:
+            said = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+        except TimeoutError:
+            said = b""
+        self.step("tcpdump", said=said.decode(errors="replace").strip())
+        self._dump_task = asyncio.create_task(self._read_tcpdump())
+
+    async def _read_tcpdump(self) -> None:
+        assert self.tcpdump is not None and self.tcpdump.stdout is not None
+        while line := await self.tcpdump.stdout.readline():
+            if len(self.tcpdump_lines) < 20000:
+                self.tcpdump_lines.append(line.decode(errors="replace").rstrip())
+
+    async def stop_tcpdump(self) -> None:
+        proc = self.tcpdump
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGINT)  # our own child, by PID
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._dump_task, 5)
+
+    async def cut(self, pair: VethPair) -> None:
+        if not await self.wait_status("src", {"active"}, 30):
+            raise LabError(f"source never became active (statuses {self.rec.statuses})")
+        await asyncio.sleep(1.0)  # part of RAM goes in precopy, as in the runner
+        await self.start_tcpdump(pair)
+        self.step("migrate-start-postcopy")
+        await self.qmp("src", "migrate-start-postcopy")
+        if not await self.wait_status("dst", {"postcopy-active"}, 30):
+            raise LabError(f"the destination never reached postcopy-active ({self.last})")
+        if self.idle:
+            # Keep-alive timers armed, the source pushing pages; nothing else to wait for.
+            await asyncio.sleep(1.0)
+        # (active: cut at once, while the guest still faults and page requests are in flight)
+        assert self.src is not None
+        before = await self.src.try_execute("query-migrate")
+        at_cut = {side: [s.to_json() for s in pair.sockets(side, PORT) if s.state == "ESTAB"]
+                  for side in ("src", "dst")}  # fmt: skip
+        cut_mono = await asyncio.to_thread(pair.cut)
+        # Wall clock of the same instant (QEMU's event timestamps and tcpdump's are wall).
+        self.cut_wall = time.time() - (time.monotonic() - cut_mono)
+        self.cut_t = round(cut_mono - self.clock, 4)
+        ram = (before or {}).get("ram", {})
+        self.rec.cut = {"t": self.cut_t, "wall": round(self.cut_wall, 6), **pair.notes[-1],
+                        "src_ram_remaining": ram.get("remaining"),
+                        "src_ram_transferred": ram.get("transferred"),
+                        "src_status": (before or {}).get("status"),
+                        "sockets_just_before": at_cut}  # fmt: skip
+        self.step("cut")
+
+    async def observe(self) -> None:
+        assert self.cut_t is not None
+        end = time.monotonic() + self.window
+        while time.monotonic() < end:
+            if all(self._noticed(side)[0] is not None for side in ("src", "dst")):
+                await asyncio.sleep(0.5)
+                return
+            await asyncio.sleep(0.2)
+        self.step("window-over")
+
+    def _noticed(self, side: str) -> tuple[float | None, str | None, float | None]:
+        """(seconds after cut on our clock, status, seconds after cut on QEMU's clock)."""
+        inst = self.src if side == "src" else self.dst
+        assert inst is not None and self.cut_t is not None
+        for ev in inst.events:
+            st = ev["data"].get("status")
+            if ev["event"] == "MIGRATION" and st in NOTICED and ev["t"] >= self.cut_t:
+                qemu = ev.get("qemu_time") or None
+                return (round(ev["t"] - self.cut_t, 3), st,
+                        round(qemu - self.cut_wall, 3) if qemu else None)  # fmt: skip
+        for s in self.rec.statuses.get(side, []):
+            if s["status"] in NOTICED and s["t"] >= self.cut_t:
+                return round(s["t"] - self.cut_t, 3), s["status"], None
+        return None, None, None
+
+    def conclude(self, pair_dropped: dict[str, int]) -> None:
+        self.rec.dropped = pair_dropped
+        for side in ("src", "dst"):
+            t, st, q = self._noticed(side) if self.cut_t is not None else (None, None, None)
+            self.rec.detected[side], self.rec.detected_status[side] = t, st
+            self.rec.detected_qemu_clock[side] = q
+        if self.cut_t is not None:
+            self.rec.after_cut = _summarise_tcpdump(self.tcpdump_lines, self._pair,
+                                                    self.cut_wall)  # fmt: skip
+        for side in ("src", "dst"):
+            samples = self.rec.sockets.get(side, [])
+            cut = self.cut_t if self.cut_t is not None else float("inf")
+            before = {s["timer"] or "none" for s in samples if s["t"] < cut}
+            after = [s for s in samples if s["t"] >= cut]
+            sent = self.rec.after_cut.get(side, {}).get("first", [])
+            # Empty segments a side sends after the cut are keep-alive probes (it receives
+            # nothing, so it has nothing to ACK); their times show which idle/interval apply.
+            probes = [p["t"] for p in sent if p["len"] == 0 and "R" not in p["flags"]]
+            self.rec.keepalive_seen[side] = {
+                "timers_before_cut": sorted(before),
+                "timers_after_cut": sorted({s["timer"] or "none" for s in after}),
+                "max_timer_count_after_cut": max((s["retrans"] for s in after), default=None),
+                "probe_times_after_cut": probes,
+                "reset_sent_after_cut": next((p["t"] for p in sent if "R" in p["flags"]), None),
+            }
+        # The model's one workload input — does a side have data to send after the cut — is
+        # taken from what tcpdump saw leave it (the scenario's assumption when no tcpdump).
+        wrote = {
+            side: (
+                self.rec.after_cut[side]["data"] > 0
+                if self.rec.after_cut
+                else (side == "src" or not self.idle)
+            )
+            for side in ("src", "dst")
+        }
+        scenario = "active" if wrote["dst"] else "idle"
+        src_pred = predict_partition(
+            self.srcb.release,
+            self.dstb.release,
+            self.strategy,
+            scenario=scenario,
+            source_sending=wrote["src"],
+            settings=TcpSettings.from_sysctls(self.rec.sysctls["src"]),
+        )
+        dst_pred = predict_partition(
+            self.srcb.release,
+            self.dstb.release,
+            self.strategy,
+            scenario=scenario,
+            source_sending=wrote["src"],
+            settings=TcpSettings.from_sysctls(self.rec.sysctls["dst"]),
+        )
+        self.rec.prediction = {"source": src_pred.source.to_json(),
+                               "destination": dst_pred.destination.to_json(),
+                               "inputs": {"wrote_after_cut": wrote,
+                                          "model_scenario": scenario}}  # fmt: skip
+        self.rec.checks = {
+            "src": check_side(src_pred.source, self.rec.detected["src"], self.window),
+            "dst": check_side(dst_pred.destination, self.rec.detected["dst"], self.window),
+        }
+
+    async def run(self) -> PartitionRecord:
+        tasks: list[asyncio.Task[None]] = []
+        dropped: dict[str, int] = {}
+        with VethPair() as pair:
+            self._pair = pair
+            self.step("netns", ns=pair.ns, dev=pair.dev)
+            try:
+                await self.prepare(pair)
+                tasks.append(asyncio.create_task(self.poll()))
+                tasks.append(asyncio.create_task(self.sample_sockets(pair)))
+                await self.wait_guest()
+                await self.migrate(pair)
+                await self.cut(pair)
+                await self.observe()
+                for side in ("src", "dst"):
+                    dropped[side] = await asyncio.to_thread(pair.dropped, side)
+            finally:
+                for t in tasks:
+                    t.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await t
+                await self.stop_tcpdump()
+                for inst in (self.src, self.dst):
+                    if inst is not None:
+                        with contextlib.suppress(Exception):
+                            await inst.stop(grace=2.0)
+                self.teardown(dropped)
+        return self.rec
+
+    def teardown(self, dropped: dict[str, int]) -> None:
+        for side, inst in (("src", self.src), ("dst", self.dst)):
+            if inst is None:
+                continue
+            self.rec.stderr[side] = [s["line"] for s in inst.stderr_lines
+                                     if s["stream"] == "stderr"]  # fmt: skip
+            self.rec.events[side] = inst.events
+            self.rec.killed[side] = inst.killed
+        with contextlib.suppress(KeyError):
+            self.conclude(dropped)
+        self.rec.duration = self.now()
+        (self.outdir / "record.json").write_text(json.dumps(self.rec.to_json(), indent=2) + "\n")
+        if self.outdir != self.workdir / "out":
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+async def run_partition_async(
+    src: QemuBuild,
+    dst: QemuBuild,
+    scenario: str = "partition-idle",
+    *,
+    strategy: Strategy | str = "none",
+    window: float = DEFAULT_WINDOW,
+    machine: str | None = None,
+    outdir: Path | None = None,
+    progress: bool = False,
+) -> PartitionRecord:
+    """Async form of :func:`run_partition`."""
+    strat = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
+    console = None
+    if progress:
+        from rich.console import Console
+
+        console = Console(stderr=True)
+    run = _PartitionRun(src, dst, scenario, strat, window, outdir, machine, console)
+    if console is None:
+        return await run.run()
+    with console.status(f"{src.label} → {dst.label}: {scenario} {strat}") as status:
+        run.status = status
+        return await run.run()
+
+
+def run_partition(
+    src: str | QemuBuild,
+    dst: str | QemuBuild,
+    scenario: str = "partition-idle",
+    *,
+    strategy: Strategy | str = "none",
+    window: float = DEFAULT_WINDOW,
+    machine: str | None = None,
+    outdir: Path | None = None,
+    progress: bool = False,
+) -> PartitionRecord:
+    """Partition a postcopy migration silently and time each side's detection.
+
+    :param strategy: ``none`` or ``tcp:IDLE,INTVL,CNT`` (keep-alive options in both URIs).
+    :param window: seconds to watch after the cut; a side still not paused is reported as
+        "not detected within ``window``" (``detected[side] is None``).
+    :raises LabError: a build is missing, namespaces cannot be made, QEMU did not start, or
+        postcopy never started.
+    """
+    from migcompat.lab.builds import find_build
+
+    builds = []
+    for rel in (src, dst):
+        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
+        if b is None:
+            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
+        builds.append(b)
+    return asyncio.run(run_partition_async(
+        builds[0], builds[1], scenario, strategy=strategy, window=window, machine=machine,
+        outdir=Path(outdir) if outdir else None, progress=progress,
+    ))  # fmt: skip
+
+
+def print_partition(rec: PartitionRecord) -> None:
+    """A short human summary (rich table): detection per side against the model."""
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{rec.scenario} {rec.strategy}: {rec.src['release']} → "
+              f"{rec.dst['release']} ({rec.machine}), window {rec.window:g} s")  # fmt: skip
+    for col in ("side", "version", "URI", "detected (s after cut)", "predicted", "verdict"):
+        t.add_column(col)
+    for side in ("src", "dst"):
+        d = rec.detected.get(side)
+        chk = rec.checks.get(side, {})
+        p = chk.get("predicted_s")
+        t.add_row(
+            side, rec.__dict__[side]["version_text"], rec.uris.get(side, ""),
+            f"{d:g} ({rec.detected_status.get(side)})" if d is not None
+            else f"not within {rec.window:g}",
+            ("never" if p is None else f"{p:g}") + f" ({chk.get('mechanism', '?')})",
+            chk.get("verdict", "?"),
+        )  # fmt: skip
+    c = Console()
+    c.print(t)
+    for side in ("src", "dst"):
+        c.print(f"{side} socket timers: {rec.keepalive_seen.get(side)}", highlight=False)
+        for line in rec.stderr.get(side, []):
+            c.print(f"[dim]{side} stderr:[/] {line}", highlight=False)
+    for err in rec.step_errors:
+        c.print(f"[yellow]{err['side']} {err['command']}:[/] "
+                f"{err.get('qemu_error') or err['error']}")  # fmt: skip
+    c.print(f"after the cut: {json.dumps({k: v for k, v in rec.after_cut.items()})[:400]}",
+            highlight=False)  # fmt: skip
+    c.print(f"record: {rec.outdir}/record.json")

@@ -1,0 +1,462 @@
+"""The fast decoding path: bulk-decodes runs of well-formed frames, the model does the rest.
+
+Theory of operation
+-------------------
+:class:`FastReader` has :class:`~migcompat.protocol.Reader`'s interface and owns
+one. Its events are the model's events, value for value; it only skips the
+model's per-frame interpretation where that interpretation cannot matter:
+
+* A *plan* per source release is generated from the catalog and the payload
+  layouts (never typed by hand): for every message with a fixed length and a
+  layout of plain ``be32``/``be64`` fields (or no layout: a raw payload), the
+  exact 4 header bytes it must start with, a precomputed ``struct.Struct`` of
+  its payload and a generated function that turns ``k`` such frames into ``k``
+  typed events; for a layout ending in a ``pstr8`` whose handler only requires
+  ``length == fixed part + 1 + n`` (REQ_PAGES_ID), a generated one-frame decoder.
+* Strategy: at a frame boundary the next header is looked up in the plan. A run
+  of frames with the *same* header is measured in bulk (4 strided byte slices,
+  ``lstrip`` counts the leading equal bytes), decoded with one ``iter_unpack``
+  and built in one generated loop. A header the plan does not know (an invalid
+  type or length, SHUT, RESUME_ACK, RECV_BITMAP, any frame with RAM checks), a
+  cut-short frame, end of stream: the fast path stops *before* that frame and the
+  model reads it, with all of its rules, texts and positions.
+* QEMU's 512-byte stack buffer (which RECV_BITMAP reads stale bytes from) is kept
+  exact: every bulk step records, per payload length, the last frame of that
+  length, and before the model reads anything those payloads are written into the
+  model's buffer in stream order, exactly as the model would have written them.
+
+Events are built as instances of a private *builder* class that has the event's
+slot layout but no frozen ``__setattr__`` (so the interpreter's fast slot stores
+apply), then switched to the real event class with one ``__class__`` store. The
+object that leaves is an ordinary instance of the frozen event class; the builder
+never escapes. This is what lets typed events cost less than a hand-written
+``struct.unpack_from`` loop that only makes tuples (docs/performance.md).
+
+WARNING: ``_HANDLER_RULES`` names the messages whose handler in
+``source_return_path_thread`` does more than read its layout (mirrored from
+``Reader._dispatch``); a new rule there must be added here. The hypothesis
+properties in ``tests/property/test_fast_equivalence.py`` compare the two
+readers on arbitrary and mutated streams and would catch a miss.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from operator import itemgetter
+from typing import Any
+
+from ._catalog import MessageSpec, RpCatalog, catalog
+from ._errors import RemoteViolation
+from ._events import EVENT_TYPES, Event, Message, RawMessage
+from ._layouts import FIELD_SIZES, PAYLOAD_LAYOUTS
+from ._reader import _HEADER, DEFAULT_MAX_BITMAP_SIZE, RamBlock, Reader
+from ._releases import Release
+from ._sentinels import NEED_DATA, STOPPED
+
+__all__ = ["FastReader", "fast_plan"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+#: Handlers with rules beyond "unpack the layout" (migration.c); the model reads these.
+#: SHUT ends the thread, RESUME_ACK checks its value, RECV_BITMAP reads a blob after
+#: the frame and its name from the stack buffer.
+_HANDLER_RULES = frozenset({"SHUT", "RESUME_ACK", "RECV_BITMAP"})
+#: Handlers that check the source's RAM when the reader knows it (``ram_blocks``).
+_RAM_RULES = frozenset({"REQ_PAGES", "REQ_PAGES_ID"})
+#: Events made per fill: bounds the memory a huge buffered input can pin at once.
+MAX_BATCH = 4096
+#: Frames examined per bulk step when measuring a run of equal headers.
+_WINDOW = 1024
+
+_STRUCT_CODES = {"be32": "I", "be64": "Q"}
+_U32 = struct.Struct(">I").unpack_from
+_HH = struct.Struct(">HH").unpack_from
+
+
+# -- plans: generated from the catalog and the layouts ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """Bulk decoder of frames that all start with one 4-byte header."""
+
+    header: bytes
+    size: int
+    length: int
+    #: ``run(data, pos, k, offset, append)`` builds ``k`` events.
+    run: Callable[..., None]
+    #: The header as 4 one-byte strings, for ``lstrip``.
+    header_bytes: tuple[bytes, bytes, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class FastPlan:
+    """What the fast path of one source release decodes itself (everything else: the model)."""
+
+    release: Release
+    #: be32 of the header (type << 16 | length) → bulk decoder.
+    runs: Mapping[int, _Run]
+    #: type id → one-frame decoder ``(data, pos, end, offset, append) -> next pos | -1``.
+    tails: Mapping[int, Callable[..., int]]
+    #: Table names decoded by the fast path, for docs and tests.
+    names: tuple[str, ...]
+    #: The generated source, for reading and debugging.
+    source: str
+
+
+@cache
+def _builder(cls: type[Message]) -> type:
+    """A class with ``cls``'s slot layout and plain slot stores (see the module docstring)."""
+    base = cls.__mro__[1]
+    return type(
+        f"_Build{cls.__name__}",
+        (base,),
+        {
+            "__slots__": cls.__dict__["__slots__"],
+            # Both, so that type() installs the C-level generic setattr slot.
+            "__setattr__": object.__setattr__,
+            "__delattr__": object.__delattr__,
+            "__init__": object.__init__,
+            "__module__": __name__,
+        },
+    )
+
+
+def _event_class(spec: MessageSpec) -> type[Message]:
+    """The event the model builds for ``spec`` (``Reader._dispatch``'s first test)."""
+    cls = EVENT_TYPES.get(spec.short_name)
+    if cls is None or spec.short_name not in PAYLOAD_LAYOUTS:
+        return RawMessage
+    return cls
+
+
+def _common_stores(spec: MessageSpec, length: str, size: str) -> list[str]:
+    return [
+        "o = B()",
+        "o.release = REL",
+        "o.offset = off",
+        f"o.type_id = {spec.id}",
+        f"o.length = {length}",
+        f"o.size = {size}",
+    ]
+
+
+def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
+    """Source of the bulk decoder of ``spec``, or ``None`` if the model must read it."""
+    name, length = spec.short_name, spec.length
+    cls = _event_class(spec)
+    size = 4 + (length or 0)
+    fn = f"run_{spec.id}"
+    if cls is RawMessage:
+        ns[f"NAME_{spec.id}"] = name
+        body = [
+            *_common_stores(spec, str(length), str(size)),
+            f"o.short_name = NAME_{spec.id}",
+            f"o.payload = bytes(data[p + 4:p + {size}])",
+        ]
+        head = [
+            f"def {fn}(data, pos, k, off0, ap):",
+            f"    B = B_{spec.id}",
+            f"    for p, off in zip(range(pos, pos + k * {size}, {size}), "
+            f"range(off0, off0 + k * {size}, {size})):",
+        ]
+    else:
+        layout = PAYLOAD_LAYOUTS[name]
+        if any(kind not in _STRUCT_CODES for _, kind in layout):
+            return None
+        fixed = sum(FIELD_SIZES[kind] for _, kind in layout)
+        if fixed > length:  # type: ignore[operator]
+            return None  # the model's unpack fails; let it
+        names = [f"v_{field}" for field, _ in layout]
+        body = [
+            *_common_stores(spec, str(length), str(size)),
+            *(f"o.{field} = v_{field}" for field, _ in layout),
+        ]
+        if layout:
+            fmt = ">4x" + "".join(_STRUCT_CODES[k] for _, k in layout) + f"{length - fixed}x"
+            ns[f"UNPACK_{spec.id}"] = struct.Struct(fmt).iter_unpack
+            target = f"({', '.join(names)},)"
+            head = [
+                f"def {fn}(data, pos, k, off0, ap):",
+                f"    B = B_{spec.id}",
+                f"    for off, {target} in zip(range(off0, off0 + k * {size}, {size}), "
+                f"UNPACK_{spec.id}(data[pos:pos + k * {size}])):",
+            ]
+        else:
+            head = [
+                f"def {fn}(data, pos, k, off0, ap):",
+                f"    B = B_{spec.id}",
+                f"    for off in range(off0, off0 + k * {size}, {size}):",
+            ]
+    ns[f"B_{spec.id}"] = _builder(cls)
+    ns[f"CLS_{spec.id}"] = cls
+    body += [f"o.__class__ = CLS_{spec.id}", "ap(o)"]
+    return "\n".join([*head, *("        " + line for line in body)]) + "\n"
+
+
+def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | None:
+    """Source of the one-frame decoder of a layout ending in ``pstr8`` (REQ_PAGES_ID)."""
+    layout = PAYLOAD_LAYOUTS[spec.short_name]
+    if spec.length is not None or not layout or layout[-1][1] != "pstr8":
+        return None
+    head_fields = layout[:-1]
+    if any(kind not in _STRUCT_CODES for _, kind in head_fields):
+        return None
+    tail_field = layout[-1][0]
+    fixed = sum(FIELD_SIZES[kind] for _, kind in head_fields)
+    fmt = ">" + "".join(_STRUCT_CODES[k] for _, k in head_fields) + "B"
+    ns[f"PREFIX_{spec.id}"] = struct.Struct(fmt).unpack_from
+    ns[f"B_{spec.id}"] = _builder(EVENT_TYPES[spec.short_name])
+    ns[f"CLS_{spec.id}"] = EVENT_TYPES[spec.short_name]
+    names = [f"v_{field}" for field, _ in head_fields]
+    lines = [
+        f"def tail_{spec.id}(data, pos, end, off, ap):",
+        "    length = data[pos + 2] << 8 | data[pos + 3]",
+        # migration.c: expected_len = 12 + 1 + buf[12] (the idstr length byte);
+        # the header check allows up to the stack buffer.
+        f"    if length < {fixed + 1} or length > {cat.buffer_size} or end - pos < 4 + length:",
+        "        return -1",
+        f"    {', '.join([*names, 'n'])} = PREFIX_{spec.id}(data, pos + 4)",
+        f"    if length != {fixed + 1} + n:",
+        "        return -1",
+        *(
+            "    " + line
+            for line in [
+                *_common_stores(spec, "length", "4 + length"),
+                *(f"o.{field} = v_{field}" for field, _ in head_fields),
+                f"o.{tail_field} = data[pos + {4 + fixed + 1}:pos + 4 + length].decode('latin-1')",
+                f"o.__class__ = CLS_{spec.id}",
+                "ap(o)",
+            ]
+        ),
+        "    return pos + 4 + length",
+    ]
+    # The B = ... local of the runs: here a global lookup per frame is fine.
+    return "\n".join(lines).replace("o = B()", f"o = B_{spec.id}()") + "\n"
+
+
+@cache
+def fast_plan(release: Release | str, *, ram_checks: bool = False) -> FastPlan:
+    """The fast path of ``release``'s source, generated from its catalog and the layouts.
+
+    :param ram_checks: the reader knows the source's RAMBlocks, so the page-request
+        handlers have rules that depend on state; leave those messages to the model.
+    """
+    cat = catalog(release)
+    ns: dict[str, Any] = {"REL": cat.release, "__builtins__": __builtins__}
+    sources: list[str] = []
+    runs: dict[int, tuple[bytes, int, int, str]] = {}
+    tails: dict[int, str] = {}
+    names: list[str] = []
+    for spec in cat.messages:
+        name = spec.short_name
+        if not spec.id or name in _HANDLER_RULES or (ram_checks and name in _RAM_RULES):
+            continue
+        if spec.length is not None:
+            if spec.length > cat.buffer_size:
+                continue  # every such frame is rejected by the header check
+            src = _gen_run(spec, ns)
+            if src is not None:
+                header = struct.pack(">HH", spec.id, spec.length)
+                key = int.from_bytes(header, "big")
+                runs[key] = (header, 4 + spec.length, spec.length, f"run_{spec.id}")
+                sources.append(src)
+                names.append(name)
+        elif name in PAYLOAD_LAYOUTS and _event_class(spec) is not RawMessage:
+            src = _gen_tail(spec, cat, ns)
+            if src is not None:
+                tails[spec.id] = f"tail_{spec.id}"
+                sources.append(src)
+                names.append(name)
+    source = "\n".join(sources)
+    # Generated from the catalog and layouts only: no user input reaches this source.
+    exec(compile(source, f"<fast path of {cat.release}>", "exec"), ns)
+    return FastPlan(
+        release=cat.release,
+        runs={
+            key: _Run(
+                header=h,
+                size=size,
+                length=length,
+                run=ns[fn],
+                header_bytes=(h[0:1], h[1:2], h[2:3], h[3:4]),
+            )
+            for key, (h, size, length, fn) in runs.items()
+        },
+        tails={t: ns[fn] for t, fn in tails.items()},
+        names=tuple(names),
+        source=source,
+    )
+
+
+# -- the reader ------------------------------------------------------------------------
+
+
+class FastReader:
+    """:class:`~migcompat.protocol.Reader`'s interface and events, decoded in bulk.
+
+    Parameters as :class:`~migcompat.protocol.Reader`. Everything the fast path
+    does not decode itself (see the module docstring) is read by an internal
+    ``Reader``, so rejections, end of stream and their texts are the model's own.
+    """
+
+    def __init__(
+        self,
+        release: Release | str,
+        *,
+        ram_blocks: Mapping[str, RamBlock | int] | None = None,
+        target_page_size: int = 4096,
+        host_page_size: int = 4096,
+        max_bitmap_size: int = DEFAULT_MAX_BITMAP_SIZE,
+    ) -> None:
+        self._model = Reader(
+            release,
+            ram_blocks=ram_blocks,
+            target_page_size=target_page_size,
+            host_page_size=host_page_size,
+            max_bitmap_size=max_bitmap_size,
+        )
+        self.catalog: RpCatalog = self._model.catalog
+        self.release: Release = self._model.release
+        self._plan = fast_plan(self.release, ram_checks=ram_blocks is not None)
+        # Decoded by the fast path, not yet returned; the model's read position is
+        # already after them.
+        self._ready: deque[Event] = deque()
+
+    # -- public interface (Reader's) ------------------------------------------------------
+    @property
+    def ram_blocks(self) -> dict[str, RamBlock] | None:
+        return self._model.ram_blocks
+
+    @property
+    def offset(self) -> int:
+        """Stream offset of the next unread byte, as the caller has seen events so far."""
+        return self._ready[0].offset if self._ready else self._model.offset  # type: ignore[attr-defined]
+
+    @property
+    def stopped(self) -> bool:
+        return not self._ready and self._model.stopped
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as events."""
+        return self._model.buffered + (self._model.offset - self.offset)
+
+    def receive_data(self, data: bytes) -> None:
+        """Add bytes from the wire; ``b""`` means the connection ended."""
+        self._model.receive_data(data)
+
+    def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
+        """As :meth:`Reader.next_event`.
+
+        :raises RemoteViolation: the source rejects the bytes (sticky, like the model).
+        """
+        if self._ready:
+            return self._ready.popleft()
+        if self._model._phase == _HEADER:
+            self._fill(self._ready.append)
+            if self._ready:
+                return self._ready.popleft()
+        return self._model.next_event()
+
+    def drain(self) -> list[Event]:
+        """Every event available now, as one list (the bulk form of :meth:`events`).
+
+        A rejection after some events is raised by the *next* call (the model's
+        violation is sticky), so no decoded event is lost.
+
+        :raises RemoteViolation: the source rejects the bytes and no event precedes it.
+        """
+        out = list(self._ready)
+        self._ready.clear()
+        model = self._model
+        while True:
+            if model._phase == _HEADER:
+                before = len(out)
+                self._fill(out.append)
+                if len(out) > before:
+                    continue
+            try:
+                ev = model.next_event()
+            except RemoteViolation:
+                if out:
+                    return out
+                raise
+            if ev is NEED_DATA or ev is STOPPED:
+                return out
+            out.append(ev)  # type: ignore[arg-type]
+
+    def events(self) -> Iterator[Event]:
+        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
+        ready = self._ready
+        pop = ready.popleft
+        while True:
+            while ready:
+                yield pop()
+            ev = self.next_event()
+            if ev is NEED_DATA or ev is STOPPED:
+                return
+            yield ev  # type: ignore[misc]
+
+    # -- machinery -----------------------------------------------------------------------
+    def _fill(self, ap: Callable[[Event], object]) -> None:
+        """Decode up to MAX_BATCH frames at the model's position; sync its stack buffer."""
+        m = self._model
+        data = m._data
+        pos = start = m._pos
+        end = len(data)
+        shift = m._base  # stream offset of data[0]
+        runs = self._plan.runs
+        tails = self._plan.tails
+        budget = MAX_BATCH
+        # (payload length, NUL written after it) -> payload position of the last such frame
+        marks: dict[tuple[int, bool], int] = {}
+        while budget > 0 and end - pos >= 4:
+            (key,) = _U32(data, pos)
+            r = runs.get(key)
+            if r is not None:
+                size = r.size
+                w = (end - pos) // size
+                if w > budget:
+                    w = budget
+                if w > _WINDOW:
+                    w = _WINDOW
+                if w == 0:
+                    break
+                k = w
+                if w > 1:
+                    stop = pos + w * size
+                    for j, b in enumerate(r.header_bytes):
+                        n = w - len(data[pos + j : stop : size].lstrip(b))
+                        if n < k:
+                            k = n
+                r.run(data, pos, k, shift + pos, ap)
+                pos += k * size
+                budget -= k
+                marks[(r.length, False)] = pos - size + 4
+                continue
+            tail = tails.get(key >> 16)
+            if tail is None:
+                break
+            npos = tail(data, pos, end, shift + pos, ap)
+            if npos < 0:
+                break
+            marks[(npos - pos - 4, True)] = pos + 4
+            pos = npos
+            budget -= 1
+        if pos == start:
+            return
+        m._pos = pos
+        # QEMU's stack buffer, as the model would have left it (stream order).
+        buf = m._stack_buf
+        for (length, nul), at in sorted(marks.items(), key=itemgetter(1)):
+            buf[:length] = data[at : at + length]
+            if nul:
+                pass

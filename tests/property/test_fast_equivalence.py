@@ -1,0 +1,242 @@
+"""The fast path is the model: same events, violations, end of stream, positions (hypothesis).
+
+For every release and overlay, on arbitrary bytes, on mutated valid streams, on
+long runs of fast-path frames with anything in between, and on RECV_BITMAPs that
+read stale stack-buffer bytes left by fast-path frames, cut at any split points:
+:class:`FastReader` and the model :class:`Reader` must agree on every returned
+value, every raised violation (all its fields) and on ``offset``, ``buffered``
+and ``stopped`` after every step.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import pytest
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from migcompat.protocol import (
+    NEED_DATA,
+    STOPPED,
+    FastReader,
+    RamBlock,
+    Reader,
+    RemoteViolation,
+    build_frame,
+    catalog,
+)
+from migcompat.protocol import strategies as rps
+from migcompat.protocol._fast import fast_plan
+
+pytestmark = pytest.mark.property
+
+RELEASE = rps.releases()
+
+
+def violation_key(exc: RemoteViolation) -> tuple[Any, ...]:
+    return (
+        type(exc),
+        exc.message,
+        exc.offset,
+        exc.release,
+        exc.message_type,
+        exc.qemu_error,
+        exc.data,
+        exc.caret,
+        exc.stopped_at,
+        str(exc),
+    )
+
+
+def trace(reader: Any, chunks: list[bytes], *, drain: bool = False) -> list[Any]:
+    """Everything observable: each return value or violation and the reader's position.
+
+    With ``drain``, events come from :meth:`FastReader.drain` (positions not recorded).
+    """
+    out: list[Any] = []
+    for chunk in [*chunks, b""]:
+        reader.receive_data(chunk)
+        while True:
+            try:
+                if drain:
+                    evs = reader.drain()
+                    out += [("event", ev) for ev in evs]
+                    if evs:
+                        continue
+                ev = reader.next_event()
+            except RemoteViolation as exc:
+                out.append(("violation", violation_key(exc)))
+                # sticky: raised again, the same object
+                with pytest.raises(RemoteViolation) as again:
+                    reader.next_event()
+                assert again.value is exc
+                if not drain:
+                    out.append(("after", reader.offset, reader.buffered, reader.stopped))
+                return out
+            if ev is NEED_DATA or ev is STOPPED:
+                if not drain:
+                    out.append((ev, reader.offset, reader.buffered, reader.stopped))
+                break
+            out.append(("event", ev) if drain else ("event", ev, reader.offset, reader.buffered))
+    return out
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    return [c for c in chunks if c]
+
+
+def check_same(release: Any, data: bytes, cuts: list[int], **kw: Any) -> None:
+    chunks = split(data, cuts)
+    note(f"release {release}, {len(data)} bytes, chunks {[len(c) for c in chunks]}")
+    expected = trace(Reader(release, **kw), chunks)
+    assert trace(FastReader(release, **kw), chunks) == expected
+    # The bulk form: the same events and the same violation, none lost before it.
+    events = [x[:2] for x in expected if x[0] in ("event", "violation")]
+    assert trace(FastReader(release, **kw), chunks, drain=True) == events
+
+
+def mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
+    b = bytearray(data)
+    for pos, val in edits:
+        if b:
+            b[pos % len(b)] = val
+    return bytes(b)
+
+
+CUTS = st.lists(st.integers(0, 100_000), max_size=8)
+
+
+@rps.SETTINGS
+@given(RELEASE, st.binary(max_size=600), CUTS)
+def test_arbitrary_bytes(release: Any, data: bytes, cuts: list[int]) -> None:
+    check_same(release, data, cuts)
+
+
+@rps.SETTINGS
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r))),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=4),
+    CUTS,
+)
+def test_mutated_valid_streams(
+    pair: tuple[Any, rps.FrameSample], edits: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    release, sample = pair
+    check_same(release, mutate(sample.data, edits), cuts)
+
+
+def _runs(release: Any) -> st.SearchStrategy[bytes]:
+    """Long runs of one frame repeated (the bulk path), separated by any valid frames."""
+    frame = rps.valid_frames(release, shut=False).map(lambda s: s.data)
+    run = st.tuples(frame, st.integers(1, 1500)).map(lambda t: t[0] * t[1])
+    return st.lists(st.one_of(run, frame), min_size=1, max_size=6).map(b"".join)
+
+
+@rps.SETTINGS
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), _runs(r), rps.frames(r))),
+    st.booleans(),
+    CUTS,
+)
+def test_long_runs_then_any_frame(
+    args: tuple[Any, bytes, rps.FrameSample], tail: bool, cuts: list[int]
+) -> None:
+    release, body, last = args
+    check_same(release, body + (last.data if tail else b""), cuts)
+
+
+def _nonzero(n: int) -> st.SearchStrategy[bytes]:
+    return st.binary(min_size=n, max_size=n).map(lambda b: b.replace(b"\0", b"\x01"))
+
+
+def _filler(release: Any) -> st.SearchStrategy[bytes]:
+    """Runs of fast-path frames whose payload bytes are all non-zero (so stale bytes show)."""
+    cat = catalog(release)
+    out = []
+    for name in fast_plan(cat.release).names:
+        spec = cat.by_name["MIG_RP_MSG_" + name]
+        if spec.length is not None:
+            frame = _nonzero(spec.length).map(
+                lambda p, spec=spec: struct.pack(">HH", spec.id, spec.length) + p
+            )
+        else:  # a pstr8 tail (REQ_PAGES_ID): 12 bytes, the length byte, the idstr
+            frame = st.tuples(_nonzero(12), st.integers(1, 255).flatmap(_nonzero)).map(
+                lambda t, spec=spec: (
+                    struct.pack(">HH", spec.id, 13 + len(t[1])) + t[0] + bytes([len(t[1])]) + t[1]
+                )
+            )
+        out.append(st.tuples(frame, st.integers(1, 40)).map(lambda t: t[0] * t[1]))
+    return st.one_of(*out)
+
+
+def _stale_bitmap(release: Any) -> st.SearchStrategy[bytes]:
+    """Fast-path frames, then a RECV_BITMAP whose name length points past its frame."""
+    cat = catalog(release)
+    if "MIG_RP_MSG_RECV_BITMAP" not in cat.by_name:
+        return _runs(release)
+    rb = cat.by_name["MIG_RP_MSG_RECV_BITMAP"].id
+
+    def lying(length: int, extra: int, body: bytes, bitmap: bytes, good_end: bool) -> bytes:
+        # name_len > length - 1: QEMU reads the rest of the name from its stack buffer.
+        name_len = min(255, length - 1 + extra)
+        end = cat.recv_bitmap_ending if good_end else 1
+        return (
+            struct.pack(">HHB", rb, length, name_len)
+            + body[: length - 1]
+            + struct.pack(">Q", len(bitmap))
+            + bitmap
+            + struct.pack(">Q", end)
+        )
+
+    frame = st.integers(1, 40).flatmap(
+        lambda n: st.builds(
+            lying,
+            st.just(n),
+            st.integers(0, 255),
+            _nonzero(n - 1),
+            st.binary(max_size=24),
+            st.integers(0, 9).map(bool),
+        )
+    )
+    # Older longer payloads, then shorter ones (REQ_PAGES_ID's NUL after its idstr
+    # cuts the stale name there), then the lying RECV_BITMAP.
+    layered = st.tuples(_filler(release), _filler(release), frame).map(b"".join)
+    return st.lists(
+        st.one_of(_filler(release), _runs(release), frame, layered), min_size=1, max_size=8
+    ).map(b"".join)
+
+
+@rps.SETTINGS
+@given(RELEASE.flatmap(lambda r: st.tuples(st.just(r), _stale_bitmap(r))), CUTS)
+def test_recv_bitmap_reads_the_same_stale_bytes(args: tuple[Any, bytes], cuts: list[int]) -> None:
+    release, data = args
+    check_same(release, data, cuts)
+
+
+@rps.SETTINGS
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r))),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=2),
+    CUTS,
+)
+def test_with_ram_blocks(
+    pair: tuple[Any, rps.FrameSample], edits: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    release, sample = pair
+    blocks: dict[str, RamBlock | int] = {"pc.ram": 1 << 30, "": 1 << 20}
+    check_same(release, mutate(sample.data, edits), cuts, ram_blocks=blocks)
+
+
+@rps.SETTINGS
+@given(RELEASE, st.integers(1, 300), st.integers(0, 7))
+def test_page_requests_one_byte_at_a_time(release: Any, n: int, every: int) -> None:
+    rel = catalog(release).release
+    one = build_frame(rel, "REQ_PAGES", start=0x1000, len=4096)
+    other = build_frame(rel, "REQ_PAGES_ID", start=0, len=4096, idstr="pc.ram")
+    data = b"".join(other if every and i % (every + 3) == 0 else one for i in range(n))
+    chunks = [data[i : i + 1] for i in range(len(data))]
+    assert trace(FastReader(rel), chunks) == trace(Reader(rel), chunks)

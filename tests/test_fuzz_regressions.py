@@ -1,0 +1,89 @@
+"""Replay every saved fuzzing find under ``fixtures/fuzz/`` (issue 7).
+
+* ``fixtures/fuzz/*.json`` — counterexamples written by ``migcompat fuzz``: the property
+  is re-run on the recorded input. A record may carry ``"xfail": "<reason>"`` while the
+  bug it shows is open (strict: the test flips to a failure once it is fixed).
+* ``fixtures/fuzz/crashes/*.bin`` and ``fixtures/fuzz/corpus/*`` — inputs of the
+  coverage-guided target (``benchmarks/fuzz_decoders.py``): the decoders may only raise
+  the typed decode error on them, with bounded allocation.
+* ``fixtures/fuzz/real/*/case.json`` — disagreements between the model and a real source
+  (``migcompat fuzz --real``): the model's verdict on the recorded ``rp.bin`` must equal
+  what the real source did.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from migcompat._cmd_fuzz import model_verdict, replay
+from migcompat.protocol import parse_release
+
+ROOT = Path(__file__).resolve().parent.parent
+FUZZ = ROOT / "fixtures" / "fuzz"
+
+
+def _load_target() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_decoders", ROOT / "benchmarks" / "fuzz_decoders.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fuzz_decoders", mod)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _records() -> list[Any]:
+    out = []
+    for path in sorted(FUZZ.glob("*.json")):
+        rec = json.loads(path.read_text())
+        marks = [pytest.mark.xfail(reason=rec["xfail"], strict=True)] if rec.get("xfail") else []
+        out.append(pytest.param(rec, id=path.stem, marks=marks))
+    return out
+
+
+def _inputs() -> list[Any]:
+    paths = sorted((FUZZ / "crashes").glob("*")) + sorted((FUZZ / "corpus").glob("*"))
+    return [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in paths if p.is_file()]
+
+
+def _real_cases() -> list[Any]:
+    out = []
+    for path in sorted((FUZZ / "real").glob("*/case.json")):
+        case = json.loads(path.read_text())
+        marks = [pytest.mark.xfail(reason=case["xfail"], strict=True)] if case.get("xfail") else []
+        out.append(pytest.param(path.parent, id=path.parent.name, marks=marks))
+    return out
+
+
+@pytest.mark.parametrize("record", _records())
+def test_counterexample(record: dict[str, Any]) -> None:
+    replay(record)
+
+
+@pytest.mark.parametrize("path", _inputs())
+def test_decoder_input(path: Path) -> None:
+    target = _load_target()
+    target.check_input(path.read_bytes(), check_alloc=True)
+
+
+@pytest.mark.parametrize("case_dir", _real_cases())
+def test_model_agrees_with_the_real_source(case_dir: Path) -> None:
+    case = json.loads((case_dir / "case.json").read_text())
+    rp = (case_dir / "rp.bin").read_bytes()
+    model = model_verdict(parse_release(case["release"]), rp, case.get("ram"))
+    real = case["real"]
+    assert model["verdict"] == real["verdict"], f"model {model}, real {real}"
+    if model["verdict"] == "rejected" and model["error"] is not None:
+        assert model["error"] == real["error_desc"] or model["error"] in real["stderr"]
+
+
+def test_there_is_something_to_replay() -> None:
+    """The committed corpus is not empty (a missing checkout path would skip everything)."""
+    assert _inputs(), f"no corpus under {FUZZ}"
