@@ -8,10 +8,11 @@
 The target, :func:`check_input`, decodes one input with every decoder the project has:
 the return-path :class:`~migcompat.protocol.Reader` (whole, byte by byte, in odd chunks,
 with and without a RAM context), the construct grammar through ``parse_frame``, the
-multi-release ``check_stream``, and the grammar-vs-reader oracle. The forward-stream and
-pcap decoders join :data:`DECODERS` when their modules exist (``protocol/_forward.py``,
-``migcompat.capture``). Rules: the only exception allowed out is the typed decode error
-(:class:`~migcompat.protocol.RemoteViolation`); and allocation stays bounded by the input,
+multi-release ``check_stream``, and the grammar-vs-reader oracle. the forward stream's
+:class:`~migcompat.protocol.ForwardReader` on the same bytes, and ``decode_capture`` when
+the bytes start with a pcap/pcapng magic. Rules: the only exceptions allowed out are the
+typed errors (:class:`~migcompat.protocol.RemoteViolation`; ``InputError`` for a file that
+is no capture at all); and allocation stays bounded by the input,
 whatever the length fields say (checked with ``tracemalloc`` on a share of the inputs).
 
 Input layout: byte 0 picks the source release (or overlay), byte 1 the mode bits
@@ -58,8 +59,17 @@ def __dir__() -> list[str]:
 
 def _imports() -> None:
     """Import the decoders (inside atheris' instrumentation when fuzzing with it)."""
-    global RELEASES, DEFAULT_RAM, Reader, RemoteViolation, parse_frame, check_stream, rps
-    from migcompat.protocol import Reader, RemoteViolation, check_stream, parse_frame
+    global RELEASES, DEFAULT_RAM, Reader, RemoteViolation, InputError, parse_frame, check_stream
+    global ForwardReader, decode_capture, CaptureOptions, rps
+    from migcompat.capture import CaptureOptions, decode_capture
+    from migcompat.protocol import (
+        ForwardReader,
+        InputError,
+        Reader,
+        RemoteViolation,
+        check_stream,
+        parse_frame,
+    )
     from migcompat.protocol import strategies as rps
 
     RELEASES = rps.all_releases()
@@ -136,15 +146,47 @@ def _oracle(release: object, stream: bytes, mode: int) -> None:
         rps.check_stop_position(release, stream, DEFAULT_RAM if mode & 4 else None)
 
 
-#: Decoder name → function(release, stream, mode); each may raise only RemoteViolation.
+def _forward(release: object, stream: bytes, mode: int) -> None:
+    """The forward stream (``ForwardReader``), on the same bytes: channel from byte 0."""
+    channel = ("main", "auto", "preempt")[stream[0] % 3] if stream else "main"
+    r = ForwardReader(release, channel=channel, pages=bool(mode & 4))
+    try:
+        _feed(r, stream, mode, stream[-1] if stream else 0)
+    except RemoteViolation as exc:
+        assert 0 <= exc.offset <= len(stream)
+
+
+_PCAP_MAGICS = (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x0a\x0d\x0d\x0a")
+
+
+def _pcap(release: object, stream: bytes, mode: int) -> None:
+    """pcap / pcapng input (``decode_capture``), when the stream starts with a capture magic."""
+    if stream[:4] not in _PCAP_MAGICS:
+        return
+    fd, path = tempfile.mkstemp(
+        suffix=".pcap", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    try:
+        os.write(fd, stream)
+        os.close(fd)
+        try:
+            decode_capture(path, CaptureOptions(source=release, pages=bool(mode & 4)))
+        except InputError:
+            pass  # the typed error for input that is not a capture at all
+    finally:
+        os.unlink(path)
+
+
+#: Decoder name → function(release, stream, mode); each may raise only the typed errors
+#: (``RemoteViolation``; ``InputError`` for a file that is not a capture).
 DECODERS: dict[str, Callable[[object, bytes, int], None]] = {
     "rp-reader": _rp_reader,
     "rp-grammar": _grammar,
     "check-stream": _check_stream,
     "oracles": _oracle,
+    "forward": _forward,
+    "pcap": _pcap,
 }
-# WARNING: the forward-stream and pcap decoders (``protocol/_forward.py``, ``migcompat.capture``)
-# are not in the tree yet; add them here when they land, under the same rule.
 
 
 def check_input(data: bytes, *, check_alloc: bool = False) -> None:
@@ -159,6 +201,10 @@ def check_input(data: bytes, *, check_alloc: bool = False) -> None:
     data = data[:MAX_LEN]
     release, mode, stream = RELEASES[data[0] % len(RELEASES)], data[1], data[2:]
     if check_alloc:
+        # Once untraced first: imports and per-release caches (catalogs, construct
+        # grammars) are built on first use and are not what the input makes us allocate.
+        for decode in DECODERS.values():
+            decode(release, stream, mode)
         tracemalloc.start()
     try:
         for decode in DECODERS.values():
@@ -207,6 +253,8 @@ def seed_corpus() -> dict[str, bytes]:
                     ),
                     "recv-bitmap-2p63": build_frame(rel, "RECV_BITMAP", block_name="pc.ram")[:11]
                     + struct.pack(">Q", 2**63),
+                    "recv-bitmap-200mib": build_frame(rel, "RECV_BITMAP", block_name="pc.ram")[:11]
+                    + struct.pack(">Q", 200 << 20) + bytes(64),
                     "recv-bitmap-name-past-frame": struct.pack(">HH", 5, 2) + b"\x30a"
                     + struct.pack(">Q", 0) + struct.pack(">Q", cat.recv_bitmap_ending),
                     "recv-bitmap-empty": struct.pack(">HH", 5, 0),
@@ -222,7 +270,30 @@ def seed_corpus() -> dict[str, bytes]:
         if rp.exists():
             idx = next(i for i, r in enumerate(RELEASES) if str(r) == rel)
             out[f"capture-{cap}"] = bytes([idx, 1 | 4 | 8]) + rp.read_bytes()[:600]
+            fwd = captures / cap / "fwd.bin"
+            if fwd.exists():
+                out[f"forward-{cap}"] = bytes([idx, 2]) + fwd.read_bytes()[:800]
+            pcap = captures / cap / "capture.pcap"
+            if pcap.exists():
+                out[f"pcap-{cap}"] = bytes([idx, 0]) + _small_pcap(pcap, 16)
     return out
+
+
+def _small_pcap(path: Path, packets: int) -> bytes:
+    """The first ``packets`` records of a capture, payloads cut to 256 bytes."""
+    import io
+
+    import dpkt
+
+    out = io.BytesIO()
+    with open(path, "rb") as f:
+        reader = dpkt.pcap.Reader(f)
+        writer = dpkt.pcap.Writer(out, snaplen=reader.snaplen, linktype=reader.datalink())
+        for n, (ts, buf) in enumerate(reader):
+            if n >= packets:
+                break
+            writer.writepkt(buf[:320], ts=ts)
+    return out.getvalue()
 
 
 def _write_seed_corpus() -> int:

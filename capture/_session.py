@@ -159,6 +159,8 @@ class Migration:
     pings: dict[int, deque[float]] = field(default_factory=dict)
     ping_rtts: list[float] = field(default_factory=list)
     unanswered_pings: int = 0
+    #: PONGs whose PING was not seen (it fell in a hole or an undelimited package).
+    orphan_pongs: int = 0
     bitmaps: dict[str, deque[float]] = field(default_factory=dict)
     bitmap_pairs: list[tuple[str, float]] = field(default_factory=list)
     resume_ts: deque[float] = field(default_factory=deque)
@@ -856,6 +858,8 @@ class CaptureDecoder:
                     rtt = ts - sent.popleft()
                     mig.ping_rtts.append(rtt)
                     fields["rtt_ms"] = round(rtt * 1e3, 3)
+                else:
+                    mig.orphan_pongs += 1
             elif isinstance(ev, RecvBitmap):
                 sent = mig.bitmaps.get(ev.block_name)
                 if sent:

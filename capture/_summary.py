@@ -112,6 +112,7 @@ def _migration(m: Migration, report: CaptureReport) -> dict[str, Any]:
         "ping_pong": {
             **latency_stats(m.ping_rtts),
             "unanswered": m.unanswered_pings,
+            "pong_without_ping": m.orphan_pongs,
         },
         "recv_bitmap": [{"block": b, "ms": round(lat * 1e3, 3)} for b, lat in m.bitmap_pairs],
         "resume_ack": [round(x * 1e3, 3) for x in m.resume_pairs],

@@ -320,10 +320,11 @@ def _print_summary(s: dict[str, Any]) -> None:
                 + "\n"
             )
         pp = m["ping_pong"]
-        if pp["count"] or pp["unanswered"]:
+        if pp["count"] or pp["unanswered"] or pp["pong_without_ping"]:
             w(
                 f"  PING→PONG: {pp['count']} matched, p50 {_ms(pp['p50_ms'])}, max "
-                f"{_ms(pp['max_ms'])}; {pp['unanswered']} unanswered\n"
+                f"{_ms(pp['max_ms'])}; {pp['unanswered']} unanswered; "
+                f"{pp['pong_without_ping']} PONG(s) whose PING was not seen\n"
             )
         if m["recv_bitmap"]:
             w(

@@ -6,7 +6,7 @@ import argparse
 from typing import Any
 
 from migcompat._io import console, iter_chunks, open_check, parse_releases, print_json
-from migcompat.protocol import check_stream
+from migcompat.protocol import ENGINES, check_stream
 
 __all__ = ["register"]
 
@@ -30,13 +30,21 @@ def register(sub: Any) -> None:
         help="source releases to check against, or 'all' release lines in the catalog",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source release")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="fast",
+        help="decoder: fast (default), model (the source-parser model itself) or "
+        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
+        "case QEMU accepts, see docs/performance.md)",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     releases = parse_releases(args.against)
     open_check(args.path)
-    verdicts = check_stream(releases, iter_chunks(args.path))
+    verdicts = check_stream(releases, iter_chunks(args.path), engine=args.engine)
     if args.json:
         for v in verdicts:
             rej = v.rejection

@@ -8,6 +8,7 @@ from typing import Any
 
 from migcompat._io import iter_chunks, open_check, print_json
 from migcompat.protocol import (
+    ENGINES,
     EndOfStream,
     Event,
     Message,
@@ -41,6 +42,14 @@ def register(sub: Any) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per line")
     out.add_argument("--summary", action="store_true", help="only per-type counts and the verdict")
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="fast",
+        help="decoder: fast (default), model (the source-parser model itself) or "
+        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
+        "case QEMU accepts, see docs/performance.md)",
+    )
     p.set_defaults(func=run)
 
 
@@ -102,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                     }
                 )
 
-    (verdict,) = check_stream([release], chunks, on_event)
+    (verdict,) = check_stream([release], chunks, on_event, engine=args.engine)
     report(verdict, as_json=args.json, summary=args.summary)
     return 1 if verdict.verdict == "rejected" else 0
 

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -39,6 +40,7 @@ from migcompat.protocol import (
     Reader,
     Release,
     RemoteViolation,
+    Shut,
     build_frame,
     catalog,
     parse_release,
@@ -468,18 +470,31 @@ class RealCase:
 
 
 def model_verdict(
-    release: Release | str, rp: bytes, ram: Mapping[str, int] | None
+    release: Release | str,
+    rp: bytes,
+    ram: Mapping[str, int] | None,
+    injected: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """The Reader's verdict on a whole return path as the source received it."""
+    """The Reader's verdict on a whole return path as the source received it.
+
+    ``rejected`` (with QEMU's text), ``accepted``, or ``stopped``: a SHUT inside the
+    ``injected`` range ended the return path early. What the migration does after that is
+    the migration thread's business, not the reader's (7.2 pauses postcopy with "Detected
+    IO failure", 10.0+ completes), so only texts are compared for it; a non-zero
+    ``sibling_error`` makes QEMU print the catalog's ``shut_error`` text.
+    """
+    cat = catalog(release)
     r = Reader(release, ram_blocks=ram)
     if rp:
         r.receive_data(rp)
     r.receive_data(b"")
     frames = 0
+    last: Message | None = None
     try:
         for ev in r.events():
             if isinstance(ev, Message):
                 frames += 1
+                last = ev
     except RemoteViolation as exc:
         return {
             "verdict": "rejected",
@@ -488,7 +503,24 @@ def model_verdict(
             "type": exc.message_type,
             "frames": frames,
         }
-    return {"verdict": "accepted", "error": None, "offset": None, "type": None, "frames": frames}
+    out: dict[str, Any] = {
+        "verdict": "accepted", "error": None, "offset": None, "type": None, "frames": frames,
+    }  # fmt: skip
+    if isinstance(last, Shut) and injected and injected[0] <= last.offset < injected[1]:
+        out.update(verdict="stopped", offset=last.offset, type=last.type_id)
+        if last.sibling_error and "shut_error" in cat.errors:
+            out["error"] = cat.format_error("shut_error", last.sibling_error)
+    return out
+
+
+def _text_patterns(release: Release | str) -> list[re.Pattern[str]]:
+    """Every error text of the release's return-path reader, as a regex (C conversions: any)."""
+    spec = re.compile(r"%[-+ 0#]*\d*(?:\.\d+)?(?:hh|h|ll|l|z|j|t|L)?[diouxXsc]")
+    out = []
+    for fmt in catalog(release).errors.values():
+        parts = spec.split(fmt)
+        out.append(re.compile(".*?".join(re.escape(x) for x in parts), re.DOTALL))
+    return out
 
 
 def real_outcome(rec: Any) -> dict[str, Any]:
@@ -518,14 +550,25 @@ def real_outcome(rec: Any) -> dict[str, Any]:
     }
 
 
-def _compare(model: Mapping[str, Any], real: Mapping[str, Any]) -> tuple[bool | None, str]:
+def _compare(
+    model: Mapping[str, Any], real: Mapping[str, Any], release: Release | str
+) -> tuple[bool | None, str]:
+    texts = [t for t in [real.get("error_desc"), *real.get("stderr", [])] if t]
+    if model["verdict"] == "stopped":
+        if model["error"] is not None and model["error"] not in texts:
+            return False, f"SHUT: expected {model['error']!r}, the source said {texts!r}"
+        pats = _text_patterns(release)
+        other = [t for t in texts if t != model["error"] and any(p.fullmatch(t) for p in pats)]
+        if other:
+            return False, f"SHUT ended the return path, yet the source rejected: {other!r}"
+        return True, ""
     if real["verdict"] == "undecided":
         return None, f"the real source did not settle (status {real['status']})"
     if model["verdict"] != real["verdict"]:
-        said = real["error_desc"] or "; ".join(real["stderr"]) or "nothing"
+        said = "; ".join(texts) or "nothing"
         return False, f"model {model['verdict']}, real source {real['verdict']} (said: {said})"
     if model["verdict"] == "rejected" and model["error"] is not None:
-        if model["error"] != real["error_desc"] and model["error"] not in real["stderr"]:
+        if model["error"] not in texts:
             return False, (
                 f"both reject, but the model's text {model['error']!r} is neither error-desc "
                 f"{real['error_desc']!r} nor a stderr line {real['stderr']!r}"
@@ -704,9 +747,10 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
                 case.agree, case.why = None, "the frames were not injected (see record.json)"
                 case.real = {"verdict": "undecided", "step_errors": rec.step_errors}
             else:
-                case.model = model_verdict(release, rp, REAL_RAM)
+                at = inj[0]["src_offset"]
+                case.model = model_verdict(release, rp, REAL_RAM, (at, at + len(case.blob)))
                 case.real = real_outcome(rec)
-                case.agree, case.why = _compare(case.model, case.real)
+                case.agree, case.why = _compare(case.model, case.real, release)
             if case.agree is False:
                 disagreements += 1
                 digest = hashlib.sha256(case.blob).hexdigest()[:10]
@@ -714,7 +758,8 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
                 save_fixture(outdir, fdir)
                 (fdir / "case.json").write_text(
                     json.dumps({"schema": 1, "release": str(release), "ram": dict(REAL_RAM),
-                                **case.to_json()}, indent=2) + "\n"
+                                "injected": [at, at + len(case.blob)], **case.to_json()},
+                               indent=2) + "\n"
                 )  # fmt: skip
                 case.outdir = str(fdir)
             elif case.agree is None:

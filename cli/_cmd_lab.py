@@ -41,6 +41,7 @@ inject:T[:L[:HEX]] inject one frame of type T (be16), length L (default: len(HEX
                   HEX into the return path at a frame boundary once postcopy is active
                   (inject:8 = the never-merged KEEPALIVE frame 00 08 00 00)
 blackhole-idle    idle destination; the proxy stops forwarding both ways without closing
+cut[-idle]        the proxy resets both connections (RST) once postcopy is active
 recover           blackhole, migrate-pause on both sides, migrate-recover on the destination
                   through a new proxy port, migrate resume=true (RECV_BITMAP + RESUME_ACK)
 partition-idle    silent network partition (netns + veth, nftables drop) during postcopy;

@@ -89,6 +89,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", metavar="FILE", help="write the JSON report ('-' = stdout)")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown report ('-' = stdout)")
     p.add_argument("--junit", metavar="FILE", help="write JUnit XML")
+    p.add_argument(
+        "--record-observations",
+        metavar="FILE",
+        help="merge what each cell showed into FILE (compat/data/matrix-observed.json)",
+    )
     p.add_argument("--timeout", type=float, default=90.0, help="per-cell outcome timeout (s)")
     p.add_argument("--observe", type=float, default=5.0,
                    help="seconds to watch after the source settles")  # fmt: skip
@@ -177,6 +182,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from migcompat.compat._matrix import (
         build_versions,
+        observations_json,
         results_json,
         results_junit,
         results_markdown,
@@ -228,6 +234,10 @@ def _run(args: argparse.Namespace) -> int:
                                                command=command))  # fmt: skip
     if args.junit:
         _write(args.junit, results_junit(results))
+    if args.record_observations:
+        path = Path(args.record_observations)
+        previous = json.loads(path.read_text()) if path.exists() else None
+        _write(args.record_observations, observations_json(results, previous))
     err.print(
         f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
         f"{s['error']} error[/] of {s['total']}; split brain observed in {s['split_brain']}; "

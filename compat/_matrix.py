@@ -48,6 +48,7 @@ __all__ = [
     "CellResult",
     "Prediction",
     "build_versions",
+    "capabilities",
     "cell_slug",
     "common_machines",
     "compare",
@@ -56,11 +57,13 @@ __all__ = [
     "known_scenarios",
     "machines_for",
     "matrix_cells",
+    "observations_json",
     "observed_summary",
     "parse_cell_id",
     "predict",
     "predict_matrix",
     "predictions_markdown",
+    "recorded_observations",
     "results_json",
     "results_junit",
     "results_markdown",
@@ -283,10 +286,32 @@ def _outcome_rule(event: str, phase: str | None, source: Release) -> Mapping[str
     return None
 
 
+def capabilities(source: str, destination: str) -> frozenset[str]:
+    """Capabilities the lab turns on for a pair (``switchover-ack`` only when both >= 8.1)."""
+    caps = {"events", "postcopy-ram", "return-path"}
+    if min(Release(source).line, Release(destination).line) >= Release("8.1"):
+        caps.add("switchover-ack")
+    return frozenset(caps)
+
+
+def _rule_applies(rule: Mapping[str, Any], source: str, destination: str, phase: str) -> bool:
+    if rule.get("unless_phase") == phase:
+        return False
+    if "sources" in rule and not _in_range(Release(source), rule["sources"]):
+        return False
+    cap = rule.get("requires_capability")
+    return not (cap and cap not in capabilities(source, destination))
+
+
 def _frame_verdict(
-    source: str, frame: bytes, phase: str
+    source: str, frame: bytes, phase: str, destination: str | None = None
 ) -> tuple[str, str | None, str | None, str]:
-    """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``."""
+    """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``.
+
+    Error texts come from the source's catalog; a semantic rule whose text the catalog
+    lacks carries the text verbatim (``error_text``, with its provenance) until it does.
+    """
+    destination = destination or source
     cat = catalog(source)
     type_id, _length = struct.unpack_from(">HH", frame.ljust(4, b"\0"))
     spec = cat.by_id.get(type_id) if cat.knows(type_id) else None
@@ -300,11 +325,14 @@ def _frame_verdict(
     except RemoteViolation as exc:
         return "rejected", exc.qemu_error, None, f"frame parser of {cat.line}: {exc}"
     for rule in _model()["semantic_rules"]:
-        if rule["message"] != name or rule.get("unless_phase") == phase:
+        if rule["message"] != name or not _rule_applies(rule, source, destination, phase):
             continue
         if rule["verdict"] == "rejected":
             args = [phase if a == "$phase" else a for a in rule.get("args", [])]
-            text = cat.format_error(rule["error"], *args)
+            if rule["error"] in cat.errors:
+                text = cat.format_error(rule["error"], *args)
+            else:
+                text = rule["error_text"]
             return "rejected", text, None, f"semantic rule {rule['id']}"
         return "accepted", None, None, f"semantic rule {rule['id']}: {rule.get('effect', '')}"
     if name in _model()["unmodelled_messages"]:
@@ -337,7 +365,9 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
         if sc.trigger != "postcopy":
             unmodelled = f"trigger {sc.trigger!r}: the phase the frame lands in is not fixed"
         assert sc.frame is not None
-        verdict, error, reason, why = _frame_verdict(cell.source, sc.frame, phase or "")
+        verdict, error, reason, why = _frame_verdict(
+            cell.source, sc.frame, phase or "", cell.destination
+        )
         unmodelled = unmodelled or reason
         notes.append(why)
         event = "rp-error" if verdict == "rejected" else "completes"
@@ -466,7 +496,8 @@ def observed_summary(rec: Any) -> dict[str, Any]:
         out[f"{side}_statuses"] = seq
         out[f"{side}_status"] = final
         rs = rec.runstates.get(side) or {}
-        out[f"{side}_runstate"] = rs.get("status")
+        # No answer to query-status at the end: QMP was blocked (the lab then kills it).
+        out[f"{side}_runstate"] = rs.get("status") or "unresponsive"
         out[f"{side}_running"] = rs.get("running")
         out[f"{side}_error_desc"] = rec.error_desc.get(side)
         out[f"{side}_stderr"] = [_strip(x) for x in rec.stderr_lines(side)]
@@ -590,7 +621,34 @@ def results_markdown(
             f"| {o.get('src_runstate')} / {o.get('dst_runstate')} | {_sb(p, o)} "
             f"| {_md('; '.join(r.reasons)) or p.rule} |"
         )
+    lines += ["", *model_legend()]
     return "\n".join(lines) + "\n"
+
+
+def model_legend() -> list[str]:
+    """Markdown lines: the scenarios and the outcome rules with the evidence they rest on."""
+    out = ["## Scenarios", "", "| scenario | lab spec | what |", "|---|---|---|"]
+    for sc in _model()["scenarios"]:
+        out.append(f"| `{sc['name']}` | `{sc['lab']}` | {_md(sc['doc'])} |")
+    out += ["", "## Outcome rules (compat/data/matrix.json)", ""]
+    out += ["| rule | sources | phase | basis | evidence |", "|---|---|---|---|---|"]
+    for r in _model()["outcomes"]:
+        rng = f"{r['sources']['from']}–{r['sources']['to']}"
+        if r.get("unobserved"):
+            basis = f"not observed: {r['unobserved']}"
+        else:
+            basis = r.get("basis", "")
+        ev = ", ".join(f"`{Path(e).parent.name}`" for e in r.get("evidence", ()))
+        seen = sum(
+            len(runs)
+            for cell_id, runs in recorded_observations().items()
+            if predict(parse_cell_id(cell_id)).rule == r["id"]
+        )
+        if seen:
+            ev += (", " if ev else "") + f"{seen} runs in `matrix-observed.json`"
+        ev = ev or "—"
+        out.append(f"| `{r['id']}` | {rng} | {r.get('phase') or '—'} | {_md(basis)} | {ev} |")
+    return out
 
 
 def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matrix") -> str:
@@ -823,6 +881,44 @@ def run_cells(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         return list(pool.map(one, preds))
+
+
+def observations_json(
+    results: Sequence[CellResult], previous: Mapping[str, Any] | None = None
+) -> str:
+    """``compat/data/matrix-observed.json``: what real QEMU did per cell, every run kept.
+
+    Only cells that ran (pass or mismatch) are added, with the facts :func:`compare` reads
+    and the binaries' ``--version`` texts; identical observations are kept once. Several
+    runs of one cell show where timing decides.
+    """
+    cells: dict[str, list[Any]] = {k: list(v) for k, v in (previous or {}).get("cells", {}).items()}
+    for r in results:
+        if r.outcome not in ("pass", "mismatch"):
+            continue
+        keep = {k: v for k, v in r.observed.items() if k not in ("step_errors", "note")}
+        runs = cells.setdefault(r.prediction.cell.id, [])
+        if keep not in runs:
+            runs.append(keep)
+    doc = {
+        "schema": 2,
+        "about": "Observed outcome of matrix cells on real QEMU, one entry per distinct run, "
+        "merged by `migcompat matrix run --record-observations`; the model (matrix.json) must "
+        "predict every entry (tests/test_matrix.py).",
+        "cells": dict(sorted(cells.items())),
+    }
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+@cache
+def recorded_observations() -> Mapping[str, tuple[Mapping[str, Any], ...]]:
+    """The committed per-cell observations (``compat/data/matrix-observed.json``)."""
+    path = resources.files("migcompat.compat") / "data" / "matrix-observed.json"
+    try:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    except FileNotFoundError:
+        return {}
+    return {k: tuple(v) for k, v in cells.items()}
 
 
 def results_json(results: Sequence[CellResult], versions: Mapping[str, str] | None = None) -> str:

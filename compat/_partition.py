@@ -330,11 +330,25 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
         if "detected within" not in f.text and "sysctls apply" not in f.text:
             facts.append(Fact(f"{role}: {f.text}", f.source))
     if not side.keep_alive:
+        if role == "destination" and rel.line >= Release("4.2"):
+            # Measured (docs/partition.md): 7.2.22 and 10.0.13 answer {} and listen without
+            # keep-alive; the check in inet_listen_saddr never sees the flag.
+            facts.append(Fact(
+                f"destination {rel.line}: migrate-incoming accepts the options without error "
+                "and drops them: the listener's address lookup copies host, port, to, ipv4, "
+                "ipv6 and mptcp into new addresses, not keep-alive, so the passive-socket "
+                "refusal never fires (fixed in 10.1 by copying the whole address)",
+                "io/dns-resolver.c:114 qio_dns_resolver_lookup_sync_inet (7.2.22, 10.0.13)"))
         facts.append(Fact(f"{role} {rel.line}: the keep-alive options are not applied to the "
                           "migration socket"))  # fmt: skip
         return None
     if side.knobs:
         return (idle, intvl, cnt)
+    if role == "source":
+        facts.append(Fact(
+            f"source {rel.line}: keep-alive-idle/-interval/-count are accepted in the URI and "
+            "ignored (inet_parse looks only for \",keep-alive\")",
+            "util/qemu-sockets.c inet_parse strstr(optstr, \",keep-alive\") (7.2.22, 10.0.13)"))
     facts.append(Fact(f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
                       f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
                       f"{st.keepalive_intvl}/{st.keepalive_probes} apply",

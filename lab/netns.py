@@ -168,15 +168,22 @@ _SS_LINE = re.compile(
     r"^(?P<state>\S+)\s+(?P<recvq>\d+)\s+(?P<sendq>\d+)\s+(?P<local>\S+)\s+(?P<peer>\S+)"
     r"(?:.*?timer:\((?P<timer>[^,]+),(?P<left>[^,]+),(?P<n>\d+)\))?"
 )
-_DURATION = re.compile(r"(?:(\d+)min)?(?:([\d.]+)sec)?(?:([\d.]+)ms)?")
+# ss's print_ms_timer(): "119min", "1min2sec", "12sec", "3.792ms" (= 3 s 792 ms), "792ms".
+_DURATION = re.compile(r"(?:(\d+)min)?(?:(\d+)sec)?(?:(\d+)\.(\d{3})ms)?(?:(\d+)ms)?")
 
 
 def _seconds(text: str) -> float | None:
+    """Seconds from ss's timer text (note ``S.MMMms`` means S seconds and MMM ms).
+
+    >>> [_seconds(t) for t in ("119min", "1min2sec", "12sec", "3.792ms", "792ms", "x")]
+    [7140.0, 62.0, 12.0, 3.792, 0.792, None]
+    """
     m = _DURATION.fullmatch(text.strip())
     if not m or not any(m.groups()):
         return None
-    minutes, sec, ms = m.groups()
-    return int(minutes or 0) * 60 + float(sec or 0) + float(ms or 0) / 1000
+    minutes, sec, s2, ms2, ms = m.groups()
+    secs = int(minutes or 0) * 60 + int(sec or 0) + int(s2 or 0)
+    return round(secs + int(ms2 or 0) / 1000 + int(ms or 0) / 1000, 3)
 
 
 def parse_ss(text: str) -> list[SockInfo]:

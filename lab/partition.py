@@ -39,7 +39,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migcompat.compat import SidePrediction, Strategy, TcpSettings, predict_partition
+from migcompat.compat import (
+    SidePrediction,
+    Strategy,
+    TcpSettings,
+    predict_partition,
+    retransmission_schedule_s,
+)
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild, release_key, run_dir
 from migcompat.lab.kernel import guest_kernel
@@ -52,6 +58,7 @@ __all__ = [
     "PartitionRecord",
     "check_side",
     "keepalive_uri_options",
+    "markdown_table",
     "print_partition",
     "run_partition",
     "run_partition_async",
@@ -172,7 +179,8 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
     out: dict[str, Any] = {}
     names = {pair.addr("src"): "src", pair.addr("dst"): "dst"}
     for side in ("src", "dst"):
-        out[side] = {"packets": 0, "data": 0, "empty": 0, "rst": 0, "fin": 0, "first": []}
+        out[side] = {"packets": 0, "data": 0, "empty": 0, "rst": 0, "fin": 0, "first": [],
+                     "data_times": []}
     icmp = 0
     for line in lines:
         if " ICMP " in line:
@@ -185,6 +193,8 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
         if t < 0:
             continue
         s = out[names[m["src"]]]
+        if int(m["len"]) and (not s["data_times"] or t - s["data_times"][-1] > 0.05):
+            s["data_times"].append(round(t, 3))  # one per burst: sends, then RTO ticks
         s["packets"] += 1
         s["data" if int(m["len"]) else "empty"] += 1
         s["rst"] += "R" in m["flags"]
@@ -473,8 +483,13 @@ class _PartitionRun:
             # Empty segments a side sends after the cut are keep-alive probes (it receives
             # nothing, so it has nothing to ACK); their times show which idle/interval apply.
             probes = [p["t"] for p in sent if p["len"] == 0 and "R" not in p["flags"]]
+            ka_left = [x["timer_left_s"] for x in samples
+                       if x["t"] < cut and x["timer"] == "keepalive" and x["timer_left_s"]]
             self.rec.keepalive_seen[side] = {
                 "timers_before_cut": sorted(before),
+                # Never above the idle time in force: ~5 s for keep-alive-idle=5, up to
+                # 7200 s (119min) when the system's tcp_keepalive_time applies.
+                "max_keepalive_left_before_cut_s": max(ka_left, default=None),
                 "timers_after_cut": sorted({s["timer"] or "none" for s in after}),
                 "max_timer_count_after_cut": max((s["retrans"] for s in after), default=None),
                 "probe_times_after_cut": probes,
@@ -652,3 +667,56 @@ def print_partition(rec: PartitionRecord) -> None:
     c.print(f"after the cut: {json.dumps({k: v for k, v in rec.after_cut.items()})[:400]}",
             highlight=False)  # fmt: skip
     c.print(f"record: {rec.outdir}/record.json")
+
+
+def _fmt_detect(value: float | None, window: float) -> str:
+    return f"{value:.1f} s" if value is not None else f"not within {window:g} s"
+
+
+def _fmt_pred(pred: dict[str, Any]) -> str:
+    p = pred.get("detect_s")
+    return ("never" if p is None else f"{p:g} s") + f" ({pred.get('mechanism')})"
+
+
+def _evidence(rec: dict[str, Any], side: str) -> str:
+    """What the socket showed: keep-alive timer before the cut, probes after it."""
+    ka = rec.get("keepalive_seen", {}).get(side, {})
+    probes = ka.get("probe_times_after_cut") or []
+    bits = []
+    if "keepalive" in ka.get("timers_before_cut", []):
+        left = ka.get("max_keepalive_left_before_cut_s")
+        bits.append("SO_KEEPALIVE on" + (f" (timer ≤ {left:g} s)" if left else ""))
+    else:
+        bits.append("no keep-alive timer")
+    if probes:
+        bits.append("probes at " + ", ".join(f"{t:.1f}" for t in probes[:4]) + " s")
+    if ka.get("reset_sent_after_cut") is not None:
+        bits.append(f"RST at {ka['reset_sent_after_cut']:.1f} s")
+    wrote = rec.get("prediction", {}).get("inputs", {}).get("wrote_after_cut", {}).get(side)
+    if wrote:
+        n = ka.get("max_timer_count_after_cut")
+        retries2 = rec.get("sysctls", {}).get(side, {}).get("tcp_retries2", 15)
+        model = len([t for t in retransmission_schedule_s(retries2) if t <= rec["window"]])
+        bits.append("retransmitting" + (f" ({n} RTO ticks seen, model {model} by "
+                                        f"{rec['window']:g} s)" if n else ""))
+    return "; ".join(bits)
+
+
+def markdown_table(records: list[dict[str, Any]]) -> str:
+    """The measured-vs-predicted table of docs/partition.md, from run records (JSON dicts)."""
+    head = ("| run | source → destination | scenario | strategy | side | socket evidence "
+            "| measured | predicted | verdict |\n"
+            "|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+    rows = []
+    for rec in records:
+        pair = (f"{rec['src']['version_text'].split()[3]} → "
+                f"{rec['dst']['version_text'].split()[3]}")  # fmt: skip
+        for side, key in (("src", "source"), ("dst", "destination")):
+            chk = rec.get("checks", {}).get(side, {})
+            rows.append(
+                f"| {rec.get('name', '')} | {pair} | {rec['scenario']} | {rec['strategy']} "
+                f"| {side} | {_evidence(rec, side)} "
+                f"| {_fmt_detect(rec['detected'].get(side), rec['window'])} "
+                f"| {_fmt_pred(rec['prediction'].get(key, {}))} | {chk.get('verdict', '?')} |"
+            )
+    return head + "\n".join(rows) + "\n"

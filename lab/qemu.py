@@ -275,17 +275,26 @@ class QemuInstance:
 _probe_ids = itertools.count()
 
 
+# A binary's machine list never changes: ask once per process (saves a QEMU start per run).
+_machines_cache: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+
+
 async def query_machines(build: QemuBuild, workdir: Path) -> list[dict[str, Any]]:
-    """``query-machines`` of ``build`` (a throwaway ``-machine none`` instance)."""
+    """``query-machines`` of ``build`` (a throwaway ``-machine none`` instance, cached)."""
+    key = (build.binary, str(build.root), build.version_text)
+    if key in _machines_cache:
+        return list(_machines_cache[key])
     inst = QemuInstance(
         build, f"probe-{os.getpid()}-{next(_probe_ids)}", workdir,
         ["-machine", "none", "-nodefaults", "-display", "none", "-S"],
     )  # fmt: skip
     await inst.start()
     try:
-        return list(await inst.execute("query-machines"))
+        machines = list(await inst.execute("query-machines"))
     finally:
         await inst.stop(grace=2)
+    _machines_cache[key] = machines
+    return list(machines)
 
 
 def _machine_version(name: str) -> tuple[int, ...] | None:

@@ -319,6 +319,13 @@ class _Run:
             self.proxy.blackhole()
             self.step("blackhole")
             return
+        if sc.kind == "cut":
+            # an abrupt, visible failure (RST both ways): the opposite of a blackhole
+            await self.wait_status("src", {"postcopy-active"}, 30)
+            await self.wait_status("dst", {"postcopy-active"}, 10)
+            self.proxy.cut(reset=True)
+            self.step("cut")
+            return
         if sc.kind == "recover":
             await self.recover()
 

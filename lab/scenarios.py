@@ -2,7 +2,7 @@
 
 Grammar (one name, no spaces)::
 
-    plain | plain-idle | blackhole-idle | blackhole | recover
+    plain | plain-idle | blackhole-idle | blackhole | cut[-idle] | recover
     inject:TYPE[:LEN[:HEX]][@TRIGGER][-idle]
     TRIGGER := postcopy | frames=N | t=SECONDS      (default: postcopy)
 
@@ -27,7 +27,7 @@ def __dir__() -> list[str]:
 
 
 #: The kinds the runner knows; ``inject`` takes parameters.
-SCENARIO_KINDS = ("plain", "inject", "blackhole", "recover")
+SCENARIO_KINDS = ("plain", "inject", "blackhole", "cut", "recover")
 
 _INJECT_RE = re.compile(
     r"inject:(?P<type>0x[0-9a-fA-F]+|\d+)"
@@ -78,7 +78,7 @@ def parse_scenario(name: str, *, idle: bool = False) -> Scenario:
     base = name
     if base.endswith("-idle"):
         base, idle = base.removesuffix("-idle"), True
-    if base in ("plain", "blackhole", "recover"):
+    if base in ("plain", "blackhole", "cut", "recover"):
         return Scenario(name=base + ("-idle" if idle else ""), kind=base, idle=idle)
     m = _INJECT_RE.fullmatch(base)
     if m:
@@ -96,5 +96,5 @@ def parse_scenario(name: str, *, idle: bool = False) -> Scenario:
         )  # fmt: skip
     raise LabError(
         f"unknown scenario {name!r}; known: plain, plain-idle, inject:TYPE[:LEN[:HEX]][@TRIGGER], "
-        "blackhole-idle, recover (see `migcompat lab run --help`)"
+        "blackhole-idle, cut, recover (see `migcompat lab run --help`)"
     )

@@ -16,6 +16,7 @@ from ._catalog import (
     stream_catalog,
 )
 from ._cformat import c_format
+from ._construct_engine import ConstructReader
 from ._errors import (
     CatalogError,
     InputError,
@@ -57,13 +58,15 @@ from ._grammar import build_frame, frame_grammar, parse_frame
 from ._reader import RamBlock, Reader
 from ._releases import Release, parse_release
 from ._sentinels import NEED_DATA, STOPPED
-from ._stream import StreamVerdict, check_stream
+from ._stream import ENGINES, StreamVerdict, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
+    "ENGINES",
     "NEED_DATA",
     "STOPPED",
     "CatalogError",
+    "ConstructReader",
     "EndOfStream",
     "Event",
     "FastReader",

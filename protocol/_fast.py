@@ -459,4 +459,4 @@ class FastReader:
         for (length, nul), at in sorted(marks.items(), key=itemgetter(1)):
             buf[:length] = data[at : at + length]
             if nul:
-                pass
+                buf[length] = 0

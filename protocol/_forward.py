@@ -105,7 +105,6 @@ RESYNC_MIN_RECORDS = 8
 #: PACKAGED bodies up to this size are buffered to look for their trailing commands
 #: (device state is usually well under 1 MiB; QEMU caps packages at 4 GiB).
 MAX_TRAILER_SCAN = 16 << 20
-_RESYNC_WINDOW = 64 << 10
 
 #: ``TARGET_PAGE_SIZE`` assumed until ``MIG_CMD_POSTCOPY_ADVISE`` says otherwise (x86, arm64).
 DEFAULT_TARGET_PAGE_SIZE = 4096
@@ -949,10 +948,9 @@ class ForwardReader:
             )
             return
         skipped = 0
+        scan = self._pos  # candidates before this were rejected for good
         while True:
-            while len(self._data) - self._pos < _RESYNC_WINDOW and not self._eof:
-                yield NEED_DATA
-            found = self._find_chain(self._pos)
+            found, scan = self._find_chain(scan, sid)
             if found is not None:
                 p, n = found
                 skipped += p - self._pos
@@ -966,18 +964,18 @@ class ForwardReader:
                 )
                 break
             if self._eof:
+                skipped += len(self._data) - self._pos
                 self._pos = len(self._data)
                 yield ForwardStop(
                     release=self.release,
                     offset=self.offset,
-                    reason=f"no re-sync point in the {skipped + len(self._data)} bytes after "
-                    "the gap",
+                    reason=f"no re-sync point in the {skipped} bytes after the gap",
                 )
                 return
-            # Keep a record's worth of tail: a chain may start there.
-            drop = max(0, len(self._data) - self._pos - (self.target_page_size + 512))
-            skipped += drop
-            self._pos += drop
+            # Bytes before the first undecided candidate can go (memory stays bounded).
+            skipped += scan - self._pos
+            self._pos = scan
+            yield NEED_DATA
         if self.channel == "preempt":
             yield from self._preempt_records()
             return
@@ -994,33 +992,50 @@ class ForwardReader:
         for m in pattern.finditer(self._data, start):
             yield m.start()
 
-    def _find_chain(self, start: int) -> tuple[int, int] | None:
-        data = self._data
-        end = len(data)
-        for p in self._candidates(start):
-            n, ok = self._chain(p, end)
-            if ok and (n >= RESYNC_MIN_RECORDS or (self._eof and n >= 2)):
-                return p, n
-            if p > end - 8:
-                break
-        return None
+    def _find_chain(self, start: int, sid: int | None) -> tuple[tuple[int, int] | None, int]:
+        """The first validated chain from ``start``, and where to scan from next time.
 
-    def _chain(self, p: int, end: int) -> tuple[int, bool]:
-        """How many page records parse back to back from ``p`` (and whether they all did)."""
+        A candidate is accepted once :data:`RESYNC_MIN_RECORDS` records parse, or fewer
+        end in ``RAM_SAVE_FLAG_EOS`` followed by this section's footer; rejected when a
+        header is illegal; undecided (wait for bytes) when the data runs out first.
+        """
+        end = len(self._data)
+        for p in self._candidates(start):
+            n, verdict = self._chain(p, end, sid)
+            if verdict is True:
+                return (p, n), p
+            if verdict is None:
+                if self._eof and n >= 2:
+                    return (p, n), p
+                if not self._eof:
+                    return None, p
+        return None, max(start, end - 7)
+
+    def _chain(self, p: int, end: int, sid: int | None) -> tuple[int, bool | None]:
+        """Records parsed back to back from ``p``: (count, True/False/None = undecided)."""
         data = self._data
         mask = self.target_page_size - 1
         sizes = self.ram_blocks
         biggest = max(sizes.values()) if sizes else 1 << 48
         n = 0
-        while p + 8 <= end and n < 4 * RESYNC_MIN_RECORDS:
+        while n < RESYNC_MIN_RECORDS:
+            if p + 8 > end:
+                return n, None
             (word,) = _BE64.unpack_from(data, p)
             flags, addr = word & mask, word & ~mask
             op = flags & ~_RAM_CONTINUE
             q = p + 8
             if op == _RAM_EOS:
-                if q + 5 <= end and self._footers is not False:
-                    return n, data[q] == self._t_footer
-                return n, n > 0
+                if n == 0:
+                    return n, False
+                if self._footers is False:
+                    return n, True
+                if q + 5 > end:
+                    return n, None
+                ok = data[q] == self._t_footer and (
+                    sid is None or _BE32.unpack_from(data, q + 1)[0] == sid
+                )
+                return n, ok
             if op == _RAM_MULTIFD_FLUSH:
                 p = q
                 n += 1
@@ -1029,8 +1044,10 @@ class ForwardReader:
                 return n, False
             if not flags & _RAM_CONTINUE:
                 if q >= end:
-                    return n, True
+                    return n, None
                 ln = data[q]
+                if q + 1 + ln > end:
+                    return n, None
                 name = bytes(data[q + 1 : q + 1 + ln]).decode("latin-1")
                 if ln == 0 or (sizes and name not in sizes):
                     return n, False

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ._errors import RemoteViolation
 from ._events import EndOfStream, Event, Message, Shut
@@ -17,7 +18,7 @@ from ._reader import Reader
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
-__all__ = ["StreamVerdict", "check_stream"]
+__all__ = ["ENGINES", "StreamVerdict", "check_stream"]
 
 
 def __dir__() -> list[str]:
@@ -57,17 +58,40 @@ class StreamVerdict:
         return self.end.qemu_error if self.end is not None else None
 
 
+#: ``engine`` → reader class: the fast path (default), the model, the construct reference.
+ENGINES = ("fast", "model", "construct")
+
+
+def _reader_class(engine: str) -> Callable[[Release | str], Any]:
+    if engine == "fast":
+        from ._fast import FastReader
+
+        return FastReader
+    if engine == "construct":
+        from ._construct_engine import ConstructReader
+
+        return ConstructReader
+    if engine == "model":
+        return Reader
+    raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {engine!r}")
+
+
 def check_stream(
     releases: Sequence[Release | str],
     chunks: Iterable[bytes],
     on_event: Callable[[int, Event], None] | None = None,
+    *,
+    engine: str = "fast",
 ) -> list[StreamVerdict]:
     """Feed ``chunks`` to one reader per source release, in one pass.
 
     :param on_event: called with (index into ``releases``, event) as events appear,
         so long streams can be printed as they decode without being kept.
+    :param engine: ``fast`` (the fast path, same events), ``model`` (the source-parser
+        model itself) or ``construct`` (frames decoded by the construct grammar).
     """
-    readers = [Reader(r) for r in releases]
+    reader_class = _reader_class(engine)
+    readers = [reader_class(r) for r in releases]
     verdicts = [StreamVerdict(release=r.release) for r in readers]
     live = list(range(len(readers)))
 

@@ -421,9 +421,10 @@ def invalid_frames(
 ) -> st.SearchStrategy[FrameSample]:
     """A frame the source of ``release`` rejects (or, for ``truncated``, that is cut short).
 
-    :param kind: one of :func:`kinds_for` (default: any of them).
-    :param ram: the RAM context; kinds in :data:`RAM_KINDS` use :data:`DEFAULT_RAM`
-        when none is given, and the sample carries it.
+    :param kind: one of :func:`kinds_for` (default: any of them; without ``ram``, any
+        but :data:`RAM_KINDS`).
+    :param ram: the RAM context. A kind in :data:`RAM_KINDS` asked for explicitly without
+        one uses :data:`DEFAULT_RAM`; the sample carries its context either way.
     :raises ValueError: ``kind`` is unknown or the release has no message for it.
     """
     cat = catalog(release)
@@ -432,8 +433,10 @@ def invalid_frames(
         raise ValueError(
             f"{kind!r} is not an invalid-frame kind of {cat.release}; known: {', '.join(allowed)}"
         )
-    kinds = [kind] if kind else list(allowed)
     r = _ram_tuple(ram)
+    # Without a RAM context, only kinds a plain Reader(release) rejects: every sample's
+    # prediction then holds for callers that ignore ``sample.ram``.
+    kinds = [kind] if kind else list(kinds_for(release, ram=r is not None))
     return st.one_of(*[_invalid(cat, k, r) for k in kinds])
 
 

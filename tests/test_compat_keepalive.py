@@ -188,3 +188,11 @@ def test_cli_exit_codes() -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
     r = _cli("--destination", "10.2", "--machine", "q35")
     assert r.returncode == 0
+
+
+def test_unextracted_destination_uses_lifecycle_prediction() -> None:
+    """11.1 has no table; the 10.2 lifecycle rule (checked on the 11.1.3 binary) decides."""
+    with pytest.raises(InputError, match=r"not registered by 11\.1: predicted"):
+        decide_keepalive("11.1", "11.1", "pc-q35-5.0", proposal="keepalive")
+    d = decide_keepalive("11.1", "11.1", "pc-q35-8.0", proposal="keepalive")
+    assert "deprecated, predicted" in d.facts[0].text

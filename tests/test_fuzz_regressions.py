@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from migcompat._cmd_fuzz import model_verdict, replay
+from migcompat._cmd_fuzz import _compare, model_verdict, replay
 from migcompat.protocol import parse_release
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,11 +77,11 @@ def test_decoder_input(path: Path) -> None:
 def test_model_agrees_with_the_real_source(case_dir: Path) -> None:
     case = json.loads((case_dir / "case.json").read_text())
     rp = (case_dir / "rp.bin").read_bytes()
-    model = model_verdict(parse_release(case["release"]), rp, case.get("ram"))
-    real = case["real"]
-    assert model["verdict"] == real["verdict"], f"model {model}, real {real}"
-    if model["verdict"] == "rejected" and model["error"] is not None:
-        assert model["error"] == real["error_desc"] or model["error"] in real["stderr"]
+    rel = parse_release(case["release"])
+    injected = tuple(case["injected"]) if case.get("injected") else None
+    model = model_verdict(rel, rp, case.get("ram"), injected)  # type: ignore[arg-type]
+    agree, why = _compare(model, case["real"], rel)
+    assert agree, why
 
 
 def test_there_is_something_to_replay() -> None:

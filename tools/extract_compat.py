@@ -502,29 +502,41 @@ _ARRAY_RE = re.compile(r"(?:static\s+)?(?:const\s+)?GlobalProperty\s+(\w+)\s*\[\
 
 
 def find_global_property_arrays(sf: SourceFile, macros: dict[str, Macro]) -> dict[str, dict]:
-    """Every ``GlobalProperty NAME[] = { {driver, prop, value[, .optional = true]}, ... }``."""
-    text_lines = sf.lines
-    joined = "\n".join(f"\x00{no}\x00{txt}" for no, txt in text_lines)
+    """Every ``GlobalProperty NAME[] = { {driver, prop, value[, .optional = true]}, ... }``.
+
+    File-scope arrays keep their name; a ``static GlobalProperty compat[]`` declared inside
+    a function (s390x declares one per version) is keyed ``compat@<function>``.
+    """
+    toks = _tokens_of_lines(sf.lines)
+    arrays = _arrays_in(toks, macros, sf.path, scope=None, top_level_only=True)
+    for fn in find_functions(toks, sf.path).values():
+        arrays.update(_arrays_in(fn.body, macros, sf.path, scope=fn.name))
+    return arrays
+
+
+def _arrays_in(toks: list[Tok], macros: dict[str, Macro], path: str, scope: str | None,
+               top_level_only: bool = False) -> dict[str, dict]:
     arrays: dict[str, dict] = {}
-    toks = _tokens_of_lines(text_lines)
+    depth = 0
     i = 0
     while i < len(toks):
-        if toks[i].text == "GlobalProperty" and i + 3 < len(toks) and toks[i + 1].kind == "id" \
-                and toks[i + 2].text == "[" and toks[i + 3].text == "]":
+        t = toks[i]
+        if t.text == "{":
+            depth += 1
+        elif t.text == "}":
+            depth -= 1
+        elif (t.text == "GlobalProperty" and i + 4 < len(toks) and toks[i + 1].kind == "id"
+              and toks[i + 2].text == "[" and toks[i + 3].text == "]"
+              and toks[i + 4].text == "=" and not (top_level_only and depth)):
             name_tok = toks[i + 1]
-            j = i + 4
-            if toks[j].text != "=":
-                i += 1
-                continue
-            start = j + 1
+            start = i + 5
             end = _match_brace(toks, start)
-            entries = _parse_entries(toks[start + 1 : end], macros, sf.path)
-            arrays[name_tok.text] = {"file": sf.path, "line": name_tok.line,
-                                     "entries": entries}
+            entries = _parse_entries(toks[start + 1 : end], macros, path)
+            key = name_tok.text if scope is None else f"{name_tok.text}@{scope}"
+            arrays[key] = {"file": path, "line": name_tok.line, "entries": entries}
             i = end + 1
             continue
         i += 1
-    del joined
     return arrays
 
 
@@ -659,9 +671,12 @@ def _one_statement(toks: list[Tok], i: int) -> tuple[list[Tok], int]:
 class Interpreter:
     """Runs class_init/options bodies over the fields that matter for compat."""
 
-    def __init__(self, funcs: dict[str, Function], macros: dict[str, Macro]) -> None:
+    def __init__(self, funcs: dict[str, Function], macros: dict[str, Macro],
+                 local_arrays: Iterable[str] = ()) -> None:
         self.funcs = funcs
         self.macros = macros
+        self.local_arrays = frozenset(local_arrays)
+        self.scope: list[str | None] = [None]
 
     def run(self, body: list[Tok], st: MachineState, depth: int = 0) -> bool:
         """Interpret ``body``; returns False when a ``return`` was executed."""
@@ -693,7 +708,9 @@ class Interpreter:
         if texts[0] == "compat_props_add" and len(s) > 4:
             args, _ = _split_args(s, 1)
             name = args[1][0].text if len(args) > 1 and args[1] else "?"
-            st.compat.append({"array": name, "line": s[0].line})
+            local = f"{name}@{self.scope[-1]}"
+            st.compat.append({"array": local if local in self.local_arrays else name,
+                              "line": s[0].line})
             return True
         if len(s) >= 4 and s[1].text == "->" and s[3].text == "=":
             fld, rhs = s[2].text, s[4:]
@@ -707,7 +724,11 @@ class Interpreter:
         if s[0].kind == "id" and len(s) > 1 and s[1].text == "(" and s[0].text in self.funcs:
             fn = self.funcs[s[0].text]
             st.chain.append(fn.name)
-            self.run(fn.body, st, depth + 1)
+            self.scope.append(fn.name)
+            try:
+                self.run(fn.body, st, depth + 1)
+            finally:
+                self.scope.pop()
         return True
 
 
@@ -741,7 +762,8 @@ def extract_family(root: Path, family: str, rel: str, macros: dict[str, Macro],
             _, end = _split_args(toks, i + 1)
             expansion = expand(toks[i:end], local)
             for m in _machines_in_expansion(expansion, funcs, local, rel, t.line,
-                                            machine_suffix):
+                                            machine_suffix,
+                                            [a for a in arrays if "@" in a]):
                 machines[m["name"]] = m
             i = end
             continue
@@ -757,7 +779,8 @@ def extract_family(root: Path, family: str, rel: str, macros: dict[str, Macro],
 
 def _machines_in_expansion(exp: list[Tok], funcs: dict[str, Function],
                            macros: dict[str, Macro], rel: str, line: int,
-                           machine_suffix: str) -> Iterator[dict]:
+                           machine_suffix: str, local_arrays: Iterable[str] = ()
+                           ) -> Iterator[dict]:
     local_funcs = dict(funcs)
     local_funcs.update(find_functions(exp, rel))
     # TypeInfo initialisers: "= { .name = X, ..., .class_init = F, ... }"
@@ -781,8 +804,9 @@ def _machines_in_expansion(exp: list[Tok], funcs: dict[str, Function],
                 if exp[q].text == "}":
                     break
             st = MachineState()
-            interp = Interpreter(local_funcs, macros)
+            interp = Interpreter(local_funcs, macros, local_arrays)
             if init_fn and init_fn in local_funcs:
+                interp.scope.append(init_fn)
                 interp.run(local_funcs[init_fn].body, st)
             else:
                 st.notes.append(f"class_init {init_fn!r} not found")

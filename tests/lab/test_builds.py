@@ -106,6 +106,7 @@ def test_run_with_missing_build_is_a_user_error(tmp_path, monkeypatch, capsys):
         ("plain", "plain", False, None, "postcopy"),
         ("plain-idle", "plain", True, None, "postcopy"),
         ("blackhole-idle", "blackhole", True, None, "postcopy"),
+        ("cut", "cut", False, None, "postcopy"),
         ("recover", "recover", False, None, "postcopy"),
         ("inject:8", "inject", False, "00080000", "postcopy"),
         ("inject:7", "inject", False, "00070000", "postcopy"),

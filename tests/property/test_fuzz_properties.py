@@ -13,7 +13,7 @@ import struct
 import tracemalloc
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from migcompat.protocol import Reader, RemoteViolation, build_frame, catalog
@@ -45,7 +45,7 @@ def test_every_invalid_kind_is_predicted_exactly(release: str, kind: str) -> Non
             rps.invalid_frames(release, kind)
         return
 
-    @rps.SETTINGS
+    @settings(max_examples=60, deadline=None)
     @given(rps.invalid_frames(release, kind))
     def run(sample: rps.FrameSample) -> None:
         assert sample.kind == kind
@@ -125,12 +125,18 @@ def test_huge_bitmap_size_allocates_nothing(release: str, size: int) -> None:
 
 
 def test_sample_json_round_trip() -> None:
-    @rps.SETTINGS
+    @settings(max_examples=30, deadline=None)
     @given(st.tuples(RELEASE, rps.ram_blocks()).flatmap(lambda t: rps.streams(t[0], ram=t[1])))
     def run(sample: rps.FrameSample) -> None:
         assert rps.FrameSample.from_json(sample.to_json()) == sample
 
     run()
+
+
+@given(RELEASE.flatmap(lambda r: rps.frames(r)))
+def test_without_ram_every_prediction_holds_for_a_plain_reader(sample: rps.FrameSample) -> None:
+    assert sample.ram is None
+    rps.check_sample(sample)
 
 
 def test_kinds_cover_the_issue() -> None:

@@ -133,7 +133,7 @@ class Qemu:
         self.qmp: Any = None
 
     async def __aenter__(self) -> Qemu:
-        from qemu.qmp import QMPClient
+        from qemu.qmp import ConnectError, QMPClient
 
         Path(self.build.run_dir).mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
@@ -151,8 +151,17 @@ class Qemu:
                     err = await asyncio.wait_for(self.proc.stderr.read(), 5)
             await self._kill()
             raise AssertionError(f"QEMU did not start: {' '.join(self.argv)}\n{err.decode()}")
-        self.qmp = QMPClient("compat-live")
-        await self.qmp.connect(str(self.sock))
+        # the socket file appears at bind(), a moment before QEMU listens: retry
+        for attempt in range(200):
+            self.qmp = QMPClient("compat-live")
+            try:
+                await self.qmp.connect(str(self.sock))
+                return self
+            except ConnectError:
+                if attempt == 199 or self.proc.returncode is not None:
+                    await self._kill()
+                    raise
+                await asyncio.sleep(0.05)
         return self
 
     async def cmd(self, name: str, **args: Any) -> Any:

@@ -1,0 +1,90 @@
+"""Golden decodes of the lab's real captures (``fixtures/captures/<name>/``).
+
+Each fixture is decoded twice — from its pcap and from its raw recording
+(``rp.bin``/``fwd.bin``/``chunks.jsonl``) — and compared with
+``tests/capture/golden/<name>.json``; the return-path frames must also equal
+the ones the lab's proxy saw (``metadata.json``). Regenerate the goldens after
+a deliberate change with ``MIGCOMPAT_UPDATE_GOLDEN=1 pytest tests/capture``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from migcompat.capture import CaptureOptions, decode_capture
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = ROOT / "fixtures" / "captures"
+GOLDEN = Path(__file__).with_name("golden")
+NAMES = sorted(p.name for p in FIXTURES.glob("*") if (p / "capture.pcap").exists())
+
+
+def essence(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    frames: list[tuple[str, str]] = []
+
+    def on(rec: dict[str, Any]) -> None:
+        if rec["kind"] == "rp-frame":
+            frames.append((rec["conn"], rec["name"]))
+
+    rep = decode_capture(str(path), CaptureOptions(), on)
+    out = {
+        "source": str(rep.source),
+        "source_basis": rep.source_basis,
+        "problems": rep.problems,
+        "connections": [
+            {
+                "id": c.id,
+                "role": c.role,
+                "rp_counts": dict(sorted(c.rp_counts.items())),
+                "rp_verdict": c.rp_verdict,
+                "rp_error": c.rp_error,
+                "fwd_counts": dict(sorted(c.fwd_counts.items())),
+                "holes": [(h["dir"], h["offset"], h["length"], h["reason"]) for h in c.holes],
+            }
+            for c in rep.connections.values()
+        ],
+        "migrations": [
+            {
+                "machine_type": m.machine_type,
+                "states": [s for _, s in sorted(m.states, key=lambda x: x[0])],
+                "commands": dict(sorted(m.commands.items())),
+                "pings_answered": len(m.ping_rtts),
+                "page_requests": m.request_count,
+                "pages_matched": len(m.page_latencies),
+                "recv_bitmap": [b for b, _ in m.bitmap_pairs],
+                "resume_acks": len(m.resume_pairs),
+            }
+            for m in rep.migrations
+        ],
+    }
+    return json.loads(json.dumps(out)), frames
+
+
+@pytest.mark.skipif(not NAMES, reason="no lab captures under fixtures/captures")
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("kind", ["pcap", "raw"])
+def test_golden(name: str, kind: str) -> None:
+    folder = FIXTURES / name
+    if kind == "raw" and not (folder / "chunks.jsonl").exists():
+        pytest.skip("no raw recording")
+    path = folder / "capture.pcap" if kind == "pcap" else folder
+    got, frames = essence(path)
+    golden = GOLDEN / f"{name}.{kind}.json"
+    if os.environ.get("MIGCOMPAT_UPDATE_GOLDEN") or not golden.exists():
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(json.dumps(got, indent=1) + "\n")
+        if not os.environ.get("MIGCOMPAT_UPDATE_GOLDEN"):
+            pytest.skip(f"wrote new golden {golden.name}")
+    assert got == json.loads(golden.read_text())
+    # The return path as decoded equals what the lab's proxy framed, frame by frame.
+    meta = json.loads((folder / "metadata.json").read_text())
+    seen = [(f"c{f['conn']}", f["name"]) for f in meta["return_path"]["frames"]]
+    if kind == "raw":
+        assert frames == seen[: len(frames)]
+        assert len(frames) >= len(seen) - 1  # a rejected frame is not decoded
+    else:
+        assert [n for _, n in frames] == [n for _, n in seen][: len(frames)]
