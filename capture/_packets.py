@@ -125,6 +125,39 @@ def sniff_format(path: str) -> str:
     )
 
 
+class _BoundedFile:
+    """A read-only file whose ``read(n)`` never asks for more than the bytes left.
+
+    dpkt reads a record's ``caplen`` (pcap) or block length (pcapng) straight from
+    the file's header and passes it to ``read``; a damaged header saying 4 GiB would
+    make the read allocate 4 GiB before finding a 40-byte file. Capping each read at
+    what remains keeps allocation bounded by the file, and marks the file damaged.
+    """
+
+    def __init__(self, f: BinaryIO, size: int) -> None:
+        self._f = f
+        self._size = size
+        #: Set when a read asked for more than the file holds (a damaged length field).
+        self.overrun: int | None = None
+
+    def read(self, n: int = -1) -> bytes:
+        left = self._size - self._f.tell()
+        if n is None or n < 0 or n > left:
+            if n is not None and n > left and self.overrun is None:
+                self.overrun = n
+            n = max(left, 0)
+        return self._f.read(n)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, *args: int) -> int:
+        return self._f.seek(*args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._f, name)
+
+
 def iter_packets(
     path: str,
     *,
@@ -139,11 +172,12 @@ def iter_packets(
     import dpkt
 
     kind = sniff_format(path)
-    f: BinaryIO
     try:
-        f = open(path, "rb")
+        raw = open(path, "rb")  # closed in the finally below
+        size = os.fstat(raw.fileno()).st_size
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
+    f = _BoundedFile(raw, size)
     try:
         try:
             reader = dpkt.pcapng.Reader(f) if kind == "pcapng" else dpkt.pcap.Reader(f)
@@ -168,6 +202,12 @@ def iter_packets(
                     "the rest of the file is not read"
                 )
                 break
+            if f.overrun is not None:
+                problems.append(
+                    f"record {index}: claims {f.overrun} bytes, more than the file has left; "
+                    "the rest of the file is not read"
+                )
+                break
             yield Packet(index, float(ts), linktype, bytes(buf))
             index += 1
             if on_progress is not None and index % 256 == 0:
@@ -175,7 +215,7 @@ def iter_packets(
         if on_progress is not None:
             on_progress(f.tell())
     finally:
-        f.close()
+        raw.close()
 
 
 def _network(linktype: int, buf: bytes) -> tuple[int, int] | None:

@@ -20,6 +20,7 @@ Exit 0: no counterexample / disagreement; 1: found one; 2: bad input or no lab.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import hashlib
 import json
 import os
@@ -70,6 +71,8 @@ DEFAULT_EXAMPLES = 100
 DEFAULT_REAL_EXAMPLES = 8
 #: Accepted frames injected together ahead of one frame in a single migration.
 REAL_BATCH = 4
+#: Wall-clock limit of one real migration (the lab's own timeout is 60 s after migrate).
+REAL_CASE_TIMEOUT = 150.0
 
 #: The RAM the lab's guest has that return-path frames can name (``lab/runner.py``: 128 MiB,
 #: q35; page requests only ever name ``pc.ram``). Other blocks (ROMs, BIOS) are left out:
@@ -550,10 +553,18 @@ def real_outcome(rec: Any) -> dict[str, Any]:
     }
 
 
+def _as_seen(text: str | None) -> str | None:
+    """QEMU prints a block name's raw bytes; the lab reads stderr (and QMP) as UTF-8."""
+    if text is None:
+        return None
+    return text.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
+
+
 def _compare(
     model: Mapping[str, Any], real: Mapping[str, Any], release: Release | str
 ) -> tuple[bool | None, str]:
     texts = [t for t in [real.get("error_desc"), *real.get("stderr", [])] if t]
+    model = {**model, "error": _as_seen(model.get("error"))}
     if model["verdict"] == "stopped":
         if model["error"] is not None and model["error"] not in texts:
             return False, f"SHUT: expected {model['error']!r}, the source said {texts!r}"
@@ -656,6 +667,13 @@ def _plan(pools: dict[str, list[tuple[str, bytes]]], n: int) -> list[RealCase]:
     return cases
 
 
+async def _one_run(runner: Any, build: Any, sc: Any, outdir: Path) -> Any:
+    """One lab run, cancelled (the lab tears its QEMUs down) if it outlives its own timeout."""
+    return await asyncio.wait_for(
+        runner(build, build, sc, outdir=outdir, timeout=60.0, observe=4.0), REAL_CASE_TIMEOUT
+    )
+
+
 def _print_case(
     args: argparse.Namespace, c: Any, release: Release, n: int, total: int, case: RealCase
 ) -> None:
@@ -686,7 +704,7 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
             Scenario,
             find_build,
             installed_builds,
-            run_scenario,
+            run_scenario_async,
             save_fixture,
         )
     except ImportError as exc:  # pragma: no cover - the lab is part of this package
@@ -727,10 +745,13 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
             rec, lab_error = None, ""
             for attempt in range(2):  # a lab hiccup (QEMU not starting) is retried once
                 try:
-                    rec = run_scenario(build, build, sc, outdir=outdir, timeout=60.0, observe=4.0)
+                    rec = asyncio.run(_one_run(run_scenario_async, build, sc, outdir))
                     break
                 except LabError as exc:
                     lab_error = f"{exc}" + (" (after a retry)" if attempt else "")
+                except TimeoutError:
+                    lab_error = f"the lab run hung for {REAL_CASE_TIMEOUT:.0f} s and was cancelled"
+                    break
             if rec is None:
                 case.agree, case.why = None, f"the lab failed: {lab_error}"
                 case.real = {"verdict": "undecided"}

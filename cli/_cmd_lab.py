@@ -138,6 +138,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="partition-*: seconds to watch after the cut (default 120)",
     )
+    p.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="partition-*: a net.ipv4 TCP setting inside both namespaces (repeatable)",
+    )
     p.set_defaults(func=_run)
 
     lab.set_defaults(func=lambda _args: (lab.print_help(sys.stderr), 2)[1])

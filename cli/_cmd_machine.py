@@ -12,6 +12,7 @@ from migcompat.compat import (
     diff_machines,
     effective_properties,
 )
+from migcompat.protocol import Release
 
 __all__ = ["register"]
 
@@ -66,10 +67,12 @@ def _header(table: Any, requested: str, info: Any) -> str:
 
 def run_show(args: argparse.Namespace) -> int:
     table = compat_table(args.release)
-    info, props = effective_properties(args.machine, table.release, driver=args.driver)
+    info, props = effective_properties(args.machine, args.release or table.release,
+                                       driver=args.driver)
     if args.json:
         print_json({
             "release": str(table.qemu_version), "machine": info.name,
+            "overlay": Release(args.release).overlay if args.release else None,
             "requested": args.machine, "deprecated": info.deprecated,
             "deprecation_reason": info.deprecation_reason,
             "arrays": list(info.arrays), "source": dict(table.source),

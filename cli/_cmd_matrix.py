@@ -98,6 +98,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--observe", type=float, default=5.0,
                    help="seconds to watch after the source settles")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    p.add_argument(
+        "--run-unpredicted",
+        action="store_true",
+        help="run cells the model cannot predict yet, to observe them (reported as 'observed')",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("emit", help="emit the matrix for another tool")
@@ -222,7 +227,8 @@ def _run(args: argparse.Namespace) -> int:
             bar.update(task, advance=1, description=", ".join(sorted(running)))
 
         results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
-                            observe=args.observe, keep=args.keep, on_start=started,
+                            observe=args.observe, keep=args.keep,
+                            run_unpredicted=args.run_unpredicted, on_start=started,
                             on_done=done)  # fmt: skip
     s = results_summary(results)
     title = "Cross-version matrix: " + ", ".join(rels)
@@ -240,7 +246,8 @@ def _run(args: argparse.Namespace) -> int:
         _write(args.record_observations, observations_json(results, previous))
     err.print(
         f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
-        f"{s['error']} error[/] of {s['total']}; split brain observed in {s['split_brain']}; "
+        f"{s['error']} error, {s['observed']} observed without prediction[/] of {s['total']}; "
+        f"split brain observed in {s['split_brain']}; "
         f"runs under {out}"
     )
     return 1 if s["mismatch"] or s["error"] else 0

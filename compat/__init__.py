@@ -42,6 +42,7 @@ from ._properties import (
     MachineDiff,
     diff_machines,
     effective_properties,
+    overlay_compat_entries,
     rule_arrays,
     versioned_array,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "matrix_cells",
     "observations",
     "observed_rejection",
+    "overlay_compat_entries",
     "parse_cell_id",
     "parse_machine",
     "predict",

@@ -31,6 +31,7 @@ from migcompat.protocol import Release, catalog, known_releases, overlays, resol
 from migcompat.protocol._errors import InputError, InvalidRelease
 
 from ._behaviour import Observation, observations, observed_rejection
+from ._properties import overlay_compat_entries
 from ._tables import CompatTable, MachineType, UnknownMachine, compat_releases, compat_table
 
 __all__ = [
@@ -434,7 +435,8 @@ def decide_keepalive(
     else:
         feature = dest.line
         prev = _previous_line(feature)
-        array = f"hw_compat_{prev.major}_{prev.minor}"
+        entry = overlay_compat_entries(dest)
+        array = entry[0].array if entry else f"hw_compat_{prev.major}_{prev.minor}"
         try:
             dt = compat_table(feature)
             have = [a for a in dt.arrays if a.startswith("hw_compat_")]

@@ -461,7 +461,10 @@ def predict_matrix(
 
 @dataclass
 class CellResult:
-    """A cell after a run: ``pass`` / ``mismatch`` / ``skipped`` / ``error``."""
+    """A cell after a run: ``pass`` / ``mismatch`` / ``skipped`` / ``error``.
+
+    ``observed``: a cell without a prediction that was run anyway (``run_unpredicted``).
+    """
 
     prediction: Prediction
     outcome: str
@@ -541,7 +544,8 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
 
 def results_summary(results: Sequence[CellResult]) -> dict[str, int]:
     """Counts per outcome plus observed split-brain cells."""
-    out = {"total": len(results), "pass": 0, "mismatch": 0, "skipped": 0, "error": 0}
+    out = {"total": len(results), "pass": 0, "mismatch": 0, "skipped": 0, "error": 0,
+           "observed": 0}  # fmt: skip
     for r in results:
         out[r.outcome] = out.get(r.outcome, 0) + 1
     out["split_brain"] = sum(1 for r in results if r.observed.get("split_brain"))
@@ -598,7 +602,9 @@ def results_markdown(
         f"**{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
         f"{s['error']} error** of {s['total']} cells; split brain observed in "
         f"{s['split_brain']} cells."
-    )
+        + (f" {s['observed']} cells had no prediction and were only observed." if s["observed"]
+           else "")
+    )  # fmt: skip
     lines.append("")
     if versions:
         lines += ["| release | `--version` |", "|---|---|"]
@@ -612,6 +618,8 @@ def results_markdown(
     for r in results:
         p, o = r.prediction, r.observed
         err = f"`{_md(p.src_error)}`" if p.src_error else "—"
+        if r.outcome == "observed" and o.get("src_error_desc"):
+            err = f"seen: `{_md(o['src_error_desc'])}`"
         if r.outcome == "skipped":
             lines.append(f"| `{p.cell.id}` | skipped | | | | | | {_md('; '.join(r.reasons))} |")
             continue
@@ -656,7 +664,7 @@ def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matri
     s = results_summary(results)
     suite = ET.Element(
         "testsuite", name=name, tests=str(s["total"]), failures=str(s["mismatch"]),
-        errors=str(s["error"]), skipped=str(s["skipped"]),
+        errors=str(s["error"]), skipped=str(s["skipped"] + s["observed"]),
         time=f"{sum(r.duration for r in results):.2f}",
     )  # fmt: skip
     for r in results:
@@ -670,7 +678,7 @@ def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matri
             ET.SubElement(case, "failure", message=r.reasons[0] if r.reasons else "").text = text
         elif r.outcome == "error":
             ET.SubElement(case, "error", message=r.reasons[0] if r.reasons else "").text = text
-        elif r.outcome == "skipped":
+        elif r.outcome in ("skipped", "observed"):
             ET.SubElement(case, "skipped", message="; ".join(r.reasons))
         props = ET.SubElement(case, "properties")
         ET.SubElement(props, "property", name="split_brain_predicted",
@@ -761,6 +769,7 @@ def run_cell(
     observe: float = 5.0,
     keep: bool = False,
     hard_timeout: float | None = None,
+    run_unpredicted: bool = False,
 ) -> CellResult:
     """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
 
@@ -776,7 +785,7 @@ def run_cell(
     from migcompat.lab import RunRecord, find_build
 
     cell = pred.cell
-    if pred.unpredicted:
+    if pred.unpredicted and not run_unpredicted:
         return CellResult(pred, "skipped", [f"not predicted: {pred.unpredicted}"])
     for rel in (cell.source, cell.destination):
         if find_build(rel) is None:
@@ -792,6 +801,9 @@ def run_cell(
                           duration=time.monotonic() - t0)  # fmt: skip
     rec = RunRecord(**payload)
     obs = observed_summary(rec)
+    if pred.unpredicted:  # observe first, model afterwards: kept whole, never a mismatch
+        return CellResult(pred, "observed", [f"not predicted: {pred.unpredicted}"], obs,
+                          rec.files.get("record"), time.monotonic() - t0)  # fmt: skip
     reasons = compare(pred, obs)
     if rec.timed_out:
         obs["note"] = "the lab's settle timeout expired"
@@ -865,6 +877,7 @@ def run_cells(
     timeout: float = 90.0,
     observe: float = 5.0,
     keep: bool = False,
+    run_unpredicted: bool = False,
     on_start: Any = None,
     on_done: Any = None,
 ) -> list[CellResult]:
@@ -874,7 +887,10 @@ def run_cells(
     def one(p: Prediction) -> CellResult:
         if on_start:
             on_start(p)
-        r = run_cell(p, outdir, timeout=timeout, observe=observe, keep=keep)
+        r = run_cell(
+            p, outdir, timeout=timeout, observe=observe, keep=keep,
+            run_unpredicted=run_unpredicted,
+        )  # fmt: skip
         if on_done:
             on_done(r)
         return r
@@ -894,7 +910,7 @@ def observations_json(
     """
     cells: dict[str, list[Any]] = {k: list(v) for k, v in (previous or {}).get("cells", {}).items()}
     for r in results:
-        if r.outcome not in ("pass", "mismatch"):
+        if r.outcome not in ("pass", "mismatch", "observed"):
             continue
         keep = {k: v for k, v in r.observed.items() if k not in ("step_errors", "note")}
         runs = cells.setdefault(r.prediction.cell.id, [])

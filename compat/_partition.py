@@ -272,6 +272,10 @@ class SidePrediction:
     :param detect_s: seconds after the cut; ``None`` = never (no mechanism fires).
     :param mechanism: ``keepalive``, ``retransmission``, ``user-timeout`` or ``never``.
     :param keepalive: what this side's socket has: ``None`` (off) or ``(idle, intvl, cnt)``.
+    :param range_s: earliest and latest time the kernel can act. Retransmission gives up at the
+        first RTO tick at or past ``tcp_model_timeout``; real ticks drift later than the ideal
+        200 ms doubling (the RTO is 200 ms *plus* the RTT), so the tick can come up to one RTO
+        after that limit.
     """
 
     role: str
@@ -280,6 +284,7 @@ class SidePrediction:
     mechanism: str
     keepalive: tuple[int, int, int] | None
     facts: tuple[Fact, ...] = field(default=())
+    range_s: tuple[float, float] | None = None
 
     def within(self, window_s: float) -> bool:
         """Whether the prediction is a detection inside an observation window."""
@@ -289,6 +294,7 @@ class SidePrediction:
         return {"role": self.role, "release": self.release, "detect_s": self.detect_s,
                 "mechanism": self.mechanism,
                 "keepalive": list(self.keepalive) if self.keepalive else None,
+                "range_s": list(self.range_s) if self.range_s else None,
                 "facts": [f.to_json() for f in self.facts]}  # fmt: skip
 
 
@@ -372,7 +378,8 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
             facts.append(Fact(f"TCP_USER_TIMEOUT {ut} ms: retransmission gives up {ut / 1000:g} s "
                               "after the first unacknowledged segment",
                               "retransmits_timed_out / tcp_clamp_rto_to_user_timeout"))
-            return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts))
+            return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts),
+                                  (round(t, 3), round(t, 3)))  # fmt: skip
         limit = retransmission_timeout_s(st.retries2, st.rto_min_ms, st.rto_max_ms)
         sched = retransmission_schedule_s(st.retries2, st.rto_min_ms, st.rto_max_ms,
                                           st.rto_min_ms)  # fmt: skip
@@ -380,8 +387,11 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
                           f"tcp_model_timeout = {limit:g} s (RTO {st.rto_min_ms} ms doubling to "
                           f"{st.rto_max_ms // 1000} s; {len(sched)} ticks)",
                           "net/ipv4/tcp_timer.c tcp_model_timeout"))  # fmt: skip
+        last_rto = sched[-1] - (sched[-2] if len(sched) > 1 else 0.0)
+        lo = write_delay_s + limit
         return SidePrediction(role, relname, round(write_delay_s + sched[-1], 3),
-                              "retransmission", ka, tuple(facts))  # fmt: skip
+                              "retransmission", ka, tuple(facts),
+                              (round(lo, 3), round(lo + last_rto, 3)))  # fmt: skip
     facts.append(Fact(f"{role} has nothing to send after the cut: only keep-alive can notice"))
     if ka is None:
         if ut:
@@ -393,7 +403,7 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
                       + (f" with TCP_USER_TIMEOUT {ut} ms" if ut else "")
                       + f" = {t:g} s after the last segment received (≈ the cut while the peer "
                       "was sending)", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
-    return SidePrediction(role, relname, t, "keepalive", ka, tuple(facts))
+    return SidePrediction(role, relname, t, "keepalive", ka, tuple(facts), (t, t))
 
 
 def predict_partition(

@@ -18,7 +18,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from migcompat.protocol import Release
+from migcompat.protocol import Release, known_releases, overlays
+from migcompat.protocol._errors import InputError
 
 from ._tables import CompatEntry, CompatTable, MachineInfo, compat_table
 
@@ -27,6 +28,7 @@ __all__ = [
     "MachineDiff",
     "diff_machines",
     "effective_properties",
+    "overlay_compat_entries",
     "rule_arrays",
     "versioned_array",
 ]
@@ -63,7 +65,7 @@ class EffectiveProperty:
 
     @property
     def provenance(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -132,7 +134,12 @@ def effective_properties(
     table = compat_table(release)
     info = machine if isinstance(machine, MachineInfo) else table.resolve(machine)
     eff = _apply(table, info.arrays)
-    for _name, entries in extra_arrays:
+    rel = None if release is None else (
+        release if isinstance(release, Release) else Release(str(release)))
+    extra = list(extra_arrays)
+    if rel is not None and rel.overlay:
+        extra.append((rel.overlay, overlay_compat_entries(rel)))
+    for _name, entries in extra:
         for e in entries:
             if versioned_array(e.array) and _machine_carries(info, e.array):
                 prev = eff.get(e.key)
@@ -143,6 +150,32 @@ def effective_properties(
     if driver is not None:
         props = [p for p in props if p.driver == driver]
     return info, tuple(props)
+
+
+def overlay_compat_entries(release: Release | str) -> tuple[CompatEntry, ...]:
+    """The compat entries an overlay adds when applied to ``release`` (``10.2+keepalive``).
+
+    A new migration behaviour is switched off for older machine types by an entry in the
+    ``hw_compat`` array of the release line before the one it lands in; the parameter's
+    name comes from the protocol catalog's overlay spec.
+    """
+    rel = release if isinstance(release, Release) else Release(str(release))
+    if rel.overlay is None:
+        return ()
+    spec = overlays().get(rel.overlay)
+    if spec is None:
+        raise InputError(f"unknown overlay {rel.overlay!r} (known: {', '.join(overlays())})")
+    param = spec.parameter
+    if not param.get("name"):
+        return ()
+    older = [x for x in known_releases() if x < rel.line]
+    if not older:
+        raise InputError(f"{rel}: no release line before {rel.line} to hold the compat entry")
+    prev = older[-1]
+    off = str(param.get("off", 0))
+    return (CompatEntry("migration", str(param["name"]), off, False,
+                        f"hw_compat_{prev.major}_{prev.minor}",
+                        f"overlay {spec.name} ({spec.raw.get('message_id', spec.title)})", 0),)
 
 
 def _machine_carries(info: MachineInfo, array: str) -> bool:

@@ -129,7 +129,7 @@ class CompatEntry:
 
     @property
     def provenance(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" if self.line else self.file
 
 
 @dataclass(frozen=True, slots=True)

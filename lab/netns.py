@@ -310,6 +310,18 @@ class VethPair:
         return {k: int(v) for k, v in zip(keys, out, strict=True)}
 
     @_require(NetnsState.UP)
+    def set_sysctl(self, side: str, key: str, value: int) -> None:
+        """Set a ``net.ipv4`` sysctl in ``side``'s namespace only (e.g. ``tcp_retries2``).
+
+        :raises LabError: an unknown key or a refused value (the kernel's error verbatim).
+        """
+        if not re.fullmatch(r"tcp_[a-z0-9_]+", key):
+            raise LabError(f"sysctl {key!r}: only net.ipv4.tcp_* settings are supported")
+        _run([*self.exec_prefix(side), "sh", "-c", 'printf "%s\\n" "$1" > "$2"', "sh",
+              str(int(value)), f"/proc/sys/net/ipv4/{key}"])  # fmt: skip
+        self.notes.append({"what": "sysctl", "side": side, key: int(value)})
+
+    @_require(NetnsState.UP)
     def cut(self) -> float:
         """Drop everything arriving on both veth ends, silently; returns ``time.monotonic()``.
 

@@ -77,7 +77,6 @@ _WINDOW = 1024
 
 _STRUCT_CODES = {"be32": "I", "be64": "Q"}
 _U32 = struct.Struct(">I").unpack_from
-_HH = struct.Struct(">HH").unpack_from
 
 
 # -- plans: generated from the catalog and the layouts ----------------------------------
@@ -90,7 +89,7 @@ class _Run:
     header: bytes
     size: int
     length: int
-    #: ``run(data, pos, k, offset, append)`` builds ``k`` events.
+    #: ``run(data, pos, k, offset, out)`` appends ``k`` events to ``out``.
     run: Callable[..., None]
     #: The header as 4 one-byte strings, for ``lstrip``.
     header_bytes: tuple[bytes, bytes, bytes, bytes]
@@ -103,7 +102,7 @@ class FastPlan:
     release: Release
     #: be32 of the header (type << 16 | length) → bulk decoder.
     runs: Mapping[int, _Run]
-    #: type id → one-frame decoder ``(data, pos, end, offset, append) -> next pos | -1``.
+    #: type id → one-frame decoder ``(data, pos, end, offset, out) -> next pos | -1``.
     tails: Mapping[int, Callable[..., int]]
     #: Table names decoded by the fast path, for docs and tests.
     names: tuple[str, ...]
@@ -137,68 +136,103 @@ def _event_class(spec: MessageSpec) -> type[Message]:
     return cls
 
 
-def _common_stores(spec: MessageSpec, length: str, size: str) -> list[str]:
+#: Frames built per iteration of a generated bulk loop (fewer loop and unpack steps per frame).
+_UNROLL = 8
+
+
+def _stores(spec: MessageSpec, o: str, off: str, length: str, size: str) -> list[str]:
+    """Statements that build event ``o`` of ``spec``'s class (its common fields)."""
     return [
-        "o = B()",
-        "o.release = REL",
-        "o.offset = off",
-        f"o.type_id = {spec.id}",
-        f"o.length = {length}",
-        f"o.size = {size}",
+        f"{o} = B()",
+        f"{o}.release = rel",
+        f"{o}.offset = {off}",
+        f"{o}.type_id = {spec.id}",
+        f"{o}.length = {length}",
+        f"{o}.size = {size}",
     ]
 
 
 def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
-    """Source of the bulk decoder of ``spec``, or ``None`` if the model must read it."""
+    """Source of the bulk decoder of ``spec``, or ``None`` if the model must read it.
+
+    ``run_<id>(data, pos, k, off0, out)`` appends the events of the ``k`` frames at
+    ``data[pos:]`` (stream offset ``off0``) to ``out``.
+    """
     name, length = spec.short_name, spec.length
+    assert length is not None
     cls = _event_class(spec)
-    size = 4 + (length or 0)
-    fn = f"run_{spec.id}"
+    size = 4 + length
+    sid = spec.id
+    head = [
+        f"def run_{sid}(data, pos, k, off0, out):",
+        f"    B = B_{sid}",
+        f"    CLS = CLS_{sid}",
+        "    rel = REL",
+        "    ap = out.append",
+    ]
+    tail = ["o.__class__ = CLS", "ap(o)"]
     if cls is RawMessage:
-        ns[f"NAME_{spec.id}"] = name
+        ns[f"NAME_{sid}"] = name
         body = [
-            *_common_stores(spec, str(length), str(size)),
-            f"o.short_name = NAME_{spec.id}",
+            *_stores(spec, "o", "off", str(length), str(size)),
+            f"o.short_name = NAME_{sid}",
             f"o.payload = bytes(data[p + 4:p + {size}])",
+            *tail,
         ]
-        head = [
-            f"def {fn}(data, pos, k, off0, ap):",
-            f"    B = B_{spec.id}",
+        loop = [
             f"    for p, off in zip(range(pos, pos + k * {size}, {size}), "
             f"range(off0, off0 + k * {size}, {size})):",
+            *("        " + line for line in body),
         ]
     else:
         layout = PAYLOAD_LAYOUTS[name]
         if any(kind not in _STRUCT_CODES for _, kind in layout):
             return None
         fixed = sum(FIELD_SIZES[kind] for _, kind in layout)
-        if fixed > length:  # type: ignore[operator]
+        if fixed > length:
             return None  # the model's unpack fails; let it
-        names = [f"v_{field}" for field, _ in layout]
-        body = [
-            *_common_stores(spec, str(length), str(size)),
-            *(f"o.{field} = v_{field}" for field, _ in layout),
-        ]
-        if layout:
-            fmt = ">4x" + "".join(_STRUCT_CODES[k] for _, k in layout) + f"{length - fixed}x"
-            ns[f"UNPACK_{spec.id}"] = struct.Struct(fmt).iter_unpack
-            target = f"({', '.join(names)},)"
-            head = [
-                f"def {fn}(data, pos, k, off0, ap):",
-                f"    B = B_{spec.id}",
-                f"    for off, {target} in zip(range(off0, off0 + k * {size}, {size}), "
-                f"UNPACK_{spec.id}(data[pos:pos + k * {size}])):",
+        if not layout:
+            body = [*_stores(spec, "o", "off", str(length), str(size)), *tail]
+            loop = [
+                f"    for off in range(off0, off0 + k * {size}, {size}):",
+                *("        " + line for line in body),
             ]
         else:
-            head = [
-                f"def {fn}(data, pos, k, off0, ap):",
-                f"    B = B_{spec.id}",
-                f"    for off in range(off0, off0 + k * {size}, {size}):",
+            one = ">4x" + "".join(_STRUCT_CODES[kind] for _, kind in layout) + f"{length - fixed}x"
+            ns[f"UNPACK_{sid}"] = struct.Struct(one).iter_unpack
+            ns[f"UNPACK{_UNROLL}_{sid}"] = struct.Struct(">" + one[1:] * _UNROLL).iter_unpack
+            u, block = _UNROLL, _UNROLL * size
+            # _UNROLL frames per iteration, then the rest one by one.
+            targets = ", ".join(f"v{i}_{field}" for i in range(u) for field, _ in layout)
+            unrolled = []
+            for i in range(u):
+                at = f"off + {i * size}" if i else "off"
+                unrolled += _stores(spec, f"o{i}", at, str(length), str(size))
+                unrolled += [f"o{i}.{field} = v{i}_{field}" for field, _ in layout]
+                unrolled += [f"o{i}.__class__ = CLS"]
+            single = [
+                *_stores(spec, "o", "off", str(length), str(size)),
+                *(f"o.{field} = v_{field}" for field, _ in layout),
+                *tail,
             ]
-    ns[f"B_{spec.id}"] = _builder(cls)
-    ns[f"CLS_{spec.id}"] = cls
-    body += [f"o.__class__ = CLS_{spec.id}", "ap(o)"]
-    return "\n".join([*head, *("        " + line for line in body)]) + "\n"
+            names = ", ".join(f"v_{field}" for field, _ in layout)
+            loop = [
+                f"    n = k // {u} * {block}",
+                "    if n:",
+                "        off = off0",
+                f"        for ({targets},) in UNPACK{u}_{sid}(data[pos:pos + n]):",
+                *("            " + line for line in unrolled),
+                f"            out.extend(({', '.join(f'o{i}' for i in range(u))}))",
+                f"            off += {block}",
+                "        pos += n",
+                "        off0 += n",
+                f"    for off, ({names},) in zip(range(off0, off0 + k % {u} * {size}, {size}), "
+                f"UNPACK_{sid}(data[pos:pos + k % {u} * {size}])):",
+                *("        " + line for line in single),
+            ]
+    ns[f"B_{sid}"] = _builder(cls)
+    ns[f"CLS_{sid}"] = cls
+    return "\n".join([*head, *loop]) + "\n"
 
 
 def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | None:
@@ -217,7 +251,7 @@ def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | No
     ns[f"CLS_{spec.id}"] = EVENT_TYPES[spec.short_name]
     names = [f"v_{field}" for field, _ in head_fields]
     lines = [
-        f"def tail_{spec.id}(data, pos, end, off, ap):",
+        f"def tail_{spec.id}(data, pos, end, off, out, B=B_{spec.id}, rel=REL):",
         "    length = data[pos + 2] << 8 | data[pos + 3]",
         # migration.c: expected_len = 12 + 1 + buf[12] (the idstr length byte);
         # the header check allows up to the stack buffer.
@@ -229,17 +263,16 @@ def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | No
         *(
             "    " + line
             for line in [
-                *_common_stores(spec, "length", "4 + length"),
+                *_stores(spec, "o", "off", "length", "4 + length"),
                 *(f"o.{field} = v_{field}" for field, _ in head_fields),
                 f"o.{tail_field} = data[pos + {4 + fixed + 1}:pos + 4 + length].decode('latin-1')",
                 f"o.__class__ = CLS_{spec.id}",
-                "ap(o)",
+                "out.append(o)",
             ]
         ),
         "    return pos + 4 + length",
     ]
-    # The B = ... local of the runs: here a global lookup per frame is fine.
-    return "\n".join(lines).replace("o = B()", f"o = B_{spec.id}()") + "\n"
+    return "\n".join(lines) + "\n"
 
 
 @cache
@@ -361,7 +394,7 @@ class FastReader:
         if self._ready:
             return self._ready.popleft()
         if self._model._phase == _HEADER:
-            self._fill(self._ready.append)
+            self._fill(self._ready)
             if self._ready:
                 return self._ready.popleft()
         return self._model.next_event()
@@ -380,7 +413,7 @@ class FastReader:
         while True:
             if model._phase == _HEADER:
                 before = len(out)
-                self._fill(out.append)
+                self._fill(out)
                 if len(out) > before:
                     continue
             try:
@@ -406,7 +439,7 @@ class FastReader:
             yield ev  # type: ignore[misc]
 
     # -- machinery -----------------------------------------------------------------------
-    def _fill(self, ap: Callable[[Event], object]) -> None:
+    def _fill(self, out: list[Event] | deque[Event]) -> None:
         """Decode up to MAX_BATCH frames at the model's position; sync its stack buffer."""
         m = self._model
         data = m._data
@@ -437,7 +470,7 @@ class FastReader:
                         n = w - len(data[pos + j : stop : size].lstrip(b))
                         if n < k:
                             k = n
-                r.run(data, pos, k, shift + pos, ap)
+                r.run(data, pos, k, shift + pos, out)
                 pos += k * size
                 budget -= k
                 marks[(r.length, False)] = pos - size + 4
@@ -445,7 +478,7 @@ class FastReader:
             tail = tails.get(key >> 16)
             if tail is None:
                 break
-            npos = tail(data, pos, end, shift + pos, ap)
+            npos = tail(data, pos, end, shift + pos, out)
             if npos < 0:
                 break
             marks[(npos - pos - 4, True)] = pos + 4

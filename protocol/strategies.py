@@ -18,14 +18,19 @@ What there is:
   (with ``ram=`` a RAMBlock context: page requests inside real blocks, bitmaps of
   the right size);
 * :func:`invalid_frames` — one class of bad frame per name in
-  :data:`INVALID_KINDS` (see :func:`kinds_for`);
+  :data:`INVALID_KINDS` (see :func:`kinds_for`). Kinds in :data:`RAM_KINDS` need
+  the source's RAMBlocks; without ``ram=`` they are drawn only when asked for by
+  name (with :data:`DEFAULT_RAM`), so by default every prediction holds for a
+  plain ``Reader(release)``; samples always carry the RAM context they assume;
 * :func:`lenient_frames` — frames QEMU accepts though no sender would build
   them (a RECV_BITMAP name length pointing past the frame);
 * :func:`frames`, :func:`streams` — the above mixed, and whole streams of valid
   frames ending in a bad frame, a cut frame or a SHUT with garbage after it;
 * :func:`mutated_streams` — raw bytes: streams with bytes overwritten, inserted,
   deleted, spliced headers (no prediction; for differential properties);
-* :func:`releases`, :func:`ram_blocks`, and the oracles :func:`check_sample`,
+* :func:`max_rule_cases` — (accepted prefix, type, length) for the MAX rule;
+* :func:`releases`, :func:`all_releases`, :func:`ram_blocks`, and the oracles
+  :func:`check_sample`,
   :func:`check_max_rule`, :func:`check_stop_position`,
   :func:`check_grammar_agrees`, :func:`check_chunking`.
 

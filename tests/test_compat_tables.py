@@ -280,3 +280,13 @@ def test_function_local_arrays_are_scoped() -> None:
         "relaxed-translation": "off", "interpret": "off", "forwarding-assist": "off"}
     _, props = effective_properties("s390-ccw-virtio-9.2", "10.2", driver="zpci")
     assert {p.property for p in props} == {"relaxed-translation"}
+
+
+def test_overlay_adds_compat_entry_to_previous_line() -> None:
+    _, props = effective_properties("pc-q35-10.1", "10.2+keepalive", driver="migration")
+    p = {x.property: x for x in props}["postcopy-rp-keepalive-period"]
+    assert p.value == "0" and p.array == "hw_compat_10_1"
+    _, props = effective_properties("q35", "10.2+keepalive", driver="migration")
+    assert "postcopy-rp-keepalive-period" not in {x.property for x in props}
+    _, props = effective_properties("pc-q35-10.1", "10.2", driver="migration")
+    assert "postcopy-rp-keepalive-period" not in {x.property for x in props}

@@ -139,10 +139,10 @@ def test_byte_at_a_time_need_data_until_the_last_byte() -> None:
         r.receive_data(bytes([b]))
         assert r.next_event() is NEED_DATA
     r.receive_data(data[-1:])
-    assert r.next_event() == Reader_first("10.0", data)
+    assert r.next_event() == reader_first("10.0", data)
 
 
-def Reader_first(release: str, data: bytes) -> object:
+def reader_first(release: str, data: bytes) -> object:
     r = Reader(release)
     r.receive_data(data)
     return r.next_event()

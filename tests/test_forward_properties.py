@@ -3,11 +3,13 @@ events, NEED_DATA, STOPPED or a RemoteViolation; split points never change the e
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from migcompat.protocol import NEED_DATA, STOPPED, ForwardReader, RemoteViolation
 
+from migcompat.protocol import NEED_DATA, STOPPED, ForwardReader, RemoteViolation
 from tests.test_forward import decode, stream
 
 pytestmark = pytest.mark.property
@@ -20,7 +22,7 @@ def run(data: bytes, cuts: list[int], gaps: set[int], channel: str) -> list:
     out: list = []
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
     try:
-        for i, (a, b) in enumerate(zip(points, points[1:], strict=False)):
+        for i, (a, b) in enumerate(itertools.pairwise(points)):
             r.receive_data(data[a:b])
             if i in gaps:
                 r.gap(1 + i)

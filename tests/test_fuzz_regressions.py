@@ -3,9 +3,10 @@
 * ``fixtures/fuzz/*.json`` — counterexamples written by ``migcompat fuzz``: the property
   is re-run on the recorded input. A record may carry ``"xfail": "<reason>"`` while the
   bug it shows is open (strict: the test flips to a failure once it is fixed).
-* ``fixtures/fuzz/crashes/*.bin`` and ``fixtures/fuzz/corpus/*`` — inputs of the
+* ``fixtures/fuzz/crashes/*`` and ``fixtures/fuzz/corpus/*`` — inputs of the
   coverage-guided target (``benchmarks/fuzz_decoders.py``): the decoders may only raise
-  the typed decode error on them, with bounded allocation.
+  the typed decode error on them, with bounded allocation. A ``<crash>.xfail`` file
+  beside a crash says which open bug it shows (strict xfail).
 * ``fixtures/fuzz/real/*/case.json`` — disagreements between the model and a real source
   (``migcompat fuzz --real``): the model's verdict on the recorded ``rp.bin`` must equal
   what the real source did.
@@ -49,8 +50,20 @@ def _records() -> list[Any]:
 
 
 def _inputs() -> list[Any]:
+    """Corpus and crash inputs; ``<crash>.xfail`` beside a crash holds the open bug's reason."""
     paths = sorted((FUZZ / "crashes").glob("*")) + sorted((FUZZ / "corpus").glob("*"))
-    return [pytest.param(p, id=f"{p.parent.name}/{p.name}") for p in paths if p.is_file()]
+    out = []
+    for p in paths:
+        if not p.is_file() or p.suffix == ".xfail":
+            continue
+        note = p.with_name(p.name + ".xfail")
+        marks = (
+            [pytest.mark.xfail(reason=note.read_text().strip(), strict=True)]
+            if note.exists()
+            else []
+        )
+        out.append(pytest.param(p, id=f"{p.parent.name}/{p.name}", marks=marks))
+    return out
 
 
 def _real_cases() -> list[Any]:

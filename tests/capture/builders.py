@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import dpkt
+
 from migcompat.protocol import build_frame, stream_catalog
 
 PAGE = 4096
@@ -23,8 +24,11 @@ def command(release: str, short: str, payload: bytes = b"") -> bytes:
 
 
 def header(machine: str = "pc-q35-10.0") -> bytes:
-    return struct.pack(">II", 0x5145564D, 3) + b"\x07" + struct.pack(">I", len(machine)) + (
-        machine.encode()
+    return (
+        struct.pack(">II", 0x5145564D, 3)
+        + b"\x07"
+        + struct.pack(">I", len(machine))
+        + (machine.encode())
     )
 
 
@@ -122,9 +126,7 @@ class Conn:
         off = self._next(c2s)
         for i in range(0, len(data), mss):
             self.t += dt
-            self.segs.append(
-                Seg(c2s, off + i, data[i : i + mss], self.t, ack=self._next(not c2s))
-            )
+            self.segs.append(Seg(c2s, off + i, data[i : i + mss], self.t, ack=self._next(not c2s)))
         self._set_next(c2s, off + len(data))
         return self
 

@@ -10,6 +10,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+
 from migcompat.__main__ import main
 from migcompat.capture import CaptureOptions, decode_capture
 from migcompat.protocol import InputError, parse_release
@@ -86,7 +87,7 @@ def plain(tmp_path: Path) -> str:
 
 
 def test_plain_migration(plain: str) -> None:
-    rep, recs = decode(plain)
+    rep, _ = decode(plain)
     assert rep.problems == []
     (c,) = rep.connections.values()
     assert c.role == "main" and c.holes == [] and c.rp_verdict == "accepted"
@@ -235,7 +236,7 @@ def test_lab_recording_folder(tmp_path: Path, plain: str) -> None:
     (tmp_path / "fwd.bin").write_bytes(bytes(fwd[:20000]))  # cut, as the lab's fixtures are
     (tmp_path / "rp.bin").write_bytes(bytes(back))
     (tmp_path / "chunks.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    rep, recs = decode(str(tmp_path))
+    rep, _ = decode(str(tmp_path))
     (info,) = rep.connections.values()
     assert info.role == "main" and info.rp_verdict == "accepted"
     assert info.holes[0]["reason"] == "not recorded" and info.holes[0]["offset"] == 20000

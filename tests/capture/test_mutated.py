@@ -9,6 +9,7 @@ from functools import cache
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from migcompat.capture import CaptureOptions, decode_capture
 from migcompat.protocol import InputError, parse_release
 

@@ -138,3 +138,45 @@ def test_newest_common_machine():
     assert newest_common_machine(a, c) == "pc-i440fx-7.2"
     with pytest.raises(LabError):
         newest_common_machine([{"name": "pc-q35-1.0"}], [{"name": "pc-q35-2.0"}])
+
+
+@pytest.mark.parametrize(
+    ("name", "suite"),
+    [("7.2", "bookworm"), ("10.0", "trixie"), ("11", "sid"), ("11.x", "sid"), ("11.1", "sid"),
+     ("5.2", "bullseye"), ("sid", "sid"), ("bookworm", "bookworm")],
+)  # fmt: skip
+def test_suite_for(name, suite):
+    from migcompat.lab.provision import suite_for
+
+    assert suite_for(name) == suite
+
+
+def test_suite_for_unknown_release_points_at_own_builds():
+    from migcompat.lab.provision import suite_for
+
+    with pytest.raises(LabError, match="--qemu REL=/path"):
+        suite_for("9.2")
+
+
+def test_pool_404_is_reported_as_such():
+    from migcompat.lab.provision import _apt_failure
+
+    tail = "Err:1 http://deb.debian.org/debian sid/main amd64 qemu-system-x86 1:11.1.3+ds-1\n"
+    tail += "  404  Not Found"
+    assert "404 Not Found" in str(_apt_failure("sid", tail))
+    assert "404" not in _apt_failure("sid", "E: Unable to locate package").message
+
+
+def test_marker_makes_a_root_count(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("MIGCOMPAT_QEMU", raising=False)
+    root = tmp_path / "migcompat" / "roots" / "trixie"
+    (root / "usr" / "bin").mkdir(parents=True)
+    (root / "usr" / "bin" / "qemu-system-x86_64").write_text("")
+    assert lab.installed_builds() == []  # no marker yet: an unfinished root is never used
+    version = "QEMU emulator version 10.0.13 (Debian 1:10.0.13+ds-0+deb13u1)"
+    (root / ".migcompat-root.json").write_text(
+        json.dumps({"suite": "trixie", "version_text": version})
+    )
+    (b,) = lab.installed_builds()
+    assert (b.release, b.suite, b.root) == ("10.0", "trixie", root)
