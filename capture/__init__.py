@@ -6,6 +6,7 @@ and fed to the protocol core's sans-IO readers (``Reader`` for the return path,
 """
 
 from ._packets import LINKTYPES, Packet, TcpSegment, decode_tcp, iter_packets, sniff_format
+from ._plot import plot_capture
 from ._session import (
     CaptureOptions,
     CaptureReport,
@@ -16,6 +17,7 @@ from ._session import (
     percentile,
     rp_silences,
 )
+from ._summary import latency_stats, summarize
 from ._tcp import MAX_OOO_BYTES, Data, HalfStream, Hole
 
 # Everything in __all__ is the public API of migcompat.capture.
@@ -35,9 +37,12 @@ __all__ = (
     "decode_tcp",
     "iter_packets",
     "keepalives",
+    "latency_stats",
     "percentile",
+    "plot_capture",
     "rp_silences",
     "sniff_format",
+    "summarize",
 )
 
 

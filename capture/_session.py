@@ -85,6 +85,11 @@ Record = dict[str, Any]
 _MULTIFD_MAGIC = 0x11223344
 _HEAD_NEEDED = 16
 _TOP_GAPS = 5
+#: A connection seen without its start: return-path segments tried as sync points, and
+#: bytes kept while deciding (then it is "other").
+_SYNC_TRIES = 8
+_MAX_PENDING = 4 << 20
+_CLASSIFY_SECONDS = 60.0
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -356,7 +361,18 @@ class CaptureDecoder:
             info.migration = mig.index
             mig.connections.append(info.id)
         if role == "main-rp-only":
-            self._rp[info.id] = _RpStream(self.release, self.opt.check_against)
+            rs = _RpStream(self.release, self.opt.check_against)
+            if info.mid_stream:
+                rs.waiting_sync = True  # the first bytes may be the middle of a frame
+                rs.reader = None
+                rs.feed_checks(None, hole_at=0)
+            self._rp[info.id] = rs
+            # The forward reader starts as after a gap: it waits for page records.
+            fwd = ForwardReader(
+                self.release, channel="main", descend_packaged=self.opt.descend_packaged
+            )
+            fwd.gap(0)
+            self._fwd[info.id] = fwd
             self.emit(
                 ts,
                 info.id,
@@ -401,16 +417,26 @@ class CaptureDecoder:
             if role:
                 self.set_role(info, role, d == "c2s", self._last_ts)
                 return True
-        c2s, s2c = len(heads["c2s"]), len(heads["s2c"])
-        if self._blind.get(info.id) and s2c:
+        c2s = len(heads["c2s"])
+        if self._blind.get(info.id):
             # The source's side was not captured from its start: the reverse direction
-            # is a return path if its first segment is a run of whole frames.
-            first = next((p for d, p in self._pending[info.id] if d == "s2c"), None)
-            if isinstance(first, Data) and first.offset == 0:
-                if _try_sync(self.release, first.data) is not None:
-                    self.set_role(info, "main-rp-only", True, self._last_ts)
-                    return True
-        if c2s >= _HEAD_NEEDED and (s2c or not self._blind.get(info.id)):
+            # is a return path if one of its first segments is a run of whole frames.
+            tried = _SYNC_TRIES
+            for d in ("s2c", "c2s"):
+                backs = [p for dd, p in self._pending[info.id] if dd == d and isinstance(p, Data)]
+                tried = min(tried, len(backs))
+                for p in backs[:_SYNC_TRIES]:
+                    if _try_sync(self.release, p.data) is not None:
+                        self.set_role(info, "main-rp-only", d == "s2c", self._last_ts)
+                        return True
+            if tried >= _SYNC_TRIES or self._last_ts - info.first_ts > _CLASSIFY_SECONDS:
+                info.role = "other"
+                self.emit(self._last_ts, info.id, None, "connection", "role", role="other",
+                          migration=None, source=None)  # fmt: skip
+                return True
+            self._bound_pending(info.id)
+            return False
+        if c2s >= _HEAD_NEEDED:
             info.role = "other"
             self.emit(
                 self._last_ts,
@@ -424,6 +450,22 @@ class CaptureDecoder:
             )
             return True
         return False
+
+    def _bound_pending(self, cid: str) -> None:
+        """Keep at most :data:`_MAX_PENDING` bytes per direction while a role is undecided.
+
+        The oldest are turned into holes: a forward reader starts such a connection as
+        after a gap anyway, and a return path re-syncs the same way.
+        """
+        pending = self._pending[cid]
+        for d in ("c2s", "s2c"):
+            size = sum(len(p.data) for dd, p in pending if dd == d and isinstance(p, Data))
+            for i, (dd, p) in enumerate(pending):
+                if size <= _MAX_PENDING:
+                    break
+                if dd == d and isinstance(p, Data):
+                    pending[i] = (dd, Hole(p.offset, len(p.data), p.ts, p.packet, "lost"))
+                    size -= len(p.data)
 
     def _role_of(self, head: bytes) -> str | None:
         cat = self.stream_cat
@@ -485,20 +527,21 @@ class CaptureDecoder:
         if isinstance(p, Hole):
             hole = self._open_holes.get(key)
             if hole is not None and hole["offset"] + hole["length"] == p.offset:
-                hole["length"] += p.length  # one record per run of missing bytes
+                # One record per run of missing bytes; the readers still get every piece.
+                hole["length"] += p.length
                 hole["packets"] += 1
-                return
-            self._flush_hole(info, direction)
-            self._open_holes[key] = {
-                "dir": direction,
-                "offset": p.offset,
-                "length": p.length,
-                "reason": p.reason,
-                "t": round(p.ts - self.report.start_ts, 6),
-                "packet": p.packet,
-                "packets": 1,
-                "ts": p.ts,
-            }
+            else:
+                self._flush_hole(info, direction)
+                self._open_holes[key] = {
+                    "dir": direction,
+                    "offset": p.offset,
+                    "length": p.length,
+                    "reason": p.reason,
+                    "t": round(p.ts - self.report.start_ts, 6),
+                    "packet": p.packet,
+                    "packets": 1,
+                    "ts": p.ts,
+                }
         else:
             self._flush_hole(info, direction)
             info.bytes[direction] += len(p.data)
@@ -547,6 +590,8 @@ class CaptureDecoder:
             rd.gap(p.length)
             if mig is not None:
                 mig.fwd_holes += 1
+                if mig.fwd_blind_from is None:
+                    mig.fwd_blind_from = p.ts
             self._drain_fwd(info, rd, p.ts)
             return
         rd.receive_data(p.data)
@@ -702,6 +747,8 @@ class CaptureDecoder:
             )
         elif isinstance(ev, ForwardResync):
             info.resyncs_fwd += 1
+            if mig is not None:
+                mig.fwd_blind_from = None
             self.emit(
                 ts,
                 cid,
@@ -1078,7 +1125,7 @@ def _run_raw(path: str, dec: CaptureDecoder, report: CaptureReport) -> None:
                     rec = json.loads(line)
                     t, conn, d = float(rec["t"]), int(rec["conn"]), str(rec["dir"])
                     off, ln = int(rec["offset"]), int(rec["len"])
-                    if d not in ("fwd", "rp") or off < 0 or ln < 0:
+                    if d not in ("fwd", "rp", "inject") or off < 0 or ln < 0:
                         raise ValueError(d)
                 except (ValueError, KeyError, TypeError) as exc:
                     report.problems.append(f"chunks.jsonl line {lineno}: unusable ({exc!r})")
@@ -1100,6 +1147,11 @@ def _run_raw(path: str, dec: CaptureDecoder, report: CaptureReport) -> None:
                 if info.role == "skip":
                     continue
                 last_t[conn] = t
+                injected = d == "inject"
+                if injected:
+                    # Bytes the lab's proxy put into the return path (rp.bin holds them).
+                    d = "rp"
+                    dec.emit(t, info.id, "rp", "note", "injected-by-lab", off, length=ln)
                 h = fh(conn, d)
                 data = b""
                 if h is not None:
@@ -1123,15 +1175,18 @@ def _run_raw(path: str, dec: CaptureDecoder, report: CaptureReport) -> None:
             dec.close(info, last_t.get(conn, report.end_ts), "last recorded chunk")
 
 
-def _metadata_release(path: str) -> str | None:
+def _metadata_release(path: str) -> tuple[str, str] | None:
+    """(source release, file) from a lab run's ``metadata.json`` or ``record.json`` beside it."""
     folder = path if os.path.isdir(path) else os.path.dirname(path) or "."
-    meta = os.path.join(folder, "metadata.json")
-    try:
-        with open(meta, encoding="utf-8") as f:
-            rel = json.load(f).get("src", {}).get("release")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(rel) if rel else None
+    for name in ("metadata.json", "record.json"):
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                rel = json.load(f).get("src", {}).get("release")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if rel:
+            return str(rel), name
+    return None
 
 
 def _run(
@@ -1157,7 +1212,12 @@ def _run(
 _MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
 
 
-def _auto_release(path: str, kind: str, options: CaptureOptions) -> tuple[Release, str]:
+def _auto_release(
+    path: str,
+    kind: str,
+    options: CaptureOptions,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[Release, str]:
     """The newest release consistent with the capture (one silent decoding pass)."""
     lines = known_releases()
     newest = lines[-1]
@@ -1168,7 +1228,7 @@ def _auto_release(path: str, kind: str, options: CaptureOptions) -> tuple[Releas
         check_against=lines,
         descend_packaged=options.descend_packaged,
     )
-    rep = _run(path, kind, probe, None, None)
+    rep = _run(path, kind, probe, None, progress)
     floor: Release | None = None
     for mig in rep.migrations:
         m = _MACHINE_VERSION.search(mig.machine_type or "")
@@ -1219,11 +1279,11 @@ def decode_capture(
     meta = _metadata_release(path)
     if options.source is None:
         if meta is not None:
-            options.source, options.source_basis = parse_release(meta), "metadata.json"
+            options.source, options.source_basis = parse_release(meta[0]), meta[1]
         else:
-            options.source, options.source_basis = _auto_release(path, kind, options)
+            options.source, options.source_basis = _auto_release(path, kind, options, progress)
     report = _run(path, kind, options, on_record, progress)
-    report.metadata_source = meta
+    report.metadata_source = meta[0] if meta else None
     return report
 
 

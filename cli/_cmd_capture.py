@@ -39,8 +39,8 @@ def register(sub: Any) -> None:
         "--source",
         default="auto",
         metavar="REL|auto",
-        help="source release; auto (default): metadata.json beside the capture if any, "
-        "else the newest release consistent with the capture",
+        help="source release; auto (default): a lab run's metadata.json/record.json beside "
+        "the capture if any, else the newest release consistent with the capture",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -131,8 +131,7 @@ def _line(rec: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from migcompat.capture import CaptureOptions, decode_capture, sniff_format
-    from migcompat.capture._summary import summarize
+    from migcompat.capture import CaptureOptions, decode_capture, sniff_format, summarize
 
     path = args.path
     sniff_format(path)  # a clear error before anything else
@@ -195,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
             out.write("\n")
         _print_summary(summary)
     if args.plot:
-        from migcompat.capture._plot import plot_capture
+        from migcompat.capture import plot_capture
 
         plot_capture(report, frames, args.plot, period)
         if not args.json:
@@ -245,8 +244,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     w = sys.stdout.write
     w(f"capture {s['path']} ({s['input']}): {s['packets']} records, {s['duration_s']:.3f} s\n")
     w(f"source release {s['source']} ({s['source_basis']})")
-    if s["metadata_source"] and s["source_basis"] != "metadata.json":
-        w(f"; metadata.json says {s['metadata_source']}")
+    if s["metadata_source"] and not s["source_basis"].endswith(".json"):
+        w(f"; the lab's record says {s['metadata_source']}")
     w("\n")
     for c in s["connections"]:
         w(f"\n{c['id']} {c['client']} → {c['server']}: {c['role']}")
@@ -302,7 +301,10 @@ def _print_summary(s: dict[str, Any]) -> None:
                 f"{k['longest_silence_s'] or 0:.3f} s"
             )
             if k["first_detection"] is not None:
-                w(f"; a dead link would first be noticed at {k['first_detection']:.3f} s")
+                w(
+                    f"; the first silence longer than P would be noticed at "
+                    f"{k['first_detection']:.3f} s"
+                )
             w("\n")
             for rel, v in rp["checks"].items():
                 extra = f" at offset {v['offset']}" if v["offset"] is not None else ""

@@ -11,8 +11,12 @@ JSON file that ``tests/test_fuzz_regressions.py`` replays.
 the return path of a real migration from a lab build of that release (several accepted
 frames share one migration; each rejected frame needs its own), and compares what the real
 source did — final status, exact error text in ``error-desc`` or stderr — with the model's
-verdict on the return path as the source received it (``rp.bin``). Every disagreement is
-saved (capture, record, case) under ``fixtures/fuzz/real/`` and fails the run.
+verdict on the return path as the source received it (``rp.bin``, read with the guest's
+RAM). An injected SHUT ends the return path without a rejection; what the migration does
+next is not the reader's to predict, so only texts are compared for it (see
+:func:`model_verdict`). Names are compared as a UTF-8 reader sees QEMU's raw bytes. Every
+disagreement is saved (capture, record, case) under ``fixtures/fuzz/real/`` and fails the
+run; a lab failure or hang is "inconclusive", not a disagreement.
 
 Exit 0: no counterexample / disagreement; 1: found one; 2: bad input or no lab.
 """

@@ -94,10 +94,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="merge what each cell showed into FILE (compat/data/matrix-observed.json)",
     )
-    p.add_argument("--timeout", type=float, default=90.0, help="per-cell outcome timeout (s)")
+    p.add_argument("--timeout", type=float, default=60.0, help="per-cell outcome timeout (s)")
     p.add_argument("--observe", type=float, default=5.0,
                    help="seconds to watch after the source settles")  # fmt: skip
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run")
+    p.add_argument(
+        "--retries",
+        type=int,
+        default=1,
+        help="re-run a cell whose lab run failed (not a mismatch) up to N times",
+    )
     p.add_argument(
         "--run-unpredicted",
         action="store_true",
@@ -228,7 +234,8 @@ def _run(args: argparse.Namespace) -> int:
 
         results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
                             observe=args.observe, keep=args.keep,
-                            run_unpredicted=args.run_unpredicted, on_start=started,
+                            run_unpredicted=args.run_unpredicted, retries=args.retries,
+                            on_start=started,
                             on_done=done)  # fmt: skip
     s = results_summary(results)
     title = "Cross-version matrix: " + ", ".join(rels)

@@ -58,20 +58,33 @@ def register(sub: Any) -> None:
     p.add_argument("--destination", metavar="REL", required=True, help="destination release")
     p.add_argument("--strategy", default="none", metavar="S", help="see strategies below")
     p.add_argument("--scenario", choices=["idle", "active"], default="idle",
-                   help="idle: destination -S, no page requests (default); active: the guest "
-                   "runs on the destination and asks for pages")  # fmt: skip
-    p.add_argument("--source-done", action="store_true",
-                   help="the source has already sent every page (nothing left to write)")
-    p.add_argument("--sysctl", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a TCP setting (tcp_keepalive_time, tcp_keepalive_intvl, "
-                   "tcp_keepalive_probes, tcp_retries2); default: this kernel's /proc values")
+                   help="idle: the destination has nothing to send after the cut (-S, or its "
+                   "page request was already acknowledged; default); active: a page request "
+                   "is still unacknowledged when the path dies")  # fmt: skip
+    p.add_argument(
+        "--source-done",
+        action="store_true",
+        help="the source has already sent every page (nothing left to write)",
+    )
+    p.add_argument(
+        "--sysctl",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a TCP setting (tcp_keepalive_time, tcp_keepalive_intvl, "
+        "tcp_keepalive_probes, tcp_retries2); default: this kernel's /proc values",
+    )
     p.add_argument("--json", action="store_true", help="JSON output")
     p.set_defaults(func=run)
 
 
 #: ``--sysctl`` keys (``/proc/sys/net/ipv4`` names) and the TcpSettings field each sets.
-_SYSCTLS = {"tcp_keepalive_time": "keepalive_time", "tcp_keepalive_intvl": "keepalive_intvl",
-            "tcp_keepalive_probes": "keepalive_probes", "tcp_retries2": "retries2"}
+_SYSCTLS = {
+    "tcp_keepalive_time": "keepalive_time",
+    "tcp_keepalive_intvl": "keepalive_intvl",
+    "tcp_keepalive_probes": "keepalive_probes",
+    "tcp_retries2": "retries2",
+}
 
 
 def _settings(items: list[str]) -> TcpSettings:
@@ -100,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     con = console()
     st = pred.settings
-    con.print(f"silent partition during postcopy ({pred.scenario} destination), strategy "
-              f"[bold]{pred.strategy}[/]; TCP: keepalive {st.keepalive_time}/"
-              f"{st.keepalive_intvl}/{st.keepalive_probes}, tcp_retries2 {st.retries2}")
+    con.print(
+        f"silent partition during postcopy ({pred.scenario} destination), strategy "
+        f"[bold]{pred.strategy}[/]; TCP: keepalive {st.keepalive_time}/"
+        f"{st.keepalive_intvl}/{st.keepalive_probes}, tcp_retries2 {st.retries2}"
+    )
     for side in (pred.source, pred.destination):
         when = ("[bold red]never[/]" if side.detect_s is None
                 else f"[bold]{side.detect_s:g} s[/] after the cut")  # fmt: skip

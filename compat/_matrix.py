@@ -765,7 +765,7 @@ def run_cell(
     pred: Prediction,
     outdir: Path,
     *,
-    timeout: float = 90.0,
+    timeout: float = 60.0,
     observe: float = 5.0,
     keep: bool = False,
     hard_timeout: float | None = None,
@@ -774,7 +774,7 @@ def run_cell(
     """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
 
     The run happens in a child process that leads its own process group, so that a run
-    which never returns is ended after ``hard_timeout`` (default ``timeout + 90`` s) with
+    which never returns is ended after ``hard_timeout`` (default ``timeout + observe + 60`` s) with
     everything it started (its QEMUs, its tcpdump) and reported as an error.
     A passing cell keeps only its ``record.json`` (unless ``keep``); a mismatch or an
     error keeps the whole run directory (capture, streams, record).
@@ -852,7 +852,7 @@ def _run_isolated(
                        daemon=False)  # fmt: skip
     proc.start()
     child.close()
-    limit = hard_timeout if hard_timeout is not None else timeout + observe + 90.0
+    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
     result: tuple[str, Any] = ("error", f"no result within {limit:.0f} s: run ended")
     if parent.poll(limit):
         try:
@@ -874,23 +874,35 @@ def run_cells(
     outdir: Path,
     *,
     jobs: int = 1,
-    timeout: float = 90.0,
+    timeout: float = 60.0,
     observe: float = 5.0,
     keep: bool = False,
     run_unpredicted: bool = False,
+    retries: int = 1,
     on_start: Any = None,
     on_done: Any = None,
 ) -> list[CellResult]:
-    """Run cells, at most ``jobs`` at a time (each in its own process); results in order."""
+    """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
+
+    A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
+    run again up to ``retries`` times; a mismatch never is.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     def one(p: Prediction) -> CellResult:
         if on_start:
             on_start(p)
-        r = run_cell(
-            p, outdir, timeout=timeout, observe=observe, keep=keep,
-            run_unpredicted=run_unpredicted,
-        )  # fmt: skip
+        errors: list[str] = []
+        for _attempt in range(1 + max(0, retries)):
+            r = run_cell(
+                p, outdir, timeout=timeout, observe=observe, keep=keep,
+                run_unpredicted=run_unpredicted,
+            )  # fmt: skip
+            if r.outcome != "error":
+                break
+            errors += r.reasons  # a lab failure is no observation: run the cell again
+        if errors and r.outcome != "error":
+            r.reasons.append(f"retried after: {'; '.join(errors)}")
         if on_done:
             on_done(r)
         return r

@@ -229,22 +229,27 @@ class Strategy:
                     raise StrategyError(f"strategy {text!r}: tcp given twice")
                 tcp = (int(m["i"]), int(m["n"]), int(m["c"]))
                 if min(tcp) < 1 or max(tcp) > _UINT32:
-                    raise StrategyError(f"strategy {part!r}: idle, interval and count must be "
-                                        "1 … 4294967295 (0 would mean the system default)")
+                    raise StrategyError(
+                        f"strategy {part!r}: idle, interval and count must be "
+                        "1 … 4294967295 (0 would mean the system default)"
+                    )
             elif m["p"] is not None:
                 if rp is not None:
                     raise StrategyError(f"strategy {text!r}: rp-keepalive given twice")
                 rp = int(m["p"])
                 if not 1 <= rp <= 0x7FFFFFFF:
-                    raise StrategyError(f"strategy {part!r}: the period must be 1 … 2147483647 "
-                                        "ms (the proposal refuses values > INT_MAX; 0 is off)")
+                    raise StrategyError(
+                        f"strategy {part!r}: the period must be 1 … 2147483647 "
+                        "ms (the proposal refuses values > INT_MAX; 0 is off)"
+                    )
             elif m["u"] is not None:
                 if ut is not None:
                     raise StrategyError(f"strategy {text!r}: user-timeout given twice")
                 ut = int(m["u"])
                 if not 1 <= ut <= 0x7FFFFFFF:
-                    raise StrategyError(f"strategy {part!r}: TCP_USER_TIMEOUT is 1 … "
-                                        "2147483647 ms (0 means off)")
+                    raise StrategyError(
+                        f"strategy {part!r}: TCP_USER_TIMEOUT is 1 … 2147483647 ms (0 means off)"
+                    )
             elif len(parts) > 1:
                 raise StrategyError(f"strategy {text!r}: none cannot be combined")
         return cls(tcp=tcp, rp_keepalive_ms=rp, user_timeout_ms=ut)
@@ -339,22 +344,28 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
         if role == "destination" and rel.line >= Release("4.2"):
             # Measured (docs/partition.md): 7.2.22 and 10.0.13 answer {} and listen without
             # keep-alive; the check in inet_listen_saddr never sees the flag.
-            facts.append(Fact(
-                f"destination {rel.line}: migrate-incoming accepts the options without error "
-                "and drops them: the listener's address lookup copies host, port, to, ipv4, "
-                "ipv6 and mptcp into new addresses, not keep-alive, so the passive-socket "
-                "refusal never fires (fixed in 10.1 by copying the whole address)",
-                "io/dns-resolver.c:114 qio_dns_resolver_lookup_sync_inet (7.2.22, 10.0.13)"))
+            facts.append(
+                Fact(
+                    f"destination {rel.line}: migrate-incoming accepts the options without error "
+                    "and drops them: the listener's address lookup copies host, port, to, ipv4, "
+                    "ipv6 and mptcp into new addresses, not keep-alive, so the passive-socket "
+                    "refusal never fires (fixed in 10.1 by copying the whole address)",
+                    "io/dns-resolver.c:114 qio_dns_resolver_lookup_sync_inet (7.2.22, 10.0.13)",
+                )
+            )
         facts.append(Fact(f"{role} {rel.line}: the keep-alive options are not applied to the "
                           "migration socket"))  # fmt: skip
         return None
     if side.knobs:
         return (idle, intvl, cnt)
     if role == "source":
-        facts.append(Fact(
-            f"source {rel.line}: keep-alive-idle/-interval/-count are accepted in the URI and "
-            "ignored (inet_parse looks only for \",keep-alive\")",
-            "util/qemu-sockets.c inet_parse strstr(optstr, \",keep-alive\") (7.2.22, 10.0.13)"))
+        facts.append(
+            Fact(
+                f"source {rel.line}: keep-alive-idle/-interval/-count are accepted in the URI and "
+                'ignored (inet_parse looks only for ",keep-alive")',
+                'util/qemu-sockets.c inet_parse strstr(optstr, ",keep-alive") (7.2.22, 10.0.13)',
+            )
+        )
     facts.append(Fact(f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
                       f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
                       f"{st.keepalive_intvl}/{st.keepalive_probes} apply",
@@ -375,9 +386,13 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
                           "never probes", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
         if ut:
             t = write_delay_s + ut / 1000
-            facts.append(Fact(f"TCP_USER_TIMEOUT {ut} ms: retransmission gives up {ut / 1000:g} s "
-                              "after the first unacknowledged segment",
-                              "retransmits_timed_out / tcp_clamp_rto_to_user_timeout"))
+            facts.append(
+                Fact(
+                    f"TCP_USER_TIMEOUT {ut} ms: retransmission gives up {ut / 1000:g} s "
+                    "after the first unacknowledged segment",
+                    "retransmits_timed_out / tcp_clamp_rto_to_user_timeout",
+                )
+            )
             return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts),
                                   (round(t, 3), round(t, 3)))  # fmt: skip
         limit = retransmission_timeout_s(st.retries2, st.rto_min_ms, st.rto_max_ms)

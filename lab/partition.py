@@ -183,8 +183,15 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
     out: dict[str, Any] = {}
     names = {pair.addr("src"): "src", pair.addr("dst"): "dst"}
     for side in ("src", "dst"):
-        out[side] = {"packets": 0, "data": 0, "empty": 0, "rst": 0, "fin": 0, "first": [],
-                     "data_times": []}
+        out[side] = {
+            "packets": 0,
+            "data": 0,
+            "empty": 0,
+            "rst": 0,
+            "fin": 0,
+            "first": [],
+            "data_times": [],
+        }
     icmp = 0
     for line in lines:
         if " ICMP " in line:
@@ -490,8 +497,11 @@ class _PartitionRun:
             # Empty segments a side sends after the cut are keep-alive probes (it receives
             # nothing, so it has nothing to ACK); their times show which idle/interval apply.
             probes = [p["t"] for p in sent if p["len"] == 0 and "R" not in p["flags"]]
-            ka_left = [x["timer_left_s"] for x in samples
-                       if x["t"] < cut and x["timer"] == "keepalive" and x["timer_left_s"]]
+            ka_left = [
+                x["timer_left_s"]
+                for x in samples
+                if x["t"] < cut and x["timer"] == "keepalive" and x["timer_left_s"]
+            ]
             self.rec.keepalive_seen[side] = {
                 "timers_before_cut": sorted(before),
                 # Never above the idle time in force: ~5 s for keep-alive-idle=5, up to
@@ -708,8 +718,10 @@ def _evidence(rec: dict[str, Any], side: str) -> str:
         n = ka.get("max_timer_count_after_cut")
         retries2 = rec.get("sysctls", {}).get(side, {}).get("tcp_retries2", 15)
         model = len([t for t in retransmission_schedule_s(retries2) if t <= rec["window"]])
-        bits.append("retransmitting" + (f" ({n} RTO ticks seen, model {model} by "
-                                        f"{rec['window']:g} s)" if n else ""))
+        bits.append(
+            "retransmitting"
+            + (f" ({n} RTO ticks seen, model {model} by {rec['window']:g} s)" if n else "")
+        )
     return "; ".join(bits)
 
 

@@ -70,9 +70,11 @@ def __dir__() -> list[str]:
 _HANDLER_RULES = frozenset({"SHUT", "RESUME_ACK", "RECV_BITMAP"})
 #: Handlers that check the source's RAM when the reader knows it (``ram_blocks``).
 _RAM_RULES = frozenset({"REQ_PAGES", "REQ_PAGES_ID"})
-#: Events made per fill: bounds the memory a huge buffered input can pin at once.
-MAX_BATCH = 4096
-#: Frames examined per bulk step when measuring a run of equal headers.
+#: Events made per fill: bounds the memory a huge buffered input pins at once, and
+#: stays below the GC's first threshold (700), so events consumed one by one die young.
+MAX_BATCH = 512
+#: Frames examined per bulk step when measuring a run of equal headers (first, at most).
+_MIN_WINDOW = 64
 _WINDOW = 1024
 
 _STRUCT_CODES = {"be32": "I", "be64": "Q"}
@@ -451,6 +453,7 @@ class FastReader:
         budget = MAX_BATCH
         # (payload length, NUL written after it) -> payload position of the last such frame
         marks: dict[tuple[int, bool], int] = {}
+        win = _MIN_WINDOW  # grows while runs fill it, so long runs take few steps
         while budget > 0 and end - pos >= 4:
             (key,) = _U32(data, pos)
             r = runs.get(key)
@@ -459,17 +462,26 @@ class FastReader:
                 w = (end - pos) // size
                 if w > budget:
                     w = budget
-                if w > _WINDOW:
-                    w = _WINDOW
+                if w > win:
+                    w = win
                 if w == 0:
                     break
                 k = w
                 if w > 1:
+                    # Frames whose 4 header bytes all equal the run's: count the leading
+                    # equal bytes of each header byte's column.
                     stop = pos + w * size
-                    for j, b in enumerate(r.header_bytes):
-                        n = w - len(data[pos + j : stop : size].lstrip(b))
-                        if n < k:
-                            k = n
+                    h0, h1, h2, h3 = r.header_bytes
+                    k = w - max(
+                        len(data[pos:stop:size].lstrip(h0)),
+                        len(data[pos + 1 : stop : size].lstrip(h1)),
+                        len(data[pos + 2 : stop : size].lstrip(h2)),
+                        len(data[pos + 3 : stop : size].lstrip(h3)),
+                    )
+                    if k < w:
+                        win = _MIN_WINDOW
+                    elif win < _WINDOW:
+                        win *= 2
                 r.run(data, pos, k, shift + pos, out)
                 pos += k * size
                 budget -= k

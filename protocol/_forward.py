@@ -780,15 +780,25 @@ class ForwardReader:
             self._sections[section_id] = _Section(idstr, instance_id, version_id)
         else:
             known = self._sections.get(section_id)
+            if known is None and self._header_seen:
+                raise self._violation(f"section id {section_id} was never started", start)
             if known is None:
-                if self._header_seen:
-                    raise self._violation(f"section id {section_id} was never started", start)
-                raise _Stuck(
-                    f"section {section_id} ({kind}) was started on an earlier connection; "
-                    "its idstr is unknown here",
-                    section_id,
-                    None,
-                )
+                # Started on an earlier connection (a resumed stream): it is the RAM
+                # section only if its data validates as page records, as after a gap.
+                while True:
+                    _n, verdict = self._chain(self._pos, len(self._data), section_id)
+                    if verdict is None and not self._eof:
+                        yield NEED_DATA
+                        continue
+                    break
+                if not verdict:
+                    raise _Stuck(
+                        f"section {section_id} ({kind}) was started on an earlier connection; "
+                        "its idstr is unknown here",
+                        section_id,
+                        None,
+                    )
+                known = self._sections[section_id] = _Section(_RAM_IDSTR, 0, 0)
             idstr, instance_id, version_id = known.idstr, known.instance_id, known.version_id
         yield SectionHeader(
             release=self.release,
@@ -822,14 +832,17 @@ class ForwardReader:
         yield from self._ram_records(section_id, depth)
         yield from self._footer(section_id, start)
 
-    def _footer(self, section_id: int, start: int) -> _Need:
+    def _footer(self, section_id: int | None, start: int) -> _Need:
+        """The section footer; ``section_id=None`` (after a re-sync) learns the RAM section."""
         head = yield from self._peek(1)
         if not head:
             raise _Eof
         if head[0] == self._t_footer:
             yield from self._u8()
             sid = yield from self._be32()
-            if sid != section_id:
+            if section_id is None:
+                self._sections[sid] = _Section(_RAM_IDSTR, 0, 0)
+            elif sid != section_id:
                 raise self._violation(
                     f"section footer names section {sid}, expected {section_id}", start
                 )
@@ -940,13 +953,8 @@ class ForwardReader:
 
     def _resync(self) -> _Need:
         sid = self._ram_section_id()
-        if sid is None and self.channel != "preempt":
-            yield ForwardStop(
-                release=self.release,
-                offset=self.offset,
-                reason="a gap before any RAM section was seen: nothing to re-sync on",
-            )
-            return
+        # With no RAM section seen yet (a capture that begins mid-connection), any
+        # section id is accepted in the footer that validates the chain, and learnt.
         skipped = 0
         scan = self._pos  # candidates before this were rejected for good
         while True:
@@ -969,7 +977,11 @@ class ForwardReader:
                 yield ForwardStop(
                     release=self.release,
                     offset=self.offset,
-                    reason=f"no re-sync point in the {skipped} bytes after the gap",
+                    reason=(
+                        f"no re-sync point in the {skipped} bytes after the gap"
+                        if skipped
+                        else "the stream ends in the gap: nothing after it to re-sync on"
+                    ),
                 )
                 return
             # Bytes before the first undecided candidate can go (memory stays bounded).
@@ -979,9 +991,8 @@ class ForwardReader:
         if self.channel == "preempt":
             yield from self._preempt_records()
             return
-        assert sid is not None
         start = self.offset
-        yield from self._ram_records(sid, 0)
+        yield from self._ram_records(sid if sid is not None else -1, 0)
         yield from self._footer(sid, start)
         yield from self._units(depth=0, end=None)
 

@@ -198,8 +198,11 @@ def test_resumed_stream_without_header() -> None:
     assert names(evs) == ["RECV_BITMAP", "POSTCOPY_RESUME"]
     assert evs[0].fields["block_name"] == "pc.ram"
     assert [e.addr for e in evs if isinstance(e, RamPage)] == [0x2000]
-    # Without knowing section 1, it stops with a note rather than guessing.
-    evs = decode(data)
+    # Without knowing section 1, its data must validate as page records (as after a gap)…
+    assert decode(data) == evs
+    # …else it stops with a note rather than guessing.
+    other = command(rel, "POSTCOPY_RESUME") + b"\x02" + struct.pack(">I", 4) + bytes(range(64))
+    evs = decode(other)
     assert isinstance(evs[-1], ForwardStop) and "earlier connection" in evs[-1].reason
 
 
@@ -232,14 +235,27 @@ def _page_offsets(data: bytes) -> list[tuple[int, int]]:
     return [(e.offset, e.addr) for e in drain(r) if isinstance(e, RamPage)]
 
 
-def test_gap_before_any_ram_section_stops() -> None:
+def test_gap_before_any_ram_section() -> None:
+    """A capture that begins mid-stream: the RAM section is learnt from its footer."""
     r = ForwardReader(REL)
     r.receive_data(header())
     drain(r)
     r.gap(10)
     r.receive_data(b"\x00" * 100)
+    r.receive_data(b"")
     evs = drain(r)
     assert isinstance(evs[-1], ForwardStop) and evs[-1].final
+    data = ram_pages(range(0, 20 * 4096, 4096), section_id=7) + ping(REL, 5)
+    data += ram_pages([0x1000], section_id=7)
+    r = ForwardReader(REL)
+    r.gap(0)
+    r.receive_data(data[3000:])
+    r.receive_data(b"")
+    evs = drain(r)
+    assert isinstance(evs[0], ForwardResync) and evs[0].section_id is None
+    assert [e.fields["value"] for e in evs if isinstance(e, ForwardCommand)] == [5]
+    assert [e.addr for e in evs if isinstance(e, RamPage)][-1] == 0x1000
+    assert r.sections == {7: "ram"}
 
 
 def test_gap_with_no_resync_point() -> None:

@@ -291,3 +291,36 @@ def test_empty_capture(tmp_path: Path) -> None:
     rep, recs = decode(path)
     assert rep.problems == ["the capture holds no packets"] and recs == []
     assert os.path.getsize(path) == 24
+
+
+def test_capture_started_mid_connection(tmp_path: Path) -> None:
+    c = migration()
+    first_rp = next(i for i, s in enumerate(c.segs) if not s.c2s and s.data)
+    # Keep from one forward segment into the RAM pages on; the first return-path
+    # segment left is the middle of nothing in particular.
+    start = next(i for i, s in enumerate(c.segs) if s.c2s and s.data and s.offset > 9000)
+    c.segs = c.segs[min(start, first_rp + 1) :]
+    path = write_pcap(str(tmp_path / "mid.pcap"), packets(c))
+    rep, recs = decode(path)
+    (info,) = rep.connections.values()
+    assert info.mid_stream and info.role == "main-rp-only"
+    assert any(r["kind"] == "resync" and r["dir"] == "fwd" for r in recs)
+    assert info.rp_counts["MIG_RP_MSG_SHUT"] == 1 and info.rp_counts["MIG_RP_MSG_PONG"] >= 3
+    assert rep.migrations[0].commands["MIG_CMD_PACKAGED"] == 1
+
+
+def test_consecutive_holes_are_one_record_and_keep_offsets(tmp_path: Path, plain: str) -> None:
+    c = migration()
+    fwd = [s for s in c.segs if s.c2s and s.data]
+    for s in fwd[3:6]:
+        s.caplen = 0  # three packets cut to their headers in a row
+    path = write_pcap(str(tmp_path / "cuts.pcap"), packets(c))
+    rep, recs = decode(path, pages=True)
+    (info,) = rep.connections.values()
+    assert [(h["offset"], h["length"], h["packets"]) for h in info.holes] == [
+        (fwd[3].offset, sum(len(s.data) for s in fwd[3:6]), 3)
+    ]
+    real = {r["offset"]: r["fields"]["addr"] for r in decode(plain, pages=True)[1]
+            if r["kind"] == "page"}  # fmt: skip
+    pages = [r for r in recs if r["kind"] == "page"]
+    assert pages and all(real[r["offset"]] == r["fields"]["addr"] for r in pages)
