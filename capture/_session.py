@@ -42,6 +42,7 @@ from migcompat.protocol import (
     InputError,
     Message,
     Pong,
+    RamBlock,
     RamBlocks,
     RamPage,
     Reader,
@@ -176,6 +177,8 @@ class Migration:
     request_count: int = 0
     page_latencies: list[float] = field(default_factory=list)
     pages_walked: int = 0
+    #: The source's RAMBlocks (idstr → used length), from ``RAM_SAVE_FLAG_MEM_SIZE``.
+    ram_blocks: dict[str, int] = field(default_factory=dict)
     #: Stream time after which forward pages could not be seen (a hole, a stop).
     fwd_blind_from: float | None = None
     fwd_holes: int = 0
@@ -236,6 +239,21 @@ class _RpStream:
             for r in checks
         }
         self.last_block: str | None = None
+        #: Set once a page request was read: RAM checks can no longer start cleanly.
+        self.req_seen = False
+
+    def apply_ram(self, blocks: dict[str, int]) -> None:
+        """Give the readers the source's RAMBlocks (from the forward stream's MEM_SIZE).
+
+        With them the readers run QEMU's block-name, range and alignment checks on page
+        requests and bitmaps. Only before the first page request (so that "the last
+        block named" is known to them) and never to a reader re-synced after a hole.
+        """
+        if self.req_seen or self.waiting_sync or self.base:
+            return
+        for rd in (self.reader, *self.checks.values()):
+            if rd is not None and rd.ram_blocks is None:
+                rd.ram_blocks = {k: RamBlock(k, v) for k, v in blocks.items()}
 
     def feed_checks(self, data: bytes | None, hole_at: int | None = None) -> None:
         for rel, rd in list(self.checks.items()):
@@ -392,6 +410,8 @@ class CaptureDecoder:
                 descend_packaged=self.opt.descend_packaged,
             )
             self._rp[info.id] = _RpStream(self.release, self.opt.check_against)
+            if mig is not None and mig.ram_blocks:
+                self._rp[info.id].apply_ram(mig.ram_blocks)
             if mig is not None and role == "main-resumed":
                 mig.postcopy = True
                 mig.state(ts, "postcopy-recover")
@@ -702,6 +722,11 @@ class CaptureDecoder:
                     depth=ev.depth,
                 )
         elif isinstance(ev, RamBlocks):
+            if mig is not None:
+                mig.ram_blocks.update(ev.blocks)
+                for other in mig.connections:
+                    if other in self._rp:
+                        self._rp[other].apply_ram(mig.ram_blocks)
             self.emit(
                 ts,
                 cid,
@@ -920,6 +945,7 @@ class CaptureDecoder:
                     fields["after_resume_ms"] = round(lat * 1e3, 3)
                 mig.state(ts, "postcopy-active")
             elif isinstance(ev, ReqPagesId | ReqPages):
+                rs.req_seen = True
                 block = ev.idstr if isinstance(ev, ReqPagesId) else rs.last_block
                 if isinstance(ev, ReqPagesId):
                     rs.last_block = ev.idstr

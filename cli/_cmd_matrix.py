@@ -117,6 +117,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--job", default="migcompat-matrix", help="job name")
     p.add_argument("--stage", default="test", help="stage")
     p.add_argument("--image", default="debian:trixie", help="container image")
+    p.add_argument(
+        "--install",
+        default="python3 -m pip install qemu-migcompat",
+        help="command that installs this toolkit in the job",
+    )
+    p.add_argument("--tag", action="append", default=[], help="runner tag (repeatable)")
     p.set_defaults(func=_emit)
     m.set_defaults(func=lambda args: (m.print_help(sys.stderr), 2)[1])
 
@@ -265,5 +271,14 @@ def _emit(args: argparse.Namespace) -> int:
 
     preds = predict_matrix(args.releases, _scenarios(args), machines=args.machines)
     cells = [p.cell for p in preds if not p.unpredicted]
-    sys.stdout.write(gitlab_ci(cells, job=args.job, stage=args.stage, image=args.image))
+    sys.stdout.write(
+        gitlab_ci(
+            cells,
+            job=args.job,
+            stage=args.stage,
+            image=args.image,
+            install=args.install,
+            tags=args.tag,
+        )
+    )
     return 0

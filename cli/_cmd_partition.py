@@ -131,9 +131,19 @@ def lab_run(args: argparse.Namespace, src: Any, dst: Any) -> int:
     """``migcompat lab run --scenario partition-…``: run it, print the summary or JSON."""
     from migcompat.lab.partition import print_partition, run_partition
 
+    overrides: dict[str, int] = {}
+    for item in getattr(args, "sysctl", None) or []:
+        key, sep, val = item.partition("=")
+        if not sep or key.strip() not in _SYSCTLS or not val.strip().isdigit():
+            raise StrategyError(
+                f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
+                + ", ".join(_SYSCTLS)
+                + ", VALUE a non-negative integer"
+            )
+        overrides[key.strip()] = int(val)
     rec = run_partition(
         src, dst, args.scenario, strategy=args.keepalive, window=args.window,
-        machine=args.machine, outdir=args.out, progress=not args.json,
+        machine=args.machine, outdir=args.out, progress=not args.json, sysctls=overrides,
     )  # fmt: skip
     if args.json:
         print(json.dumps(rec.to_json(), indent=2))

@@ -699,8 +699,14 @@ def gitlab_ci(
     job: str = "migcompat-matrix",
     stage: str = "test",
     image: str = "debian:trixie",
+    install: str = "python3 -m pip install qemu-migcompat",
+    tags: Sequence[str] = (),
 ) -> str:
-    """A GitLab CI job: ``parallel: matrix:`` over the cells, one ``matrix run --cell`` each."""
+    """A GitLab CI job: ``parallel: matrix:`` over the cells, one ``matrix run --cell`` each.
+
+    The job provisions the two builds of its cell; it needs a runner that may
+    ``unshare --mount`` and open ``/dev/userfaultfd`` (privileged, or a shell executor).
+    """
 
     def q(s: str) -> str:
         return json.dumps(s)
@@ -711,12 +717,14 @@ def gitlab_ci(
         f"{job}:",
         f"  stage: {stage}",
         f"  image: {image}",
+        *([f"  tags: [{', '.join(q(t) for t in tags)}]"] if tags else []),
         "  timeout: 20m",
+        "  # needs unshare --mount and /dev/userfaultfd: a privileged runner",
         "  before_script:",
         "    - apt-get update && apt-get install -y --no-install-recommends python3-pip "
         "python3-venv debootstrap tcpdump gcc",
-        "    - python3 -m venv /opt/venv && /opt/venv/bin/pip install qemu-migcompat",
-        "    - export PATH=/opt/venv/bin:$PATH",
+        "    - python3 -m venv /opt/venv && export PATH=/opt/venv/bin:$PATH",
+        f"    - {install}",
         "    - migcompat lab provision $MIGCOMPAT_SRC $MIGCOMPAT_DST",
         "  script:",
         '    - migcompat matrix run --cell "$MIGCOMPAT_CELL" --junit "matrix-$CI_JOB_ID.xml" '

@@ -468,14 +468,16 @@ class _PartitionRun:
         """(seconds after cut on our clock, status, seconds after cut on QEMU's clock)."""
         inst = self.src if side == "src" else self.dst
         assert inst is not None and self.cut_t is not None
+        # Only inside the window: our own `quit` at the end can pause a source too.
+        end = self.cut_t + self.window
         for ev in inst.events:
             st = ev["data"].get("status")
-            if ev["event"] == "MIGRATION" and st in NOTICED and ev["t"] >= self.cut_t:
+            if ev["event"] == "MIGRATION" and st in NOTICED and self.cut_t <= ev["t"] <= end:
                 qemu = ev.get("qemu_time") or None
                 return (round(ev["t"] - self.cut_t, 3), st,
                         round(qemu - self.cut_wall, 3) if qemu else None)  # fmt: skip
         for s in self.rec.statuses.get(side, []):
-            if s["status"] in NOTICED and s["t"] >= self.cut_t:
+            if s["status"] in NOTICED and self.cut_t <= s["t"] <= end:
                 return round(s["t"] - self.cut_t, 3), s["status"], None
         return None, None, None
 

@@ -405,7 +405,8 @@ class FastReader:
         """Every event available now, as one list (the bulk form of :meth:`events`).
 
         A rejection after some events is raised by the *next* call (the model's
-        violation is sticky), so no decoded event is lost.
+        violation is sticky), so no decoded event is lost. Holding thousands of events
+        at once costs GC time (docs/performance.md); drain socket-sized reads.
 
         :raises RemoteViolation: the source rejects the bytes and no event precedes it.
         """

@@ -63,7 +63,7 @@ from ._errors import RemoteViolation
 from ._events import EndOfStream, Message, RecvBitmap, Shut
 from ._grammar import build_frame, frame_grammar
 from ._layouts import PAYLOAD_LAYOUTS
-from ._reader import RamBlock, Reader
+from ._reader import Reader
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -255,7 +255,12 @@ def _ram_tuple(ram: Mapping[str, int] | None) -> _Ram | None:
 
 
 def _bitmap_size(used_length: int) -> int:
-    return RamBlock("", used_length).recv_bitmap_size(_PAGE)
+    """ram.c ``ram_dirty_bitmap_reload``: nbits = used_length >> TARGET_PAGE_BITS;
+    local_size = ROUND_UP(DIV_ROUND_UP(nbits, 8), 8) — written out here, not taken from
+    the reader's :class:`RamBlock`, so that the two are checked against each other."""
+    nbits = used_length >> 12
+    div_round_up = (nbits + 8 - 1) // 8
+    return (div_round_up + 8 - 1) // 8 * 8
 
 
 def _filler(n: int) -> st.SearchStrategy[bytes]:

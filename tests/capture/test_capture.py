@@ -324,3 +324,35 @@ def test_consecutive_holes_are_one_record_and_keep_offsets(tmp_path: Path, plain
             if r["kind"] == "page"}  # fmt: skip
     pages = [r for r in recs if r["kind"] == "page"]
     assert pages and all(real[r["offset"]] == r["fields"]["addr"] for r in pages)
+
+
+def test_side_channels_are_labelled(tmp_path: Path) -> None:
+    main_conn = migration(cport=40000, sport=4444, t=1.0)
+    multifd = Conn(cport=40001, sport=4444, t=1.0005).handshake()
+    multifd.send(True, struct.pack(">II", 0x11223344, 1) + bytes(16 + 8 + 32) + b"\x01" * 5000)
+    preempt = Conn(cport=40002, sport=4444, t=1.0006).handshake()
+    page = struct.pack(">Q", 0x40000 | 0x08) + b"\x06pc.ram" + b"\x05" * 4096
+    preempt.t = 1.3  # after the destination asked for 0x40000
+    preempt.send(True, page + struct.pack(">Q", 0x10))
+    frames = packets(main_conn) + packets(multifd) + packets(preempt)
+    path = write_pcap(str(tmp_path / "side.pcap"), sorted(frames, key=lambda p: p[0]))
+    rep, recs = decode(path)
+    roles = {c.client.rsplit(":", 1)[1]: c.role for c in rep.connections.values()}
+    assert roles == {"40000": "main", "40001": "multifd", "40002": "postcopy-preempt"}
+    (m,) = rep.migrations
+    assert len(m.connections) == 3
+    pre = next(c for c in rep.connections.values() if c.role == "postcopy-preempt")
+    assert pre.pages == 1 and pre.rp_counts == {}
+    assert not any(r["conn"] == pre.id and r["kind"] == "rp-frame" for r in recs)
+
+
+def test_plot_without_matplotlib(
+    tmp_path: Path, plain: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    err = io.StringIO()
+    with redirect_stderr(err), redirect_stdout(io.StringIO()):
+        rc = main(["capture", plain, "--plot", str(tmp_path / "p.png")])
+    assert rc == 2 and "--plot needs matplotlib" in err.getvalue()
