@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from migcompat.protocol import InputError
+from migcompat.protocol import InputError, Release
 
 __all__ = ["register"]
 
@@ -216,7 +216,7 @@ def _run(args: argparse.Namespace) -> int:
             print(p.cell.id + (f"  (skipped: {p.unpredicted})" if p.unpredicted else ""))
         return 0
     out = args.out or Path("matrix-runs") / time.strftime("%Y%m%d-%H%M%S")
-    rels = sorted({r for p in preds for r in (p.cell.source, p.cell.destination)})
+    rels = sorted({r for p in preds for r in (p.cell.source, p.cell.destination)}, key=Release)
     versions = build_versions(rels)
     running: set[str] = set()
     with Progress(

@@ -608,7 +608,10 @@ def results_markdown(
     lines.append("")
     if versions:
         lines += ["| release | `--version` |", "|---|---|"]
-        lines += [f"| {k} | `{_md(v)}` |" for k, v in sorted(versions.items())]
+        lines += [
+            f"| {k} | `{_md(v)}` |"
+            for k, v in sorted(versions.items(), key=lambda kv: Release(kv[0]))
+        ]
         lines.append("")
     lines += [
         "| cell | result | source status (pred → seen) | source error | destination (allowed → "

@@ -697,8 +697,14 @@ def _fmt_detect(value: float | None, window: float) -> str:
 
 
 def _fmt_pred(pred: dict[str, Any]) -> str:
-    p = pred.get("detect_s")
-    return ("never" if p is None else f"{p:g} s") + f" ({pred.get('mechanism')})"
+    p, rng = pred.get("detect_s"), pred.get("range_s")
+    if p is None:
+        text = "never"
+    elif rng and rng[0] != rng[1]:
+        text = f"{rng[0]:g}…{rng[1]:g} s"
+    else:
+        text = f"{p:g} s"
+    return f"{text} ({pred.get('mechanism')})"
 
 
 def _evidence(rec: dict[str, Any], side: str) -> str:
@@ -708,7 +714,10 @@ def _evidence(rec: dict[str, Any], side: str) -> str:
     bits = []
     if "keepalive" in ka.get("timers_before_cut", []):
         left = ka.get("max_keepalive_left_before_cut_s")
-        bits.append("SO_KEEPALIVE on" + (f" (timer ≤ {left:g} s)" if left else ""))
+        if left and left >= 600:  # ss prints whole minutes only: "119min" = 7200 s idle
+            bits.append(f"SO_KEEPALIVE on (timer {left / 60:.0f} min)")
+        else:
+            bits.append("SO_KEEPALIVE on" + (f" (timer ≤ {left:g} s)" if left else ""))
     else:
         bits.append("no keep-alive timer")
     if probes:
@@ -719,11 +728,17 @@ def _evidence(rec: dict[str, Any], side: str) -> str:
     if wrote:
         n = ka.get("max_timer_count_after_cut")
         retries2 = rec.get("sysctls", {}).get(side, {}).get("tcp_retries2", 15)
-        model = len([t for t in retransmission_schedule_s(retries2) if t <= rec["window"]])
-        bits.append(
-            "retransmitting"
-            + (f" ({n} RTO ticks seen, model {model} by {rec['window']:g} s)" if n else "")
-        )
+        ticks = retransmission_schedule_s(retries2)
+        if rec["detected"].get(side) is not None:
+            # The give-up tick closes the socket: ss can only have counted the ones before.
+            model, when = len(ticks) - 1, "before the give-up tick"
+        else:
+            model = len([t for t in ticks if t <= rec["window"]])
+            when = f"by {rec['window']:g} s"
+        if n:
+            bits.append(f"retransmitting ({n} RTO ticks seen, model {model} {when})")
+        else:
+            bits.append("retransmitting")
     return "; ".join(bits)
 
 
@@ -736,12 +751,23 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     for rec in records:
         pair = (f"{rec['src']['version_text'].split()[3]} → "
                 f"{rec['dst']['version_text'].split()[3]}")  # fmt: skip
+        inputs = rec["prediction"]["inputs"]
         for side, key in (("src", "source"), ("dst", "destination")):
-            chk = rec.get("checks", {}).get(side, {})
+            # Today's model on the run's own inputs (not the prediction stored at the time):
+            # the table always shows what the code predicts now.
+            pred = getattr(
+                predict_partition(
+                    rec["src"]["release"], rec["dst"]["release"], rec["strategy"],
+                    scenario=inputs["model_scenario"], settings=rec["sysctls"][side],
+                    source_sending=inputs["wrote_after_cut"]["src"],
+                ),
+                key,
+            )  # fmt: skip
+            chk = check_side(pred, rec["detected"].get(side), rec["window"])
             rows.append(
                 f"| {rec.get('name', '')} | {pair} | {rec['scenario']} | {rec['strategy']} "
                 f"| {side} | {_evidence(rec, side)} "
                 f"| {_fmt_detect(rec['detected'].get(side), rec['window'])} "
-                f"| {_fmt_pred(rec['prediction'].get(key, {}))} | {chk.get('verdict', '?')} |"
+                f"| {_fmt_pred(pred.to_json())} | {chk['verdict']} |"
             )
     return head + "\n".join(rows) + "\n"

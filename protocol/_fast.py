@@ -29,8 +29,8 @@ Events are built as instances of a private *builder* class that has the event's
 slot layout but no frozen ``__setattr__`` (so the interpreter's fast slot stores
 apply), then switched to the real event class with one ``__class__`` store. The
 object that leaves is an ordinary instance of the frozen event class; the builder
-never escapes. This is what lets typed events cost less than a hand-written
-``struct.unpack_from`` loop that only makes tuples (docs/performance.md).
+never escapes. It is the cheapest way we found to build them in CPython: about half
+the cost of the dataclass ``__init__`` (numbers in docs/performance.md).
 
 WARNING: ``_HANDLER_RULES`` names the messages whose handler in
 ``source_return_path_thread`` does more than read its layout (mirrored from
@@ -364,6 +364,7 @@ class FastReader:
         # Decoded by the fast path, not yet returned; the model's read position is
         # already after them.
         self._ready: deque[Event] = deque()
+        self._win = _MIN_WINDOW
 
     # -- public interface (Reader's) ------------------------------------------------------
     @property
@@ -416,7 +417,8 @@ class FastReader:
         while True:
             if model._phase == _HEADER:
                 before = len(out)
-                self._fill(out)
+                # All of them end up in one list anyway: no batch limit here.
+                self._fill(out, budget=1 << 30)
                 if len(out) > before:
                     continue
             try:
@@ -442,8 +444,8 @@ class FastReader:
             yield ev  # type: ignore[misc]
 
     # -- machinery -----------------------------------------------------------------------
-    def _fill(self, out: list[Event] | deque[Event]) -> None:
-        """Decode up to MAX_BATCH frames at the model's position; sync its stack buffer."""
+    def _fill(self, out: list[Event] | deque[Event], budget: int = MAX_BATCH) -> None:
+        """Decode up to ``budget`` frames at the model's position; sync its stack buffer."""
         m = self._model
         data = m._data
         pos = start = m._pos
@@ -451,10 +453,9 @@ class FastReader:
         shift = m._base  # stream offset of data[0]
         runs = self._plan.runs
         tails = self._plan.tails
-        budget = MAX_BATCH
         # (payload length, NUL written after it) -> payload position of the last such frame
         marks: dict[tuple[int, bool], int] = {}
-        win = _MIN_WINDOW  # grows while runs fill it, so long runs take few steps
+        win = self._win  # grows while runs fill it, so long runs take few steps
         while budget > 0 and end - pos >= 4:
             (key,) = _U32(data, pos)
             r = runs.get(key)
@@ -497,6 +498,7 @@ class FastReader:
             marks[(npos - pos - 4, True)] = pos + 4
             pos = npos
             budget -= 1
+        self._win = win
         if pos == start:
             return
         m._pos = pos
