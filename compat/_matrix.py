@@ -204,7 +204,7 @@ class Prediction:
     """What a cell must show: both sides' final statuses and runstates, and the error text."""
 
     cell: Cell
-    #: ``completes`` | ``rp-error`` | ``blackhole`` | ``recover``.
+    #: ``completes`` | ``rp-error`` | ``blackhole`` | ``cut`` | ``recover``.
     event: str
     #: Phase the scenario acts in (``postcopy-active``, ``postcopy-recover``, or None).
     phase: str | None
@@ -345,6 +345,8 @@ def _scenario_event(lab: str) -> tuple[str, str | None]:
         return "inject", "postcopy-active"
     if lab.startswith("blackhole"):
         return "blackhole", "postcopy-active"
+    if lab.startswith("cut"):
+        return "cut", "postcopy-active"
     if lab == "recover":
         return "recover", "postcopy-recover"
     return "completes", None

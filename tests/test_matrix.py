@@ -34,7 +34,7 @@ from migcompat.protocol import Release, catalog
 
 ROOT = Path(__file__).resolve().parents[1]
 
-releases = st.sampled_from(DEFAULT_RELEASES)
+releases = st.sampled_from(("5.2", *DEFAULT_RELEASES))  # 5.2: provisioned on request
 named = st.sampled_from(known_scenarios())
 inject = st.builds(
     lambda t, n: f"inject:{t}:{n}:{'00' * n}",
