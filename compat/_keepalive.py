@@ -179,10 +179,14 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
             passive = ev.get("passive", {}) if ev else {}
             if passive.get("keep_alive_refused"):
                 facts.append(Fact(
-                    f"{line} refuses keep-alive on listening sockets: "
-                    f"\"{passive.get('error')}\"",
+                    f"{line} has a refusal for keep-alive on listening sockets "
+                    f"(\"{passive.get('error')}\"), but migrate-incoming never reaches it: "
+                    "the listener's address lookup copies the address without keep-alive, "
+                    "so the options are accepted and silently not applied (measured on "
+                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket, "
+                    "docs/partition.md)",
                     f"{passive.get('file')}:{passive.get('line')} "
-                    f"({tables[str(line)].qemu_version})"))
+                    f"({tables[str(line)].qemu_version}); io/dns-resolver.c"))
             elif passive.get("honoured"):
                 calls = ", ".join(f"{c['function']} ({c['file']}:{c['line']})"
                                   for c in passive.get("callers", []))
