@@ -15,5 +15,12 @@ import sys
 
 from migcompat._cmd_bench import main
 
+__all__ = ["main"]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -255,6 +255,13 @@ class _RpStream:
             if rd is not None and rd.ram_blocks is None:
                 rd.ram_blocks = {k: RamBlock(k, v) for k, v in blocks.items()}
 
+    def apply_machine(self, machine: str) -> None:
+        """Tell the readers the machine type (11.1+ sources expect the legacy
+        SWITCHOVER_ACK of older machine types)."""
+        for rd in (self.reader, *self.checks.values()):
+            if rd is not None:
+                rd.set_machine(machine)
+
     def feed_checks(self, data: bytes | None, hole_at: int | None = None) -> None:
         for rel, rd in list(self.checks.items()):
             st = self.check_state[rel]
@@ -697,6 +704,8 @@ class CaptureDecoder:
             if ev.kind == "CONFIGURATION":
                 if mig:
                     mig.machine_type = ev.idstr
+                if cid in self._rp:
+                    self._rp[cid].apply_machine(ev.idstr)
                 self.emit(
                     ts, cid, "fwd", "section", "CONFIGURATION", ev.offset, machine_type=ev.idstr
                 )

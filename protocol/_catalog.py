@@ -96,6 +96,11 @@ class RpCatalog:
     #: Whether the thread checks the file error right after the header (3.0+);
     #: older ones read zeros at EOF and report an invalid message 0x0000.
     file_error_check: bool
+    #: How MIG_RP_MSG_SWITCHOVER_ACK is taken: ``none`` (no such message), ``flag``
+    #: (8.1+: sets switchover_acked) or ``counted`` (11.1+: one ACK per device
+    #: request, one too many fails the migration; older machine types keep ``flag``
+    #: through the ``switchover-ack-legacy`` compat property).
+    switchover_ack_accounting: str
     error_call: str
     errors: Mapping[str, str]
     resume_ack_value: int
@@ -298,6 +303,7 @@ def catalog(release: Release | str) -> RpCatalog:
         max=rp_max,
         buffer_size=rp["buffer_size"],
         file_error_check=rp["file_error_check"],
+        switchover_ack_accounting=rp.get("switchover_ack_accounting", "flag"),
         error_call=rp["error_call"],
         errors=MappingProxyType(dict(rp["errors"])),
         resume_ack_value=rp["resume_ack_value"],

@@ -18,7 +18,7 @@ frame's bytes. Two outcomes are specific to this engine:
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import construct as cs
@@ -29,7 +29,7 @@ from ._events import Event, Message, RawMessage, RecvBitmap
 from ._fast import _event_class
 from ._grammar import frame_grammar
 from ._layouts import PAYLOAD_LAYOUTS
-from ._reader import DEFAULT_MAX_BITMAP_SIZE, RamBlock, Reader
+from ._reader import Reader
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -46,22 +46,8 @@ class ConstructReader:
     Parameters as :class:`~migcompat.protocol.Reader` (RAM checks are the model's).
     """
 
-    def __init__(
-        self,
-        release: Release | str,
-        *,
-        ram_blocks: Mapping[str, RamBlock | int] | None = None,
-        target_page_size: int = 4096,
-        host_page_size: int = 4096,
-        max_bitmap_size: int = DEFAULT_MAX_BITMAP_SIZE,
-    ) -> None:
-        self._model = Reader(
-            release,
-            ram_blocks=ram_blocks,
-            target_page_size=target_page_size,
-            host_page_size=host_page_size,
-            max_bitmap_size=max_bitmap_size,
-        )
+    def __init__(self, release: Release | str, **options: Any) -> None:
+        self._model = Reader(release, **options)
         self.catalog: RpCatalog = self._model.catalog
         self.release: Release = self._model.release
         self._grammar = frame_grammar(self.release)

@@ -53,7 +53,7 @@ from ._catalog import MessageSpec, RpCatalog, catalog
 from ._errors import RemoteViolation
 from ._events import EVENT_TYPES, Event, Message, RawMessage
 from ._layouts import FIELD_SIZES, PAYLOAD_LAYOUTS
-from ._reader import _HEADER, DEFAULT_MAX_BITMAP_SIZE, RamBlock, Reader
+from ._reader import _HEADER, RamBlock, Reader
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -278,13 +278,20 @@ def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | No
 
 
 @cache
-def fast_plan(release: Release | str, *, ram_checks: bool = False) -> FastPlan:
+def fast_plan(
+    release: Release | str, *, ram_checks: bool = False, stateful_switchover_ack: bool = True
+) -> FastPlan:
     """The fast path of ``release``'s source, generated from its catalog and the layouts.
 
     :param ram_checks: the reader knows the source's RAMBlocks, so the page-request
         handlers have rules that depend on state; leave those messages to the model.
+    :param stateful_switchover_ack: where the release counts SWITCHOVER_ACKs (11.1+,
+        not in legacy mode), leave them to the model too.
     """
     cat = catalog(release)
+    rules = set(_HANDLER_RULES)
+    if stateful_switchover_ack and cat.switchover_ack_accounting == "counted":
+        rules.add("SWITCHOVER_ACK")  # counted against the devices' requests: the model's
     ns: dict[str, Any] = {"REL": cat.release, "__builtins__": __builtins__}
     sources: list[str] = []
     runs: dict[int, tuple[bytes, int, int, str]] = {}
@@ -292,7 +299,7 @@ def fast_plan(release: Release | str, *, ram_checks: bool = False) -> FastPlan:
     names: list[str] = []
     for spec in cat.messages:
         name = spec.short_name
-        if not spec.id or name in _HANDLER_RULES or (ram_checks and name in _RAM_RULES):
+        if not spec.id or name in rules or (ram_checks and name in _RAM_RULES):
             continue
         if spec.length is not None:
             if spec.length > cat.buffer_size:
@@ -342,25 +349,15 @@ class FastReader:
     ``Reader``, so rejections, end of stream and their texts are the model's own.
     """
 
-    def __init__(
-        self,
-        release: Release | str,
-        *,
-        ram_blocks: Mapping[str, RamBlock | int] | None = None,
-        target_page_size: int = 4096,
-        host_page_size: int = 4096,
-        max_bitmap_size: int = DEFAULT_MAX_BITMAP_SIZE,
-    ) -> None:
-        self._model = Reader(
-            release,
-            ram_blocks=ram_blocks,
-            target_page_size=target_page_size,
-            host_page_size=host_page_size,
-            max_bitmap_size=max_bitmap_size,
-        )
+    def __init__(self, release: Release | str, **options: Any) -> None:
+        self._model = Reader(release, **options)
         self.catalog: RpCatalog = self._model.catalog
         self.release: Release = self._model.release
-        self._plan = fast_plan(self.release, ram_checks=ram_blocks is not None)
+        self._plan = fast_plan(
+            self.release,
+            ram_checks=options.get("ram_blocks") is not None,
+            stateful_switchover_ack=options.get("switchover_ack_capability", True),
+        )
         # Decoded by the fast path, not yet returned; the model's read position is
         # already after them.
         self._ready: deque[Event] = deque()
@@ -370,6 +367,18 @@ class FastReader:
     @property
     def ram_blocks(self) -> dict[str, RamBlock] | None:
         return self._model.ram_blocks
+
+    @property
+    def target_page_size(self) -> int:
+        return self._model.target_page_size
+
+    @property
+    def host_page_size(self) -> int:
+        return self._model.host_page_size
+
+    @property
+    def max_bitmap_size(self) -> int:
+        return self._model.max_bitmap_size
 
     @property
     def offset(self) -> int:

@@ -29,10 +29,12 @@ the catalog must grow a field for it (as ``file_error_check`` did), not an
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterator, Mapping
+from functools import cache
 
-from ._catalog import RpCatalog, catalog
+from ._catalog import RpCatalog, catalog, known_releases
 from ._cformat import c_conversions, c_format
 from ._errors import RemoteViolation
 from ._events import (
@@ -47,7 +49,7 @@ from ._layouts import PAYLOAD_LAYOUTS
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
-__all__ = ["DEFAULT_MAX_BITMAP_SIZE", "RamBlock", "Reader"]
+__all__ = ["DEFAULT_MAX_BITMAP_SIZE", "RamBlock", "Reader", "first_counted_line", "machine_version"]
 
 
 def __dir__() -> list[str]:
@@ -66,6 +68,23 @@ _BE64_BE32 = struct.Struct(">QI")
 
 # Reader phases (what the next bytes are).
 _HEADER, _PAYLOAD, _BLOB_SIZE, _BLOB_DATA, _BLOB_END, _STOPPED, _ERROR = range(7)
+
+
+_MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
+
+
+def machine_version(machine: str) -> Release | None:
+    """``pc-q35-10.0`` → 10.0; ``None`` for unversioned names (``q35``, ``none``)."""
+    m = _MACHINE_VERSION.search(machine)
+    return Release(f"{int(m.group(1))}.{int(m.group(2))}") if m else None
+
+
+@cache
+def first_counted_line() -> Release | None:
+    """The first release line whose source counts SWITCHOVER_ACKs (catalog data)."""
+    return next(
+        (r for r in known_releases() if catalog(r).switchover_ack_accounting == "counted"), None
+    )
 
 
 class RamBlock:
@@ -93,6 +112,16 @@ class Reader:
     :param target_page_size: ``TARGET_PAGE_SIZE`` (bitmap sizes count target pages).
     :param host_page_size: ``qemu_real_host_page_size()`` (page requests must align to it).
     :param max_bitmap_size: refuse larger RECV_BITMAP blobs without buffering them.
+    :param switchover_ack_capability: the ``switchover-ack`` capability is on. Off,
+        an 11.1+ source counts nothing (lab: 11.1.3 → 7.2 and → 5.2).
+    :param switchover_acks_requested: ACKs the source expects (11.1+ with the
+        capability on): one per device request — 0 for a guest without VFIO devices,
+        where any SWITCHOVER_ACK is one too many ("Switchover ack pending num
+        underflowed", lab: 11.1.3 on pc-q35-11.1).
+    :param machine: the machine type; one older than the release line that began
+        counting runs the legacy mechanism (``switchover-ack-legacy``), where the
+        destination's one ACK for all devices is expected (lab: 11.1.3 on
+        pc-q35-10.0 takes one ACK, fails on a second).
     """
 
     def __init__(
@@ -103,6 +132,9 @@ class Reader:
         target_page_size: int = 4096,
         host_page_size: int = 4096,
         max_bitmap_size: int = DEFAULT_MAX_BITMAP_SIZE,
+        switchover_ack_capability: bool = True,
+        switchover_acks_requested: int = 0,
+        machine: str | None = None,
     ) -> None:
         self.catalog: RpCatalog = catalog(release)
         self.release = self.catalog.release
@@ -113,6 +145,13 @@ class Reader:
             }
         self.target_page_size = target_page_size
         self.host_page_size = host_page_size
+        self.switchover_ack_capability = switchover_ack_capability
+        #: ACKs the source still expects (``counted`` releases, capability on).
+        self.switchover_acks_pending = switchover_acks_requested
+        self._acks_seen = 0
+        self.machine: str | None = None
+        if machine is not None:
+            self.set_machine(machine)
         self.max_bitmap_size = max_bitmap_size
         self._data = bytearray()
         self._pos = 0  # read position in _data
@@ -135,6 +174,16 @@ class Reader:
         )
 
     # -- public interface -----------------------------------------------------------
+    def set_machine(self, machine: str) -> None:
+        """The machine type, once known (a capture learns it from the forward stream)."""
+        self.machine = machine
+        if self._acks_seen or self.catalog.switchover_ack_accounting != "counted":
+            return
+        version = machine_version(machine)
+        first = first_counted_line()
+        if version is not None and first is not None and version < first:
+            self.switchover_acks_pending = max(self.switchover_acks_pending, 1)
+
     @property
     def offset(self) -> int:
         """Stream offset of the next unread byte (where the source's read position is)."""
@@ -345,6 +394,18 @@ class Reader:
             return cls(**self._common(), start=start, len=ln)  # type: ignore[arg-type]
         if name == "RECV_BITMAP":
             return self._recv_bitmap_frame(payload)
+        if name == "SWITCHOVER_ACK" and self.catalog.switchover_ack_accounting == "counted":
+            self._acks_seen += 1
+            if self.switchover_ack_capability:
+                if self.switchover_acks_pending <= 0:
+                    raise self._violation(
+                        "switchover_ack_underflow",
+                        caret=0,
+                        message="SWITCHOVER_ACK the source does not expect (no device "
+                        "requested one, or it came already)",
+                    )
+                self.switchover_acks_pending -= 1
+            return cls(**self._common())  # type: ignore[arg-type]
         if name == "RESUME_ACK":
             (value,) = _BE32.unpack_from(payload)
             if value != self.catalog.resume_ack_value:

@@ -170,6 +170,7 @@ EXPECTED_KINDS: dict[str, Any] = {
     "req_pages_no_previous_block": [],
     "req_pages_no_block": ["str"],
     "req_pages_overrun": ["u64", "u64", "u64"],
+    "switchover_ack_underflow": [],
 }
 
 

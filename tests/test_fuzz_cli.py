@@ -16,8 +16,11 @@ from migcompat.protocol import parse_release
 CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
 
 
-def test_model_fuzz_passes_and_reports_rates(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["fuzz", "--source", "10.0", "--examples", "15", "--seed", "3", "--json"])
+def test_model_fuzz_passes_and_reports_rates(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = main(["fuzz", "--source", "10.0", "--examples", "15", "--seed", "3", "--json",
+               "--fixtures", str(tmp_path)])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     assert [x["property"] for x in lines] == list(fz._PROPERTY_NAMES)
@@ -25,10 +28,10 @@ def test_model_fuzz_passes_and_reports_rates(capsys: pytest.CaptureFixture[str])
     assert all(x["examples_per_second"] > 0 and x["seed"] == 3 for x in lines)
 
 
-def test_overlay_option(capsys: pytest.CaptureFixture[str]) -> None:
+def test_overlay_option(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(
         ["fuzz", "--source", "11.1", "--overlay", "keepalive", "--examples", "5",
-         "--property", "max-rule", "--json"]
+         "--property", "max-rule", "--fixtures", str(tmp_path), "--json"]
     )  # fmt: skip
     (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0 and line["source"] == "11.1+keepalive"

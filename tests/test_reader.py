@@ -60,8 +60,8 @@ def decode_all(release: object, data: bytes, *, eof: bool = True) -> list[object
 def test_every_message_three_ways(release: object, table: str) -> None:
     fields = EXAMPLES[table]
     data = build_frame(release, table, **fields)  # type: ignore[arg-type]
-    # 1. whole
-    r = Reader(release)  # type: ignore[arg-type]
+    # 1. whole (an 11.1+ source takes a SWITCHOVER_ACK only when a device asked for one)
+    r = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
     r.receive_data(data)
     ev = r.next_event()
     assert ev.name == "MIG_RP_MSG_" + table  # type: ignore[union-attr]
@@ -69,7 +69,7 @@ def test_every_message_three_ways(release: object, table: str) -> None:
     for k, v in fields.items():
         assert getattr(ev, k) == v
     # 2. byte by byte: NEED_DATA until the last byte
-    r2 = Reader(release)  # type: ignore[arg-type]
+    r2 = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
     for i, b in enumerate(data):
         r2.receive_data(bytes([b]))
         got = r2.next_event()
@@ -77,7 +77,7 @@ def test_every_message_three_ways(release: object, table: str) -> None:
             assert got is NEED_DATA
     assert got == ev
     # 3. with trailing bytes: they stay buffered, untouched
-    r3 = Reader(release)  # type: ignore[arg-type]
+    r3 = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
     r3.receive_data(data + b"\x00\x02")
     assert r3.next_event() == ev
     if table == "SHUT":
@@ -283,3 +283,30 @@ def test_fed_one_byte_at_a_time_stays_linear() -> None:
         n += sum(1 for _ in r.events())
     assert n == 20000
     assert r.buffered == 0
+
+
+def test_switchover_ack_counted_from_11_1() -> None:
+    """11.1 counts ACKs its devices requested; 8.1 … 11.0 only set a flag (lab: 11.1.3)."""
+    ack = bytes.fromhex("00070000")
+    assert len(decode_all("10.0", ack * 3)) == 4  # three ACKs + end of stream
+    with pytest.raises(RemoteViolation) as exc:
+        decode_all("11.1", ack)
+    assert exc.value.qemu_error == "Switchover ack pending num underflowed"
+    r = Reader("11.1", switchover_acks_requested=2)
+    r.receive_data(ack * 3)
+    assert r.next_event().name == "MIG_RP_MSG_SWITCHOVER_ACK"  # type: ignore[union-attr]
+    assert r.next_event().name == "MIG_RP_MSG_SWITCHOVER_ACK"  # type: ignore[union-attr]
+    with pytest.raises(RemoteViolation):
+        r.next_event()
+    off = Reader("11.1", switchover_ack_capability=False)  # lab: 11.1.3 -> 7.2, -> 5.2
+    off.receive_data(ack * 2)
+    assert len(list(off.events())) == 2
+    legacy = Reader("11.1", machine="pc-q35-10.0")  # one ACK for all devices, then no more
+    legacy.receive_data(ack * 2)
+    assert legacy.next_event().name == "MIG_RP_MSG_SWITCHOVER_ACK"  # type: ignore[union-attr]
+    with pytest.raises(RemoteViolation):
+        legacy.next_event()
+    newest = Reader("11.1", machine="pc-q35-11.1")
+    newest.receive_data(ack)
+    with pytest.raises(RemoteViolation):
+        newest.next_event()

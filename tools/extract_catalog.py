@@ -566,6 +566,21 @@ def rp_thread_facts(tree: Tree, fn: Function) -> tuple[int, bool]:
     return parse_int(size_text), checks
 
 
+def switchover_ack_accounting(fn: Function) -> str:
+    """How the RP thread takes MIG_RP_MSG_SWITCHOVER_ACK.
+
+    ``none`` (no such case), ``flag`` (8.1+: sets ``switchover_acked``) or
+    ``counted`` (the source counts ACKs devices requested and fails on one too many).
+    """
+    body = fn.body
+    case = re.search(r"case\s+MIG_RP_MSG_SWITCHOVER_ACK\s*:(.*?)(?:\bcase\b|\bdefault\s*:)", body, re.S)
+    if case is None:
+        return "none"
+    if re.search(r"switchover_acked\s*=\s*true", case.group(1)):
+        return "flag"
+    return "counted"
+
+
 def extract_errors(tree: Tree) -> tuple[dict[str, dict[str, str]], str]:
     """The error formats of the RP parser and handlers, and the call it uses."""
     resolver = FormatResolver(tree)
@@ -642,6 +657,7 @@ def extract(root: Path, label: str | None, dl: Path | None) -> dict[str, Any]:
             "max_provenance": next(w for n, _, w in rp_members if n == "MIG_RP_MSG_MAX"),
             "buffer_size": buffer_size,
             "file_error_check": file_check,
+            "switchover_ack_accounting": switchover_ack_accounting(thread),
             "thread_provenance": thread.src.where(thread.start),
             "error_call": error_call,
             "errors": errors,
@@ -976,6 +992,7 @@ class Builder:
             "max": rp_max,
             "buffer_size": props["buffer_size"],
             "file_error_check": props["file_error_check"],
+            "switchover_ack_accounting": props["switchover_ack_accounting"],
             "error_call": props["error_call"],
             "errors": errors,
             **constants,
