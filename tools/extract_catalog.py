@@ -573,7 +573,9 @@ def switchover_ack_accounting(fn: Function) -> str:
     ``counted`` (the source counts ACKs devices requested and fails on one too many).
     """
     body = fn.body
-    case = re.search(r"case\s+MIG_RP_MSG_SWITCHOVER_ACK\s*:(.*?)(?:\bcase\b|\bdefault\s*:)", body, re.S)
+    case = re.search(
+        r"case\s+MIG_RP_MSG_SWITCHOVER_ACK\s*:(.*?)(?:\bcase\b|\bdefault\s*:)", body, re.S
+    )
     if case is None:
         return "none"
     if re.search(r"switchover_acked\s*=\s*true", case.group(1)):
