@@ -54,7 +54,10 @@ class StreamVerdict:
         if self.rejection is not None:
             return self.rejection.qemu_error
         if self.shut is not None and self.shut.sibling_error:
-            return None
+            # The bytes are well-formed; the source still reports the destination's failure.
+            from ._catalog import catalog
+
+            return catalog(self.release).format_error("shut_error", self.shut.sibling_error)
         return self.end.qemu_error if self.end is not None else None
 
 

@@ -181,3 +181,14 @@ def test_catalog_forward_stream_commands(capsys: pytest.CaptureFixture[str]) -> 
     assert c["magic"] == 0x5145564D == sc.magic
     assert [x["name"] for x in c["commands"]] == [x.name for x in sc.commands]
     assert c["max"] == len(sc.commands)
+
+
+def test_shut_with_an_error_is_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    p = tmp_path / "shut.bin"
+    p.write_bytes(bytes.fromhex("0001000400000005"))
+    assert main(["check", str(p), "--against", "7.2,10.0", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["error"] for r in rows] == [
+        "RP: Sibling indicated error 5",
+        "Sibling indicated error 5",
+    ]
