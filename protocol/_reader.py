@@ -118,6 +118,8 @@ class Reader:
         capability on): one per device request — 0 for a guest without VFIO devices,
         where any SWITCHOVER_ACK is one too many ("Switchover ack pending num
         underflowed", lab: 11.1.3 on pc-q35-11.1).
+    :param migration_state: the source's migration status (QAPI name), enabling the
+        state rule of ``ram_dirty_bitmap_reload`` (RECV_BITMAP only in postcopy-recover).
     :param machine: the machine type; one older than the release line that began
         counting runs the legacy mechanism (``switchover-ack-legacy``), where the
         destination's one ACK for all devices is expected (lab: 11.1.3 on
@@ -135,6 +137,7 @@ class Reader:
         switchover_ack_capability: bool = True,
         switchover_acks_requested: int = 0,
         machine: str | None = None,
+        migration_state: str | None = None,
     ) -> None:
         self.catalog: RpCatalog = catalog(release)
         self.release = self.catalog.release
@@ -150,6 +153,9 @@ class Reader:
         self.switchover_acks_pending = switchover_acks_requested
         self._acks_seen = 0
         self.machine: str | None = None
+        #: The source's MigrationStatus (``postcopy-active`` …), when known: bitmaps
+        #: are only reloaded in ``postcopy-recover``.
+        self.migration_state = migration_state
         if machine is not None:
             self.set_machine(machine)
         self.max_bitmap_size = max_bitmap_size
@@ -517,6 +523,19 @@ class Reader:
                 name,
                 caret=5,
                 message=f"RECV_BITMAP names RAMBlock {name!r}, which the source lacks",
+            )
+        if (
+            self.ram_blocks is not None
+            and self.migration_state is not None
+            and self.migration_state != "postcopy-recover"
+        ):
+            # ram_dirty_bitmap_reload checks the state before it reads the blob.
+            raise self._violation(
+                "recv_bitmap_state",
+                self.migration_state,
+                caret=0,
+                message=f"RECV_BITMAP while the source is {self.migration_state}, "
+                "not postcopy-recover",
             )
         self._pending = {"block_name": name, "payload": payload, "frame_len": self._len}
         self._phase = _BLOB_SIZE

@@ -310,3 +310,16 @@ def test_switchover_ack_counted_from_11_1() -> None:
     newest.receive_data(ack)
     with pytest.raises(RemoteViolation):
         newest.next_event()
+
+
+def test_recv_bitmap_outside_recovery_when_the_state_is_known() -> None:
+    frame = build_frame("10.0", "RECV_BITMAP", block_name="pc.ram", bitmap=bytes(4096))
+    ram = {"pc.ram": RamBlock("pc.ram", 128 << 20)}
+    r = Reader("10.0", ram_blocks=ram, migration_state="postcopy-active")
+    r.receive_data(frame)
+    with pytest.raises(RemoteViolation) as exc:
+        r.next_event()
+    assert exc.value.qemu_error == "Reload bitmap in incorrect state postcopy-active"
+    r = Reader("10.0", ram_blocks=ram, migration_state="postcopy-recover")
+    r.receive_data(frame)
+    assert isinstance(r.next_event(), RecvBitmap)
