@@ -51,6 +51,7 @@ from migcompat.lab.builds import QemuBuild, release_key, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
+from migcompat.lab.runner import _QmpPair
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -216,7 +217,7 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
     return out
 
 
-class _PartitionRun:
+class _PartitionRun(_QmpPair):
     """One run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(self, srcb: QemuBuild, dstb: QemuBuild, scenario: str, strategy: Strategy,
@@ -255,31 +256,6 @@ class _PartitionRun:
         self.cut_t: float | None = None
         self.cut_wall: float = 0.0
 
-    def now(self) -> float:
-        return round(time.monotonic() - self.clock, 4)
-
-    def step(self, what: str, **kw: Any) -> None:
-        self.rec.steps.append({"t": self.now(), "step": what, **kw})
-        if self.status is not None:
-            since = f" (+{self.now() - self.cut_t:.1f}s after cut)" if self.cut_t else ""
-            self.status.update(f"[{self.now():6.1f}s] {what}{since} — src {self.last['src']}, "
-                               f"dst {self.last['dst']}")  # fmt: skip
-
-    async def qmp(self, side: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """A QMP step; QEMU's refusal is kept verbatim in ``step_errors`` and gives ``None``."""
-        inst = self.src if side == "src" else self.dst
-        assert inst is not None
-        try:
-            return await asyncio.wait_for(inst.execute(cmd, args), 15)
-        except (LabError, TimeoutError) as exc:
-            self.rec.step_errors.append({
-                "t": self.now(), "side": side, "command": cmd, "arguments": args,
-                "qemu_error": getattr(exc, "qemu_error", None), "error": str(exc) or repr(exc),
-            })  # fmt: skip
-            return None
-
-    # -- steps ---------------------------------------------------------
-
     async def prepare(self, pair: VethPair) -> None:
         # The active guest dirties most of its RAM, so that pages are still missing (and
         # requested) on the destination when the path dies; the idle one never runs there.
@@ -311,17 +287,6 @@ class _PartitionRun:
             if isinstance(r, BaseException):
                 raise r
 
-    async def wait_guest(self, timeout: float = 20.0) -> None:
-        serial = self.workdir / "src.serial"
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with contextlib.suppress(OSError):
-                if "." in serial.read_text(errors="replace"):
-                    self.step("guest-running")
-                    return
-            await asyncio.sleep(0.05)
-        self.step("guest-silent", waited=timeout)
-
     async def migrate(self, pair: VethPair) -> None:
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
@@ -346,23 +311,6 @@ class _PartitionRun:
                 await self.qmp(side, cmd, {"uri": uri})
             self.rec.uris[side] = uri
 
-    async def poll(self) -> None:
-        """Record every status change of both sides (MIGRATION events are recorded anyway)."""
-        while True:
-            for side, inst in (("src", self.src), ("dst", self.dst)):
-                assert inst is not None
-                info = await inst.try_execute("query-migrate")
-                if not isinstance(info, dict):
-                    continue
-                st = info.get("status")
-                if st and st != self.last[side]:
-                    self.last[side] = st
-                    self.rec.statuses.setdefault(side, []).append({"t": self.now(), "status": st})
-                    self.step("status", side=side, status=st)
-                if info.get("error-desc"):
-                    self.rec.error_desc[side] = info["error-desc"]
-            await asyncio.sleep(0.2)
-
     async def sample_sockets(self, pair: VethPair) -> None:
         """``ss -tno`` on the migration port in both namespaces, once a second."""
         while True:
@@ -376,16 +324,6 @@ class _PartitionRun:
                         continue
                     self.rec.sockets.setdefault(side, []).append({"t": self.now(), **s.to_json()})
             await asyncio.sleep(1.0)
-
-    async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.last[side] in wanted:
-                return True
-            if self.last[side] in NOTICED | {"completed"}:
-                return False
-            await asyncio.sleep(0.05)
-        return False
 
     async def start_tcpdump(self, pair: VethPair) -> None:
         if shutil.which("tcpdump") is None:

@@ -102,7 +102,89 @@ def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
 
 
-class _Run:
+class _QmpPair:
+    """What every lab run does with its two QEMUs: the clock, the step log, QMP calls
+    (errors kept verbatim), waiting for the guest, and status polling."""
+
+    clock: float
+    rec: Any
+    console: Any
+    status: Any
+    last: dict[str, str | None]
+    src: QemuInstance | None
+    dst: QemuInstance | None
+
+    def on_status(self, side: str, status: str) -> None:
+        """Hook: a side's ``query-migrate`` status changed."""
+
+    def now(self) -> float:
+        return round(time.monotonic() - self.clock, 4)
+
+    def step(self, what: str, **kw: Any) -> None:
+        self.rec.steps.append({"t": self.now(), "step": what, **kw})
+        if self.status is not None:
+            self.status.update(f"[{self.now():6.1f}s] {what} — src {self.last['src']}, "
+                               f"dst {self.last['dst']}")  # fmt: skip
+
+    async def qmp(self, side: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
+        """A step's QMP command; QEMU's refusal is recorded verbatim and returned as ``None``."""
+        inst = self.src if side == "src" else self.dst
+        assert inst is not None
+        try:
+            return await asyncio.wait_for(inst.execute(cmd, args), 15)
+        except (LabError, TimeoutError) as exc:
+            err = {
+                "t": self.now(), "side": side, "command": cmd, "arguments": args,
+                "qemu_error": getattr(exc, "qemu_error", None), "error": str(exc) or repr(exc),
+            }  # fmt: skip
+            self.rec.step_errors.append(err)
+            return None
+
+    # -- steps ---------------------------------------------------------
+
+    async def wait_guest(self, timeout: float = 20.0) -> None:
+        """Wait for the source guest's first lap ('.' on its serial): its RAM is dirty then."""
+        serial = self.workdir / "src.serial"
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            with contextlib.suppress(OSError):
+                if "." in serial.read_text(errors="replace"):
+                    self.step("guest-running")
+                    return
+            await asyncio.sleep(0.05)
+        self.step("guest-silent", waited=timeout)
+
+    async def poll(self) -> None:
+        """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
+        while True:
+            for side, inst in (("src", self.src), ("dst", self.dst)):
+                assert inst is not None
+                info = await inst.try_execute("query-migrate")
+                if not isinstance(info, dict):
+                    continue
+                st = info.get("status")
+                if st and st != self.last[side]:
+                    self.last[side] = st
+                    self.rec.statuses.setdefault(side, []).append({"t": self.now(), "status": st})
+                    self.on_status(side, st)
+                    self.step("status", side=side, status=st)
+                if info.get("error-desc"):
+                    self.rec.error_desc[side] = info["error-desc"]
+            await asyncio.sleep(0.1)
+
+    async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.last[side] in wanted:
+                return True
+            if self.last[side] in SETTLED - wanted:
+                return False
+            await asyncio.sleep(0.05)
+        return False
+
+
+
+class _Run(_QmpPair):
     """State of one run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(
@@ -137,30 +219,8 @@ class _Run:
         self.dst: QemuInstance | None = None
         self.proxy: Proxy | None = None
 
-    def now(self) -> float:
-        return round(time.monotonic() - self.clock, 4)
-
-    def step(self, what: str, **kw: Any) -> None:
-        self.rec.steps.append({"t": self.now(), "step": what, **kw})
-        if self.status is not None:
-            self.status.update(f"[{self.now():6.1f}s] {what} — src {self.last['src']}, "
-                               f"dst {self.last['dst']}")  # fmt: skip
-
-    async def qmp(self, side: str, cmd: str, args: dict[str, Any] | None = None) -> Any:
-        """A step's QMP command; QEMU's refusal is recorded verbatim and returned as ``None``."""
-        inst = self.src if side == "src" else self.dst
-        assert inst is not None
-        try:
-            return await asyncio.wait_for(inst.execute(cmd, args), 15)
-        except (LabError, TimeoutError) as exc:
-            err = {
-                "t": self.now(), "side": side, "command": cmd, "arguments": args,
-                "qemu_error": getattr(exc, "qemu_error", None), "error": str(exc) or repr(exc),
-            }  # fmt: skip
-            self.rec.step_errors.append(err)
-            return None
-
-    # -- steps ---------------------------------------------------------
+    def on_status(self, side: str, status: str) -> None:
+        self.settled_at[side] = self.now() if status in SETTLED else None
 
     async def prepare(self) -> None:
         kernel = guest_kernel()
@@ -218,18 +278,6 @@ class _Run:
         self.step("tcpdump", filter=flt, said=line.decode(errors="replace").strip())
         self.rec.files["pcap"] = str(pcap)
 
-    async def wait_guest(self, timeout: float = 20.0) -> None:
-        """Wait for the source guest's first lap ('.' on its serial): its RAM is dirty then."""
-        serial = self.workdir / "src.serial"
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            with contextlib.suppress(OSError):
-                if "." in serial.read_text(errors="replace"):
-                    self.step("guest-running")
-                    return
-            await asyncio.sleep(0.05)
-        self.step("guest-silent", waited=timeout)
-
     async def migrate(self) -> None:
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
@@ -249,34 +297,6 @@ class _Run:
         self.step("migrate", port=self.proxy_port)
         self.migrate_t = self.now()
         await self.qmp("src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port}"})
-
-    async def poll(self) -> None:
-        """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
-        while True:
-            for side, inst in (("src", self.src), ("dst", self.dst)):
-                assert inst is not None
-                info = await inst.try_execute("query-migrate")
-                if not isinstance(info, dict):
-                    continue
-                st = info.get("status")
-                if st and st != self.last[side]:
-                    self.last[side] = st
-                    self.rec.statuses.setdefault(side, []).append({"t": self.now(), "status": st})
-                    self.settled_at[side] = self.now() if st in SETTLED else None
-                    self.step("status", side=side, status=st)
-                if info.get("error-desc"):
-                    self.rec.error_desc[side] = info["error-desc"]
-            await asyncio.sleep(0.1)
-
-    async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.last[side] in wanted:
-                return True
-            if self.last[side] in SETTLED - wanted:
-                return False
-            await asyncio.sleep(0.05)
-        return False
 
     async def start_postcopy(self) -> None:
         if not await self.wait_status("src", {"active"}, 20):
