@@ -18,7 +18,6 @@ Machine types come from the compat tables (:func:`migcompat.compat.compat_table`
 
 from __future__ import annotations
 
-import inspect
 import json
 import re
 import struct
@@ -322,17 +321,16 @@ def _frame_verdict(
     name = spec.short_name if spec else None
     blocks = _model()["ram_blocks"]
     ram = {k: RamBlock(k, v) for k, v in blocks.items() if isinstance(v, int)}
-    extra: dict[str, Any] = {}
-    if (
-        name == "SWITCHOVER_ACK"
-        and "switchover-ack" not in capabilities(source, destination)
-        and "switchover_ack_capability" in inspect.signature(Reader).parameters
-    ):
-        # Observed (matrix runs 11.1->7.2 and 11.1->5.2): with the capability off an 11.1
-        # source does not count acks, whatever the machine type; with it on it does, old
-        # machine types included (11.1->11.1 on pc-q35-5.2/7.2/10.0).
-        extra["switchover_ack_capability"] = False
-    reader = Reader(source, ram_blocks=ram if name == "RECV_BITMAP" else None, **extra)
+    # Observed (matrix runs 11.1->7.2 and 11.1->5.2): with the capability off an 11.1
+    # source does not count acks, whatever the machine type; with it on it does, old
+    # machine types included (11.1->11.1 on pc-q35-5.2/7.2/10.0: the destination's own
+    # legacy ACK came first).
+    capability = "switchover-ack" in capabilities(source, destination)
+    reader = Reader(
+        source,
+        ram_blocks=ram if name == "RECV_BITMAP" else None,
+        switchover_ack_capability=capability,
+    )
     reader.receive_data(frame)
     try:
         list(reader.events())
