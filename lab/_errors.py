@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from migcompat.protocol._errors import MigcompatError
 
-__all__ = ["LabError"]
+__all__ = ["LabError", "LabStalled"]
 
 
 def __dir__() -> list[str]:
@@ -34,3 +34,11 @@ class LabError(MigcompatError):
         elif self.exc is not None:
             text += f": {type(self.exc).__name__}: {self.exc}"
         return text
+
+
+class LabStalled(LabError):
+    """A run produced no result within its overall budget and was torn down.
+
+    Seen about once in 60–130 runs under load (the proxy stops forwarding and every
+    step waits): a fault of the harness, not an outcome of QEMU's, so callers may retry.
+    """

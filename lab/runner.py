@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migcompat.lab._errors import LabError
+from migcompat.lab._errors import LabError, LabStalled
 from migcompat.lab.builds import QemuBuild, release_key, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
@@ -494,11 +494,20 @@ async def run_scenario_async(
 
         console = Console(stderr=True)
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
-    if console is None:
-        return await run.run()
-    with console.status(f"{src.label} → {dst.label}: {sc.name}") as status:
-        run.status = status
-        return await run.run()
+    # Every step has its own bound; this one catches a run whose steps all wait on a
+    # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
+    budget = 3 * timeout + observe + 120
+    try:
+        if console is None:
+            return await asyncio.wait_for(run.run(), budget)
+        with console.status(f"{src.label} → {dst.label}: {sc.name}") as status:
+            run.status = status
+            return await asyncio.wait_for(run.run(), budget)
+    except TimeoutError:
+        raise LabStalled(
+            f"{src.label} → {dst.label} {sc.name}: no result within {budget:.0f} s; "
+            "both QEMUs torn down (a lab stall, not a QEMU outcome: retry)"
+        ) from None
 
 
 def run_scenario(

@@ -180,3 +180,22 @@ def test_marker_makes_a_root_count(tmp_path, monkeypatch):
     )
     (b,) = lab.installed_builds()
     assert (b.release, b.suite, b.root) == ("10.0", "trixie", root)
+
+
+def test_a_stalled_run_is_torn_down_and_reported(monkeypatch):
+    """The overall budget fires even when every step waits (a stalled proxy)."""
+    import asyncio
+
+    import pytest
+
+    from migcompat.lab import LabStalled, QemuBuild, runner
+
+    async def stall(self):  # every step waits forever
+        await asyncio.sleep(3600)
+
+    monkeypatch.setattr(runner._Run, "run", stall)
+    monkeypatch.setattr(runner._Run, "__init__", lambda self, *a: None)
+    build = QemuBuild(release="10.0", version_text="QEMU emulator version 10.0.13", suite=None,
+                      binary="/nonexistent", root=None, package_version=None)  # fmt: skip
+    with pytest.raises(LabStalled, match="no result within"):
+        asyncio.run(runner.run_scenario_async(build, build, "plain", timeout=-40, observe=-79.9))

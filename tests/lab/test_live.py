@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from migcompat.lab import LabError, QemuBuild, find_build, installed_builds
+from migcompat.lab import LabError, LabStalled, QemuBuild, find_build, installed_builds
 from migcompat.lab.builds import release_key
 from migcompat.lab.qemu import LabState, QemuInstance, StateError
-from migcompat.lab.runner import run_scenario
+from migcompat.lab.runner import run_scenario as _run_scenario
+
+
+def run_scenario(*args: Any, **kwargs: Any) -> Any:
+    """The lab's runner, retried once on a harness stall (never on a QEMU outcome)."""
+    try:
+        return _run_scenario(*args, **kwargs)
+    except LabStalled:
+        return _run_scenario(*args, **kwargs)
 
 pytestmark = pytest.mark.qemu
 
