@@ -47,7 +47,7 @@ from migcompat.compat import (
     retransmission_schedule_s,
 )
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, release_key, run_dir
+from migcompat.lab.builds import QemuBuild, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
@@ -288,13 +288,7 @@ class _PartitionRun(_QmpPair):
                 raise r
 
     async def migrate(self, pair: VethPair) -> None:
-        caps = ["events", "postcopy-ram", "return-path"]
-        if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
-            caps.append("switchover-ack")
-        self.rec.capabilities = caps
-        cap_list = [{"capability": c, "state": True} for c in caps]
-        for side in ("dst", "src"):
-            await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
+        await self.set_capabilities()
         await self.qmp("src", "migrate-set-parameters", {
             "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
         })  # fmt: skip

@@ -107,6 +107,8 @@ class _QmpPair:
     (errors kept verbatim), waiting for the guest, and status polling."""
 
     clock: float
+    srcb: QemuBuild
+    dstb: QemuBuild
     rec: Any
     console: Any
     status: Any
@@ -116,6 +118,16 @@ class _QmpPair:
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
+
+    async def set_capabilities(self) -> None:
+        """postcopy-ram and return-path on both sides; switchover-ack where both are >= 8.1."""
+        caps = ["events", "postcopy-ram", "return-path"]
+        if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
+            caps.append("switchover-ack")
+        self.rec.capabilities = caps
+        cap_list = [{"capability": c, "state": True} for c in caps]
+        for side in ("dst", "src"):
+            await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
 
     def now(self) -> float:
         return round(time.monotonic() - self.clock, 4)
@@ -279,13 +291,7 @@ class _Run(_QmpPair):
         self.rec.files["pcap"] = str(pcap)
 
     async def migrate(self) -> None:
-        caps = ["events", "postcopy-ram", "return-path"]
-        if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
-            caps.append("switchover-ack")
-        self.rec.capabilities = caps
-        cap_list = [{"capability": c, "state": True} for c in caps]
-        for side in ("dst", "src"):
-            await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
+        await self.set_capabilities()
         params = {
             "max-bandwidth": PRECOPY_BANDWIDTH,
             "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
