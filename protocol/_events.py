@@ -1,16 +1,25 @@
 """Typed return-path events (style anchor 2, after h11's ``_events.py``).
 
-Each event is a frozen, slotted, keyword-only dataclass carrying QEMU's field
-names, the ``release`` whose reader produced it, the stream ``offset`` of its
-frame, the header ``length`` and the ``size`` of everything the frame occupies
-on the wire (header + payload, plus the bitmap blob after RECV_BITMAP). Value
-equality lets tests compare whole event lists. Don't subclass these.
+Each event is a frozen, keyword-only record carrying QEMU's field names, the
+``release`` whose reader produced it, the stream ``offset`` of its frame, the
+header ``length`` and the ``size`` of everything the frame occupies on the wire
+(header + payload, plus the bitmap blob after RECV_BITMAP). Value equality lets
+tests compare whole event lists. Don't subclass these.
+``gc=False`` is safe because events hold no cycles (ints, str, bytes, ``Release``).
+
+They are ``msgspec.Struct`` classes, not dataclasses, for one reason: a bulk
+decode makes millions of them. A Struct is built by C code (about a third of a
+frozen dataclass's ``__init__``) and, with ``gc=False``, is never tracked by the
+garbage collector, so holding many events does not trigger full collections
+(docs/performance.md). Fields: ``type(ev).__struct_fields__``; copy with a
+change: ``msgspec.structs.replace``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
 from typing import Any, ClassVar
+
+import msgspec
 
 from ._releases import Release
 
@@ -42,18 +51,17 @@ class Event:
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
+        for name in self.__struct_fields__:  # type: ignore[attr-defined]
+            value = getattr(self, name)
             if isinstance(value, Release):
                 value = str(value)
             elif isinstance(value, bytes):
                 value = value.hex()
-            out[f.name] = value
+            out[name] = value
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Message(Event):
+class Message(msgspec.Struct, Event, frozen=True, kw_only=True, gc=False):
     """A return-path frame the source dispatched (abstract)."""
 
     #: QEMU's ``rp_cmd_args[].name`` of this message; set by each subclass.
@@ -76,24 +84,21 @@ class Message(Event):
         return {k: v for k, v in self.as_dict().items() if k not in skip}
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Shut(Message):
+class Shut(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_SHUT``: the destination will send nothing more; non-zero = it failed."""
 
     TABLE_NAME: ClassVar[str] = "SHUT"
     sibling_error: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Pong(Message):
+class Pong(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_PONG``: the echo of a ``MIG_CMD_PING`` value."""
 
     TABLE_NAME: ClassVar[str] = "PONG"
     value: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReqPages(Message):
+class ReqPages(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_REQ_PAGES``: a postcopy page request in the last named RAMBlock."""
 
     TABLE_NAME: ClassVar[str] = "REQ_PAGES"
@@ -101,8 +106,7 @@ class ReqPages(Message):
     len: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ReqPagesId(Message):
+class ReqPagesId(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_REQ_PAGES_ID``: a page request naming its RAMBlock (``idstr``)."""
 
     TABLE_NAME: ClassVar[str] = "REQ_PAGES_ID"
@@ -112,8 +116,7 @@ class ReqPagesId(Message):
     idstr: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RecvBitmap(Message):
+class RecvBitmap(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_RECV_BITMAP`` plus the bitmap blob that follows it outside the frame.
 
     ``block_name`` is what the source reads (up to the NUL it writes at
@@ -130,30 +133,26 @@ class RecvBitmap(Message):
     end_mark: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ResumeAck(Message):
+class ResumeAck(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_RESUME_ACK``: the destination is ready to resume after recovery."""
 
     TABLE_NAME: ClassVar[str] = "RESUME_ACK"
     value: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SwitchoverAck(Message):
+class SwitchoverAck(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_SWITCHOVER_ACK`` (8.1+): the destination agrees to switch over."""
 
     TABLE_NAME: ClassVar[str] = "SWITCHOVER_ACK"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Keepalive(Message):
+class Keepalive(Message, frozen=True, kw_only=True, gc=False):
     """``MIG_RP_MSG_KEEPALIVE``: the Jan-2025 proposal's message (never merged)."""
 
     TABLE_NAME: ClassVar[str] = "KEEPALIVE"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RawMessage(Message):
+class RawMessage(Message, frozen=True, kw_only=True, gc=False):
     """A message the catalog knows but no payload layout describes (e.g. from a patched
     catalog): the source dispatched it, the payload is kept as bytes."""
 
@@ -165,8 +164,7 @@ class RawMessage(Message):
         return "MIG_RP_MSG_" + self.short_name
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EndOfStream(Event):
+class EndOfStream(msgspec.Struct, Event, frozen=True, kw_only=True, gc=False):
     """The byte stream ended (``receive_data(b"")``).
 
     ``truncated`` says a frame was cut short; ``qemu_error`` is what the source

@@ -25,12 +25,9 @@ model's per-frame interpretation where that interpretation cannot matter:
   length, and before the model reads anything those payloads are written into the
   model's buffer in stream order, exactly as the model would have written them.
 
-Events are built as instances of a private *builder* class that has the event's
-slot layout but no frozen ``__setattr__`` (so the interpreter's fast slot stores
-apply), then switched to the real event class with one ``__class__`` store. The
-object that leaves is an ordinary instance of the frozen event class; the builder
-never escapes. It is the cheapest way we found to build them in CPython: about half
-the cost of the dataclass ``__init__`` (numbers in docs/performance.md).
+Events are built by the generated code calling the event class (a
+``msgspec.Struct``: its constructor is C code, and ``gc=False`` keeps millions
+of them out of the garbage collector's way; numbers in docs/performance.md).
 
 WARNING: ``_HANDLER_RULES`` names the messages whose handler in
 ``source_return_path_thread`` does more than read its layout (mirrored from
@@ -112,24 +109,6 @@ class FastPlan:
     source: str
 
 
-@cache
-def _builder(cls: type[Message]) -> type:
-    """A class with ``cls``'s slot layout and plain slot stores (see the module docstring)."""
-    base = cls.__mro__[1]
-    return type(
-        f"_Build{cls.__name__}",
-        (base,),
-        {
-            "__slots__": cls.__dict__["__slots__"],
-            # Both, so that type() installs the C-level generic setattr slot.
-            "__setattr__": object.__setattr__,
-            "__delattr__": object.__delattr__,
-            "__init__": object.__init__,
-            "__module__": __name__,
-        },
-    )
-
-
 def _event_class(spec: MessageSpec) -> type[Message]:
     """The event the model builds for ``spec`` (``Reader._dispatch``'s first test)."""
     cls = EVENT_TYPES.get(spec.short_name)
@@ -142,16 +121,17 @@ def _event_class(spec: MessageSpec) -> type[Message]:
 _UNROLL = 8
 
 
-def _stores(spec: MessageSpec, o: str, off: str, length: str, size: str) -> list[str]:
-    """Statements that build event ``o`` of ``spec``'s class (its common fields)."""
-    return [
-        f"{o} = B()",
-        f"{o}.release = rel",
-        f"{o}.offset = {off}",
-        f"{o}.type_id = {spec.id}",
-        f"{o}.length = {length}",
-        f"{o}.size = {size}",
+def _make(spec: MessageSpec, off: str, length: str, size: str, extra: list[str]) -> str:
+    """The constructor call of one event of ``spec`` (``extra``: ``field=value`` items)."""
+    items = [
+        "release=rel",
+        f"offset={off}",
+        f"type_id={spec.id}",
+        f"length={length}",
+        f"size={size}",
+        *extra,
     ]
+    return f"CLS({', '.join(items)})"
 
 
 def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
@@ -167,24 +147,23 @@ def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
     sid = spec.id
     head = [
         f"def run_{sid}(data, pos, k, off0, out):",
-        f"    B = B_{sid}",
         f"    CLS = CLS_{sid}",
         "    rel = REL",
         "    ap = out.append",
     ]
-    tail = ["o.__class__ = CLS", "ap(o)"]
     if cls is RawMessage:
         ns[f"NAME_{sid}"] = name
-        body = [
-            *_stores(spec, "o", "off", str(length), str(size)),
-            f"o.short_name = NAME_{sid}",
-            f"o.payload = bytes(data[p + 4:p + {size}])",
-            *tail,
-        ]
+        make = _make(
+            spec,
+            "off",
+            str(length),
+            str(size),
+            [f"short_name=NAME_{sid}", f"payload=bytes(data[p + 4:p + {size}])"],
+        )
         loop = [
             f"    for p, off in zip(range(pos, pos + k * {size}, {size}), "
             f"range(off0, off0 + k * {size}, {size})):",
-            *("        " + line for line in body),
+            f"        ap({make})",
         ]
     else:
         layout = PAYLOAD_LAYOUTS[name]
@@ -194,10 +173,9 @@ def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
         if fixed > length:
             return None  # the model's unpack fails; let it
         if not layout:
-            body = [*_stores(spec, "o", "off", str(length), str(size)), *tail]
             loop = [
                 f"    for off in range(off0, off0 + k * {size}, {size}):",
-                *("        " + line for line in body),
+                f"        ap({_make(spec, 'off', str(length), str(size), [])})",
             ]
         else:
             one = ">4x" + "".join(_STRUCT_CODES[kind] for _, kind in layout) + f"{length - fixed}x"
@@ -206,33 +184,35 @@ def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
             u, block = _UNROLL, _UNROLL * size
             # _UNROLL frames per iteration, then the rest one by one.
             targets = ", ".join(f"v{i}_{field}" for i in range(u) for field, _ in layout)
-            unrolled = []
-            for i in range(u):
-                at = f"off + {i * size}" if i else "off"
-                unrolled += _stores(spec, f"o{i}", at, str(length), str(size))
-                unrolled += [f"o{i}.{field} = v{i}_{field}" for field, _ in layout]
-                unrolled += [f"o{i}.__class__ = CLS"]
-            single = [
-                *_stores(spec, "o", "off", str(length), str(size)),
-                *(f"o.{field} = v_{field}" for field, _ in layout),
-                *tail,
+            unrolled = [
+                _make(
+                    spec,
+                    f"off + {i * size}" if i else "off",
+                    str(length),
+                    str(size),
+                    [f"{field}=v{i}_{field}" for field, _ in layout],
+                )
+                for i in range(u)
             ]
             names = ", ".join(f"v_{field}" for field, _ in layout)
+            single = _make(
+                spec, "off", str(length), str(size), [f"{field}=v_{field}" for field, _ in layout]
+            )
             loop = [
                 f"    n = k // {u} * {block}",
                 "    if n:",
                 "        off = off0",
                 f"        for ({targets},) in UNPACK{u}_{sid}(data[pos:pos + n]):",
-                *("            " + line for line in unrolled),
-                f"            out.extend(({', '.join(f'o{i}' for i in range(u))}))",
+                "            out.extend((",
+                *(f"                {call}," for call in unrolled),
+                "            ))",
                 f"            off += {block}",
                 "        pos += n",
                 "        off0 += n",
                 f"    for off, ({names},) in zip(range(off0, off0 + k % {u} * {size}, {size}), "
                 f"UNPACK_{sid}(data[pos:pos + k % {u} * {size}])):",
-                *("        " + line for line in single),
+                f"        ap({single})",
             ]
-    ns[f"B_{sid}"] = _builder(cls)
     ns[f"CLS_{sid}"] = cls
     return "\n".join([*head, *loop]) + "\n"
 
@@ -249,11 +229,20 @@ def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | No
     fixed = sum(FIELD_SIZES[kind] for _, kind in head_fields)
     fmt = ">" + "".join(_STRUCT_CODES[k] for _, k in head_fields) + "B"
     ns[f"PREFIX_{spec.id}"] = struct.Struct(fmt).unpack_from
-    ns[f"B_{spec.id}"] = _builder(EVENT_TYPES[spec.short_name])
     ns[f"CLS_{spec.id}"] = EVENT_TYPES[spec.short_name]
     names = [f"v_{field}" for field, _ in head_fields]
+    make = _make(
+        spec,
+        "off",
+        "length",
+        "4 + length",
+        [
+            *(f"{field}=v_{field}" for field, _ in head_fields),
+            f"{tail_field}=data[pos + {4 + fixed + 1}:pos + 4 + length].decode('latin-1')",
+        ],
+    )
     lines = [
-        f"def tail_{spec.id}(data, pos, end, off, out, B=B_{spec.id}, rel=REL):",
+        f"def tail_{spec.id}(data, pos, end, off, out, CLS=CLS_{spec.id}, rel=REL):",
         "    length = data[pos + 2] << 8 | data[pos + 3]",
         # migration.c: expected_len = 12 + 1 + buf[12] (the idstr length byte);
         # the header check allows up to the stack buffer.
@@ -262,16 +251,7 @@ def _gen_tail(spec: MessageSpec, cat: RpCatalog, ns: dict[str, Any]) -> str | No
         f"    {', '.join([*names, 'n'])} = PREFIX_{spec.id}(data, pos + 4)",
         f"    if length != {fixed + 1} + n:",
         "        return -1",
-        *(
-            "    " + line
-            for line in [
-                *_stores(spec, "o", "off", "length", "4 + length"),
-                *(f"o.{field} = v_{field}" for field, _ in head_fields),
-                f"o.{tail_field} = data[pos + {4 + fixed + 1}:pos + 4 + length].decode('latin-1')",
-                f"o.__class__ = CLS_{spec.id}",
-                "out.append(o)",
-            ]
-        ),
+        f"    out.append({make})",
         "    return pos + 4 + length",
     ]
     return "\n".join(lines) + "\n"
