@@ -42,7 +42,8 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, partial
+from itertools import repeat, starmap
 from operator import itemgetter
 from typing import Any
 
@@ -423,11 +424,22 @@ class FastReader:
     def events(self) -> Iterator[Event]:
         """Drain every event available now (stops at NEED_DATA or STOPPED)."""
         ready = self._ready
-        pop = ready.popleft
+        model = self._model
+        # Popped one by one as the consumer asks (C-level, through ``yield from``), so
+        # an abandoned iteration loses nothing and ``offset`` is exact between events.
+        take = partial(starmap, ready.popleft)
         while True:
-            while ready:
-                yield pop()
-            ev = self.next_event()
+            if ready:
+                try:
+                    yield from take(repeat((), len(ready)))
+                except IndexError:  # the consumer took some meanwhile (next_event/drain)
+                    pass
+                continue
+            if model._phase == _HEADER:
+                self._fill(ready)
+                if ready:
+                    continue
+            ev = model.next_event()
             if ev is NEED_DATA or ev is STOPPED:
                 return
             yield ev  # type: ignore[misc]
@@ -444,7 +456,11 @@ class FastReader:
         tails = self._plan.tails
         # (payload length, NUL written after it) -> payload position of the last such frame
         marks: dict[tuple[int, bool], int] = {}
-        win = self._win  # grows while runs fill it, so long runs take few steps
+        # The window: frames examined per step. It doubles while runs fill it (long runs
+        # take few steps) and after a run ends it is set from that run's length, so a
+        # stream of similar runs measures each in one step.
+        win = self._win
+        seen = 0  # frames of the current run decoded by earlier steps
         while budget > 0 and end - pos >= 4:
             (key,) = _U32(data, pos)
             r = runs.get(key)
@@ -470,14 +486,19 @@ class FastReader:
                         len(data[pos + 3 : stop : size].lstrip(h3)),
                     )
                     if k < w:
-                        win = _MIN_WINDOW
-                    elif win < _WINDOW:
-                        win *= 2
+                        seen += k
+                        win = min(_WINDOW, max(_MIN_WINDOW, 2 * seen))
+                        seen = 0
+                    else:
+                        seen += k
+                        if win < _WINDOW:
+                            win *= 2
                 r.run(data, pos, k, shift + pos, out)
                 pos += k * size
                 budget -= k
                 marks[(r.length, False)] = pos - size + 4
                 continue
+            seen = 0
             tail = tails.get(key >> 16)
             if tail is None:
                 break
