@@ -1,7 +1,7 @@
 """Wire captures of QEMU migrations: pcap/pcapng (and lab recordings) in, decoded timelines out.
 
 The only I/O besides the CLI: files are read here, reassembled per TCP direction
-and fed to the protocol core's sans-IO readers (``Reader`` for the return path,
+and fed to the protocol core's sans-IO readers (``FastReader`` for the return path,
 ``ForwardReader`` for the forward stream).
 """
 

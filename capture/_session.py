@@ -2,8 +2,9 @@
 
 Data flow: packets (pcap/pcapng) → :class:`~._tcp.HalfStream` per direction →
 :class:`Data`/:class:`Hole` pieces → per connection, once its role is known,
-the protocol core's readers (:class:`~migcompat.protocol.Reader` for the return
-path, :class:`~migcompat.protocol.ForwardReader` for the forward stream; no
+the protocol core's readers (:class:`~migcompat.protocol.FastReader` for the
+return path, the model ``Reader``'s events at its speed;
+:class:`~migcompat.protocol.ForwardReader` for the forward stream; no
 second parser, style anchor 13) → records (plain dicts with stable keys) handed
 to a callback as they appear, plus the counters of a :class:`CaptureReport`.
 
@@ -34,6 +35,7 @@ from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
     EndOfStream,
+    FastReader,
     ForwardCommand,
     ForwardEnd,
     ForwardReader,
@@ -229,11 +231,11 @@ class _RpStream:
 
     def __init__(self, release: Release, checks: Sequence[Release]) -> None:
         self.release = release
-        self.reader: Reader | None = Reader(release)
+        self.reader: FastReader | None = FastReader(release)
         self.base = 0
         self.waiting_sync = False
         self.dead = False
-        self.checks = {str(r): Reader(r) for r in checks}
+        self.checks = {str(r): FastReader(r) for r in checks}
         self.check_state: dict[str, dict[str, Any]] = {
             str(r): {"verdict": "accepted", "frames": 0, "offset": None, "error": None}
             for r in checks
@@ -283,7 +285,7 @@ class _RpStream:
                 del self.checks[rel]
 
 
-def _try_sync(release: Release, data: bytes) -> Reader | None:
+def _try_sync(release: Release, data: bytes) -> FastReader | None:
     """A fresh reader if ``data`` is whole frames from its first byte to its last."""
     probe = Reader(release)
     probe.receive_data(data)
@@ -298,7 +300,7 @@ def _try_sync(release: Release, data: bytes) -> Reader | None:
         return None
     if frames == 0 or end != len(data):
         return None
-    fresh = Reader(release)
+    fresh = FastReader(release)
     fresh.receive_data(data)
     return fresh
 

@@ -343,11 +343,37 @@ class FastReader:
         # already after them.
         self._ready: deque[Event] = deque()
         self._win = _MIN_WINDOW
+        self._options = dict(options)
+        #: The last fill into ``_ready``: its stream offset, bytes, event count and the
+        #: stack buffer before it, so that context set midway can re-read what is pending.
+        self._last_fill: tuple[int, bytes, int, bytes] | None = None
 
     # -- public interface (Reader's) ------------------------------------------------------
     @property
     def ram_blocks(self) -> dict[str, RamBlock] | None:
         return self._model.ram_blocks
+
+    @ram_blocks.setter
+    def ram_blocks(self, blocks: Mapping[str, RamBlock | int] | None) -> None:
+        """Set the source's RAMBlocks midway, as on :class:`Reader` (a capture learns them
+        from the forward stream): frames not yet returned are read with them."""
+        self._unread_pending()
+        self._model.ram_blocks = (
+            None
+            if blocks is None
+            else {k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in blocks.items()}
+        )
+        self._options["ram_blocks"] = blocks
+        self._plan = fast_plan(
+            self.release,
+            ram_checks=blocks is not None,
+            stateful_switchover_ack=self._options.get("switchover_ack_capability", True),
+        )
+
+    def set_machine(self, machine: str) -> None:
+        """As :meth:`Reader.set_machine`. Only counted SWITCHOVER_ACKs depend on it, and
+        the model reads those itself, so no decoded frame is affected."""
+        self._model.set_machine(machine)
 
     @property
     def target_page_size(self) -> int:
@@ -387,7 +413,7 @@ class FastReader:
         if self._ready:
             return self._ready.popleft()
         if self._model._phase == _HEADER:
-            self._fill(self._ready)
+            self._fill(self._ready, keep=True)
             if self._ready:
                 return self._ready.popleft()
         return self._model.next_event()
@@ -436,7 +462,7 @@ class FastReader:
                     pass
                 continue
             if model._phase == _HEADER:
-                self._fill(ready)
+                self._fill(ready, keep=True)
                 if ready:
                     continue
             ev = model.next_event()
@@ -445,8 +471,33 @@ class FastReader:
             yield ev  # type: ignore[misc]
 
     # -- machinery -----------------------------------------------------------------------
-    def _fill(self, out: list[Event] | deque[Event], budget: int = MAX_BATCH) -> None:
-        """Decode up to ``budget`` frames at the model's position; sync its stack buffer."""
+    def _unread_pending(self) -> None:
+        """Give the events decoded but not yet returned back to the model, unread.
+
+        They all come from the last fill into ``_ready``: the model is set back to
+        where that fill began (its bytes and QEMU's stack buffer then) and reads the
+        frames already returned again, so that it stands before the first pending one.
+        """
+        if not self._ready:
+            return
+        assert self._last_fill is not None
+        at, raw, made, stack = self._last_fill
+        m = self._model
+        m._data = bytearray(raw) + m._data[m._pos :]
+        m._base, m._pos = at, 0
+        m._stack_buf[:] = stack
+        for _ in range(made - len(self._ready)):
+            ev = m.next_event()
+            assert ev is not NEED_DATA and ev is not STOPPED, "re-read diverged"
+        self._ready.clear()
+
+    def _fill(
+        self, out: list[Event] | deque[Event], budget: int = MAX_BATCH, *, keep: bool = False
+    ) -> None:
+        """Decode up to ``budget`` frames at the model's position; sync its stack buffer.
+
+        ``keep``: remember what :meth:`_unread_pending` needs (fills into ``_ready``).
+        """
         m = self._model
         data = m._data
         pos = start = m._pos
@@ -514,6 +565,8 @@ class FastReader:
         m._pos = pos
         # QEMU's stack buffer, as the model would have left it (stream order).
         buf = m._stack_buf
+        if keep:
+            self._last_fill = (shift + start, bytes(data[start:pos]), len(out), bytes(buf))
         for (length, nul), at in sorted(marks.items(), key=itemgetter(1)):
             buf[:length] = data[at : at + length]
             if nul:

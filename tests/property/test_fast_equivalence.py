@@ -233,6 +233,62 @@ def test_with_ram_blocks(
     check_same(release, mutate(sample.data, edits), cuts, ram_blocks=blocks)
 
 
+def trace_with_context(
+    reader: Any, chunks: list[bytes], when: int, blocks: Any, machine: str | None
+) -> list[Any]:
+    """As :func:`trace`, setting RAMBlocks (and the machine) after ``when`` returned values.
+
+    FastReader decodes up to 512 frames ahead in ``next_event()``; context set then must
+    apply to every frame not yet returned, as the model reads them.
+    """
+    out: list[Any] = []
+    steps = 0
+    for chunk in [*chunks, b""]:
+        reader.receive_data(chunk)
+        while True:
+            if steps == when:
+                reader.ram_blocks = blocks
+                if machine is not None:
+                    reader.set_machine(machine)
+            steps += 1
+            try:
+                ev = reader.next_event()
+            except RemoteViolation as exc:
+                out.append(("violation", violation_key(exc)))
+                out.append(("after", reader.offset, reader.buffered, reader.stopped))
+                return out
+            if ev is NEED_DATA or ev is STOPPED:
+                out.append((ev, reader.offset, reader.buffered, reader.stopped))
+                break
+            out.append(("event", ev, reader.offset, reader.buffered))
+    return out
+
+
+@rps.SETTINGS
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r), _runs(r))),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=3),
+    CUTS,
+    st.integers(0, 3000),
+    st.sampled_from([None, "pc-q35-7.2", "pc-q35-11.1"]),
+)
+def test_context_set_midway(
+    args: tuple[Any, rps.FrameSample, bytes],
+    edits: list[tuple[int, int]],
+    cuts: list[int],
+    when: int,
+    machine: str | None,
+) -> None:
+    """RAMBlocks and machine set after any number of returned events: the model's results."""
+    release, sample, body = args
+    data = mutate(sample.data + body, edits)
+    chunks = split(data, cuts)
+    blocks = {"pc.ram": RamBlock("pc.ram", 1 << 30), "": RamBlock("", 1 << 20)}
+    note(f"release {release}, {len(data)} bytes, set after {when} steps")
+    expected = trace_with_context(Reader(release), chunks, when, blocks, machine)
+    assert trace_with_context(FastReader(release), chunks, when, blocks, machine) == expected
+
+
 @rps.SETTINGS
 @given(RELEASE, st.integers(1, 300), st.integers(0, 7))
 def test_page_requests_one_byte_at_a_time(release: Any, n: int, every: int) -> None:
