@@ -103,7 +103,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``benchmarks/bench_decode.py``."""
-    p = argparse.ArgumentParser(prog="bench_decode", description=__doc__)
+    p = argparse.ArgumentParser(
+        prog="bench_decode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(p)
     return run(p.parse_args(argv))
 
