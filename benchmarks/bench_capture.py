@@ -49,6 +49,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))  # the tests' stream builders
 
+from migcompat._cmd_bench import cpu_model  # noqa: E402
 from tests.capture.builders import command, device_full, header, packaged, ping, pstr, rp  # noqa: E402
 
 __all__ = ["GenStats", "generate_capture", "main"]
@@ -480,17 +481,6 @@ def _tshark_argv(tshark: str, path: str, name: str = "tshark") -> list[str]:
     return [tshark, "-r", path, *_TSHARK_RUNS[name][0]]
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def _version(argv: list[str]) -> str | None:
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
@@ -522,7 +512,7 @@ def _environment(tshark: str | None) -> dict[str, Any]:
     except OSError:
         commit, dirty = "", False
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpus": os.cpu_count(),
         "loadavg": list(os.getloadavg()),
         "python": platform.python_version(),

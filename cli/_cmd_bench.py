@@ -47,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_arguments", "generate_stream", "main", "register", "run_benchmark"]
+__all__ = ["add_arguments", "cpu_model", "generate_stream", "main", "register", "run_benchmark"]
 
 
 def __dir__() -> list[str]:
