@@ -21,6 +21,7 @@ from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
     ConstructReader,
+    EndOfStream,
     FastReader,
     RamBlock,
     Reader,
@@ -28,6 +29,7 @@ from migcompat.protocol import (
     RemoteViolation,
     build_frame,
     catalog,
+    check_stream,
 )
 from migcompat.protocol import strategies as rps
 from migcompat.protocol._fast import fast_plan
@@ -344,3 +346,40 @@ def test_construct_engine_on_mutated_streams(
 def test_construct_engine_on_stale_bitmaps(args: tuple[Any, bytes], cuts: list[int]) -> None:
     release, data = args
     check_construct(release, data, cuts)
+
+
+# -- whole-stream verdicts: the fast path's batches are counted as the model's events ------
+
+
+def _verdict_key(v: Any) -> tuple[Any, ...]:
+    return (
+        v.release,
+        v.frames,
+        list(v.counts.items()),  # first-seen order too: the CLI prints it
+        None if v.rejection is None else violation_key(v.rejection),
+        v.end,
+        v.shut,
+        v.unread,
+        v.total_bytes,
+    )
+
+
+@rps.SETTINGS
+@given(
+    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r), _runs(r))),
+    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=3),
+    CUTS,
+)
+def test_check_stream_verdicts_agree(
+    args: tuple[Any, rps.FrameSample, bytes], edits: list[tuple[int, int]], cuts: list[int]
+) -> None:
+    """``check_stream`` counts the fast path's ``drain()`` batches whole (no callback):
+    the verdicts equal the model's, event by event, and those with a callback."""
+    release, sample, body = args
+    chunks = split(mutate(sample.data + body, edits), cuts)
+    (model,) = check_stream([release], chunks, engine="model")
+    (fast,) = check_stream([release], chunks, engine="fast")
+    seen: list[Any] = []
+    (called,) = check_stream([release], chunks, lambda i, ev: seen.append(ev), engine="fast")
+    assert _verdict_key(fast) == _verdict_key(model) == _verdict_key(called)
+    assert len([ev for ev in seen if not isinstance(ev, EndOfStream)]) == model.frames
