@@ -68,8 +68,8 @@ def __dir__() -> list[str]:
 _HANDLER_RULES = frozenset({"SHUT", "RESUME_ACK", "RECV_BITMAP"})
 #: Handlers that check the source's RAM when the reader knows it (``ram_blocks``).
 _RAM_RULES = frozenset({"REQ_PAGES", "REQ_PAGES_ID"})
-#: Events made per fill: bounds the memory a huge buffered input pins at once, and
-#: stays below the GC's first threshold (700), so events consumed one by one die young.
+#: Events made per fill for ``next_event()``: bounds the memory a huge buffered input
+#: pins at once, and what ``_unread_pending`` re-reads when context is set midway.
 MAX_BATCH = 512
 #: Frames examined per bulk step when measuring a run of equal headers (first, at most).
 _MIN_WINDOW = 64
