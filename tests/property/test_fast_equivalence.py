@@ -236,7 +236,12 @@ def test_with_ram_blocks(
 
 
 def trace_with_context(
-    reader: Any, chunks: list[bytes], when: int, blocks: Any, machine: str | None
+    reader: Any,
+    chunks: list[bytes],
+    when: int,
+    blocks: Any,
+    machine: str | None,
+    via_events: bool = False,
 ) -> list[Any]:
     """As :func:`trace`, setting RAMBlocks (and the machine) after ``when`` returned values.
 
@@ -245,14 +250,30 @@ def trace_with_context(
     """
     out: list[Any] = []
     steps = 0
+
+    def maybe_set() -> None:
+        nonlocal steps
+        if steps == when:
+            reader.ram_blocks = blocks
+            if machine is not None:
+                reader.set_machine(machine)
+        steps += 1
+
     for chunk in [*chunks, b""]:
         reader.receive_data(chunk)
+        if via_events:  # set inside the generator's loop, between two events
+            try:
+                maybe_set()
+                for ev in reader.events():
+                    out.append(("event", ev, reader.offset, reader.buffered))
+                    maybe_set()
+            except RemoteViolation as exc:
+                out.append(("violation", violation_key(exc)))
+                return out
+            out.append(("end", reader.offset, reader.buffered, reader.stopped))
+            continue
         while True:
-            if steps == when:
-                reader.ram_blocks = blocks
-                if machine is not None:
-                    reader.set_machine(machine)
-            steps += 1
+            maybe_set()
             try:
                 ev = reader.next_event()
             except RemoteViolation as exc:
@@ -273,6 +294,7 @@ def trace_with_context(
     CUTS,
     st.integers(0, 3000),
     st.sampled_from([None, "pc-q35-7.2", "pc-q35-11.1"]),
+    st.booleans(),
 )
 def test_context_set_midway(
     args: tuple[Any, rps.FrameSample, bytes],
@@ -280,6 +302,7 @@ def test_context_set_midway(
     cuts: list[int],
     when: int,
     machine: str | None,
+    via_events: bool,
 ) -> None:
     """RAMBlocks and machine set after any number of returned events: the model's results."""
     release, sample, body = args
@@ -287,8 +310,9 @@ def test_context_set_midway(
     chunks = split(data, cuts)
     blocks = {"pc.ram": RamBlock("pc.ram", 1 << 30), "": RamBlock("", 1 << 20)}
     note(f"release {release}, {len(data)} bytes, set after {when} steps")
-    expected = trace_with_context(Reader(release), chunks, when, blocks, machine)
-    assert trace_with_context(FastReader(release), chunks, when, blocks, machine) == expected
+    expected = trace_with_context(Reader(release), chunks, when, blocks, machine, via_events)
+    got = trace_with_context(FastReader(release), chunks, when, blocks, machine, via_events)
+    assert got == expected
 
 
 @rps.SETTINGS
