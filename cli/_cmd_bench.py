@@ -6,6 +6,8 @@ destination sends them), it measures frames per second of:
 
 * ``handwritten``: a ``struct.unpack_from`` loop written here, making one tuple of
   fields per frame and handing them on in batches of 512 (the baseline, no checks);
+* ``handwritten-events``: the same loop as a generator, one tuple per step, counted
+  by the consumer's loop (the like of ``events()``);
 * ``fast``: :class:`~migcompat.protocol.FastReader` fed 8 KiB chunks, drained through
   ``events()`` (the model's interface): full typed events, every rule of the model;
 * ``fast-drain``: the same, each chunk's events taken as one ``drain()`` list (as the
@@ -42,7 +44,7 @@ import sys
 import time
 import tracemalloc
 import types
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,6 +171,32 @@ def handwritten(data: bytes) -> int:
             n += len(out)
             out.clear()
     return n + len(out)
+
+
+def _handwritten_gen(data: bytes) -> Iterator[tuple[Any, ...]]:
+    hdr = struct.Struct(">HH").unpack_from
+    req = struct.Struct(">QI").unpack_from
+    pos, end = 0, len(data)
+    while pos + 4 <= end:
+        t, ln = hdr(data, pos)
+        if t == 4:
+            start, size = req(data, pos + 4)
+            yield (t, ln, start, size)
+        elif t == 3:
+            start, size = req(data, pos + 4)
+            k = data[pos + 16]
+            yield (t, ln, start, size, data[pos + 17 : pos + 17 + k].decode("latin-1"))
+        else:
+            yield (t, ln, data[pos + 4 : pos + 4 + ln])
+        pos += 4 + ln
+
+
+def handwritten_events(data: bytes) -> int:
+    """The baseline as a generator, one tuple per step: the like of ``events()``."""
+    n = 0
+    for _ in _handwritten_gen(data):
+        n += 1
+    return n
 
 
 def fast(release: str) -> Callable[[bytes], int]:
@@ -337,6 +365,7 @@ def run_benchmark(
     # side alike; the headline ratios are medians of the per-round ratios.
     fns: dict[str, Callable[[bytes], int]] = {
         "handwritten": handwritten,
+        "handwritten-events": handwritten_events,
         "fast": per_event(FastReader, release),
         "fast-drain": fast(release),
     }
@@ -363,7 +392,8 @@ def run_benchmark(
             fn(_prefix(data, 50))
         results[name] = _time(fn, slow, 1)
     outputs = {
-        "handwritten": "tuples, no checks",
+        "handwritten": "tuples, no checks, handed on 512 at a time",
+        "handwritten-events": "tuples, no checks, a generator step each",
         "fast": "typed events, events() generator",
         "fast-drain": "typed events, one drain() list per 8 KiB chunk",
         "model": "typed events, events() generator",
@@ -372,7 +402,7 @@ def run_benchmark(
     }
     for name, r in results.items():
         r["output"] = outputs[name]
-    for name in ("handwritten", "fast", "fast-drain"):
+    for name in ("handwritten", "handwritten-events", "fast", "fast-drain"):
         if results[name]["frames"] != frames:
             raise AssertionError(f"{name} decoded {results[name]['frames']} of {frames} frames")
 
@@ -384,9 +414,11 @@ def run_benchmark(
         per_round = [rb["cpu_seconds"] / ra["cpu_seconds"] for ra, rb in pairs]
         return round(statistics.median(per_round), 2)
 
+    # Like for like first: batches against batches, one at a time against one at a time.
     ratios = {
-        "fast/handwritten": paired("fast", "handwritten"),
         "fast-drain/handwritten": paired("fast-drain", "handwritten"),
+        "fast/handwritten-events": paired("fast", "handwritten-events"),
+        "fast/handwritten": paired("fast", "handwritten"),
         "fast/handwritten (best/best)": ratio("fast", "handwritten"),
         "fast/construct": ratio("fast", "construct"),
         "fast/construct-compiled": ratio("fast", "construct-compiled"),
@@ -442,7 +474,7 @@ def render(res: dict[str, Any]) -> str:
             f"{name:20} {r['frames']:>9} {r['frames_per_s']:>12,} {r['frames_per_s_wall']:>12,}"
             f"  {r['output']}"
         )
-    lines += ["", "ratios (frames/s):"]
+    lines += ["", "ratios (frames/s; like for like first: batches, then one event at a time):"]
     lines += [f"  {k:36} {v:>8.2f}x" for k, v in res["ratios"].items()]
     m = res["memory"]
     lines += [

@@ -42,9 +42,8 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache, partial
-from itertools import repeat, starmap
-from operator import itemgetter
+from functools import cache
+from operator import itemgetter, length_hint
 from typing import Any
 
 from ._catalog import MessageSpec, RpCatalog, catalog
@@ -339,12 +338,15 @@ class FastReader:
             ram_checks=options.get("ram_blocks") is not None,
             stateful_switchover_ack=options.get("switchover_ack_capability", True),
         )
-        # Decoded by the fast path, not yet returned; the model's read position is
-        # already after them.
-        self._ready: deque[Event] = deque()
+        # Decoded by the fast path, not yet returned (what is left in ``_it``, an
+        # iterator over ``_batch``); the model's read position is already after them.
+        # A list iterator, so that ``events()`` hands them out with ``yield from`` (C
+        # speed), each one as the consumer asks, and none is lost if it stops early.
+        self._batch: list[Event] = []
+        self._it: Iterator[Event] = iter(self._batch)
         self._win = _MIN_WINDOW
         self._options = dict(options)
-        #: The last fill into ``_ready``: its stream offset, bytes, event count and the
+        #: The last fill into ``_batch``: its stream offset, bytes, event count and the
         #: stack buffer before it, so that context set midway can re-read what is pending.
         self._last_fill: tuple[int, bytes, int, bytes] | None = None
 
@@ -390,11 +392,12 @@ class FastReader:
     @property
     def offset(self) -> int:
         """Stream offset of the next unread byte, as the caller has seen events so far."""
-        return self._ready[0].offset if self._ready else self._model.offset  # type: ignore[attr-defined]
+        n = length_hint(self._it)
+        return self._batch[-n].offset if n else self._model.offset  # type: ignore[attr-defined]
 
     @property
     def stopped(self) -> bool:
-        return not self._ready and self._model.stopped
+        return not length_hint(self._it) and self._model.stopped
 
     @property
     def buffered(self) -> int:
@@ -410,25 +413,22 @@ class FastReader:
 
         :raises RemoteViolation: the source rejects the bytes (sticky, like the model).
         """
-        if self._ready:
-            return self._ready.popleft()
-        if self._model._phase == _HEADER:
-            self._fill(self._ready, keep=True)
-            if self._ready:
-                return self._ready.popleft()
+        ev = next(self._it, None)
+        if ev is not None:
+            return ev
+        if self._model._phase == _HEADER and self._refill():
+            return next(self._it)
         return self._model.next_event()
 
     def drain(self) -> list[Event]:
         """Every event available now, as one list (the bulk form of :meth:`events`).
 
         A rejection after some events is raised by the *next* call (the model's
-        violation is sticky), so no decoded event is lost. Holding thousands of events
-        at once costs GC time (docs/performance.md); drain socket-sized reads.
+        violation is sticky), so no decoded event is lost.
 
         :raises RemoteViolation: the source rejects the bytes and no event precedes it.
         """
-        out = list(self._ready)
-        self._ready.clear()
+        out = list(self._it)
         model = self._model
         while True:
             if model._phase == _HEADER:
@@ -449,22 +449,13 @@ class FastReader:
 
     def events(self) -> Iterator[Event]:
         """Drain every event available now (stops at NEED_DATA or STOPPED)."""
-        ready = self._ready
         model = self._model
-        # Popped one by one as the consumer asks (C-level, through ``yield from``), so
-        # an abandoned iteration loses nothing and ``offset`` is exact between events.
-        take = partial(starmap, ready.popleft)
         while True:
-            if ready:
-                try:
-                    yield from take(repeat((), len(ready)))
-                except IndexError:  # the consumer took some meanwhile (next_event/drain)
-                    pass
+            # One by one as the consumer asks; next_event(), drain() or context set
+            # midway advance or exhaust the same iterator, so nothing is returned twice.
+            yield from self._it
+            if model._phase == _HEADER and self._refill():
                 continue
-            if model._phase == _HEADER:
-                self._fill(ready, keep=True)
-                if ready:
-                    continue
             ev = model.next_event()
             if ev is NEED_DATA or ev is STOPPED:
                 return
@@ -474,11 +465,12 @@ class FastReader:
     def _unread_pending(self) -> None:
         """Give the events decoded but not yet returned back to the model, unread.
 
-        They all come from the last fill into ``_ready``: the model is set back to
+        They all come from the last fill into ``_batch``: the model is set back to
         where that fill began (its bytes and QEMU's stack buffer then) and reads the
         frames already returned again, so that it stands before the first pending one.
         """
-        if not self._ready:
+        pending = length_hint(self._it)
+        if not pending:
             return
         assert self._last_fill is not None
         at, raw, made, stack = self._last_fill
@@ -486,17 +478,24 @@ class FastReader:
         m._data = bytearray(raw) + m._data[m._pos :]
         m._base, m._pos = at, 0
         m._stack_buf[:] = stack
-        for _ in range(made - len(self._ready)):
+        for _ in range(made - pending):
             ev = m.next_event()
             assert ev is not NEED_DATA and ev is not STOPPED, "re-read diverged"
-        self._ready.clear()
+        deque(self._it, 0)  # exhausted: an events() loop over it moves on
 
-    def _fill(
-        self, out: list[Event] | deque[Event], budget: int = MAX_BATCH, *, keep: bool = False
-    ) -> None:
+    def _refill(self) -> bool:
+        """Decode the next batch (at most :data:`MAX_BATCH`) into ``_batch``; any?"""
+        batch: list[Event] = []
+        self._fill(batch, keep=True)
+        if not batch:
+            return False
+        self._batch, self._it = batch, iter(batch)
+        return True
+
+    def _fill(self, out: list[Event], budget: int = MAX_BATCH, *, keep: bool = False) -> None:
         """Decode up to ``budget`` frames at the model's position; sync its stack buffer.
 
-        ``keep``: remember what :meth:`_unread_pending` needs (fills into ``_ready``).
+        ``keep``: remember what :meth:`_unread_pending` needs (fills into ``_batch``).
         """
         m = self._model
         data = m._data

@@ -161,6 +161,27 @@ def test_offset_and_buffered_follow_returned_events() -> None:
     assert (r.offset, r.buffered) == (80, 1)
 
 
+def test_events_stopped_early_lose_nothing_and_mix_with_next_event_and_drain() -> None:
+    """``events()`` hands out a decoded batch one by one: breaking out, then calling
+    ``next_event()`` or ``drain()`` (even inside the loop) returns each event once."""
+    frames = b"".join(build_frame("10.0", "PONG", value=i) for i in range(20))
+    r = FastReader("10.0")
+    r.receive_data(frames)
+    got = []
+    for ev in r.events():
+        got.append(ev.value)  # type: ignore[attr-defined]
+        assert r.offset == ev.offset + 8  # type: ignore[attr-defined]
+        if len(got) == 3:
+            break
+    got.append(r.next_event().value)  # type: ignore[union-attr]
+    for ev in r.events():
+        got.append(ev.value)  # type: ignore[attr-defined]
+        if len(got) == 6:
+            got += [e.value for e in r.drain()]  # type: ignore[attr-defined]
+    assert got == list(range(20))
+    assert r.next_event() is NEED_DATA and r.offset == 160
+
+
 def test_drain_returns_events_then_raises_the_rejection() -> None:
     good = build_frame("10.0", "PONG", value=1)
     r = FastReader("10.0")
