@@ -11,6 +11,7 @@ and ``stopped`` after every step.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -54,15 +55,24 @@ def violation_key(exc: RemoteViolation) -> tuple[Any, ...]:
     )
 
 
-def trace(reader: Any, chunks: list[bytes], *, drain: bool = False) -> list[Any]:
+def trace(
+    reader: Any,
+    chunks: list[bytes],
+    *,
+    drain: bool = False,
+    before_step: Callable[[], None] | None = None,
+) -> list[Any]:
     """Everything observable: each return value or violation and the reader's position.
 
     With ``drain``, events come from :meth:`FastReader.drain` (positions not recorded).
+    ``before_step`` runs before every call that may return an event.
     """
     out: list[Any] = []
     for chunk in [*chunks, b""]:
         reader.receive_data(chunk)
         while True:
+            if before_step is not None:
+                before_step()
             try:
                 if drain:
                     evs = reader.drain()
@@ -112,6 +122,10 @@ def mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:
 
 
 CUTS = st.lists(st.integers(0, 100_000), max_size=8)
+#: Up to ``n`` bytes of a stream overwritten (position modulo its length, new value).
+EDITS = st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=4)
+#: A release and a valid stream of it (possibly ending in an invalid frame).
+STREAMS = RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r)))
 
 
 @rps.SETTINGS
@@ -122,8 +136,8 @@ def test_arbitrary_bytes(release: Any, data: bytes, cuts: list[int]) -> None:
 
 @rps.SETTINGS
 @given(
-    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r))),
-    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=4),
+    STREAMS,
+    EDITS,
     CUTS,
 )
 def test_mutated_valid_streams(
@@ -223,8 +237,8 @@ def test_recv_bitmap_reads_the_same_stale_bytes(args: tuple[Any, bytes], cuts: l
 
 @rps.SETTINGS
 @given(
-    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r))),
-    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=2),
+    STREAMS,
+    EDITS,
     CUTS,
 )
 def test_with_ram_blocks(
@@ -248,7 +262,6 @@ def trace_with_context(
     FastReader decodes up to 512 frames ahead in ``next_event()``; context set then must
     apply to every frame not yet returned, as the model reads them.
     """
-    out: list[Any] = []
     steps = 0
 
     def maybe_set() -> None:
@@ -259,38 +272,27 @@ def trace_with_context(
                 reader.set_machine(machine)
         steps += 1
 
+    if not via_events:
+        return trace(reader, chunks, before_step=maybe_set)
+    out: list[Any] = []
     for chunk in [*chunks, b""]:
         reader.receive_data(chunk)
-        if via_events:  # set inside the generator's loop, between two events
-            try:
-                maybe_set()
-                for ev in reader.events():
-                    out.append(("event", ev, reader.offset, reader.buffered))
-                    maybe_set()
-            except RemoteViolation as exc:
-                out.append(("violation", violation_key(exc)))
-                return out
-            out.append(("end", reader.offset, reader.buffered, reader.stopped))
-            continue
-        while True:
+        try:  # set inside the generator's loop, between two events
             maybe_set()
-            try:
-                ev = reader.next_event()
-            except RemoteViolation as exc:
-                out.append(("violation", violation_key(exc)))
-                out.append(("after", reader.offset, reader.buffered, reader.stopped))
-                return out
-            if ev is NEED_DATA or ev is STOPPED:
-                out.append((ev, reader.offset, reader.buffered, reader.stopped))
-                break
-            out.append(("event", ev, reader.offset, reader.buffered))
+            for ev in reader.events():
+                out.append(("event", ev, reader.offset, reader.buffered))
+                maybe_set()
+        except RemoteViolation as exc:
+            out.append(("violation", violation_key(exc)))
+            return out
+        out.append(("end", reader.offset, reader.buffered, reader.stopped))
     return out
 
 
 @rps.SETTINGS
 @given(
     RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r), _runs(r))),
-    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=3),
+    EDITS,
     CUTS,
     st.integers(0, 3000),
     st.sampled_from([None, "pc-q35-7.2", "pc-q35-11.1"]),
@@ -354,8 +356,8 @@ def test_construct_engine_on_arbitrary_bytes(release: Any, data: bytes, cuts: li
 
 @rps.SETTINGS
 @given(
-    RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r))),
-    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=4),
+    STREAMS,
+    EDITS,
     CUTS,
 )
 def test_construct_engine_on_mutated_streams(
@@ -391,7 +393,7 @@ def _verdict_key(v: Any) -> tuple[Any, ...]:
 @rps.SETTINGS
 @given(
     RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.streams(r), _runs(r))),
-    st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=3),
+    EDITS,
     CUTS,
 )
 def test_check_stream_verdicts_agree(
