@@ -5,8 +5,15 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, iter_chunks, open_check, parse_releases, print_json
-from migcompat.protocol import ENGINES, check_stream
+from migcompat._io import (
+    add_engine_argument,
+    console,
+    iter_chunks,
+    open_check,
+    parse_releases,
+    print_json,
+)
+from migcompat.protocol import check_stream
 
 __all__ = ["register"]
 
@@ -30,14 +37,7 @@ def register(sub: Any) -> None:
         help="source releases to check against, or 'all' release lines in the catalog",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source release")
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="fast",
-        help="decoder: fast (default), model (the source-parser model itself) or "
-        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
-        "case QEMU accepts, see docs/performance.md)",
-    )
+    add_engine_argument(p)
     p.set_defaults(func=run)
 
 

@@ -6,9 +6,8 @@ import argparse
 import sys
 from typing import Any
 
-from migcompat._io import iter_chunks, open_check, print_json
+from migcompat._io import add_engine_argument, iter_chunks, open_check, print_json
 from migcompat.protocol import (
-    ENGINES,
     EndOfStream,
     Event,
     Message,
@@ -42,14 +41,7 @@ def register(sub: Any) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per line")
     out.add_argument("--summary", action="store_true", help="only per-type counts and the verdict")
-    p.add_argument(
-        "--engine",
-        choices=ENGINES,
-        default="fast",
-        help="decoder: fast (default), model (the source-parser model itself) or "
-        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
-        "case QEMU accepts, see docs/performance.md)",
-    )
+    add_engine_argument(p)
     p.set_defaults(func=run)
 
 

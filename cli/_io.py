@@ -6,15 +6,24 @@ flat on long streams; printing JSON lines and rich tables.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
 from collections.abc import Iterator
 from typing import Any
 
-from migcompat.protocol import InputError, Release, parse_release
+from migcompat.protocol import ENGINES, InputError, Release, parse_release
 
-__all__ = ["CHUNK", "console", "iter_chunks", "open_check", "parse_releases", "print_json"]
+__all__ = [
+    "CHUNK",
+    "add_engine_argument",
+    "console",
+    "iter_chunks",
+    "open_check",
+    "parse_releases",
+    "print_json",
+]
 
 CHUNK = 1 << 20
 
@@ -91,3 +100,15 @@ def console() -> Any:
     from rich.console import Console
 
     return Console(highlight=False, soft_wrap=False)
+
+
+def add_engine_argument(p: argparse.ArgumentParser) -> None:
+    """``--engine``, shared by the commands that decode return-path bytes."""
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="fast",
+        help="decoder: fast (default), model (the source-parser model itself) or "
+        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
+        "case QEMU accepts, see docs/performance.md)",
+    )
