@@ -50,7 +50,7 @@ from ._catalog import MessageSpec, RpCatalog, catalog
 from ._errors import RemoteViolation
 from ._events import EVENT_TYPES, Event, Message, RawMessage
 from ._layouts import FIELD_SIZES, PAYLOAD_LAYOUTS
-from ._reader import _HEADER, RamBlock, Reader
+from ._reader import _HEADER, RamBlock, Reader, as_ram_blocks
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -333,11 +333,7 @@ class FastReader:
         self._model = Reader(release, **options)
         self.catalog: RpCatalog = self._model.catalog
         self.release: Release = self._model.release
-        self._plan = fast_plan(
-            self.release,
-            ram_checks=options.get("ram_blocks") is not None,
-            stateful_switchover_ack=options.get("switchover_ack_capability", True),
-        )
+        self._plan = self._plan_for_model()
         # Decoded by the fast path, not yet returned (what is left in ``_it``, an
         # iterator over ``_batch``); the model's read position is already after them.
         # A list iterator, so that ``events()`` hands them out with ``yield from`` (C
@@ -345,7 +341,6 @@ class FastReader:
         self._batch: list[Event] = []
         self._it: Iterator[Event] = iter(self._batch)
         self._win = _MIN_WINDOW
-        self._options = dict(options)
         #: The last fill into ``_batch``: its stream offset, bytes, event count and the
         #: stack buffer before it, so that context set midway can re-read what is pending.
         self._last_fill: tuple[int, bytes, int, bytes] | None = None
@@ -360,17 +355,8 @@ class FastReader:
         """Set the source's RAMBlocks midway, as on :class:`Reader` (a capture learns them
         from the forward stream): frames not yet returned are read with them."""
         self._unread_pending()
-        self._model.ram_blocks = (
-            None
-            if blocks is None
-            else {k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in blocks.items()}
-        )
-        self._options["ram_blocks"] = blocks
-        self._plan = fast_plan(
-            self.release,
-            ram_checks=blocks is not None,
-            stateful_switchover_ack=self._options.get("switchover_ack_capability", True),
-        )
+        self._model.ram_blocks = as_ram_blocks(blocks)
+        self._plan = self._plan_for_model()
 
     def set_machine(self, machine: str) -> None:
         """As :meth:`Reader.set_machine`. Only counted SWITCHOVER_ACKs depend on it, and
@@ -462,6 +448,15 @@ class FastReader:
             yield ev  # type: ignore[misc]
 
     # -- machinery -----------------------------------------------------------------------
+    def _plan_for_model(self) -> FastPlan:
+        """The plan that leaves to the model every frame its current context has rules for."""
+        m = self._model
+        return fast_plan(
+            self.release,
+            ram_checks=m.ram_blocks is not None,
+            stateful_switchover_ack=m.switchover_ack_capability,
+        )
+
     def _unread_pending(self) -> None:
         """Give the events decoded but not yet returned back to the model, unread.
 

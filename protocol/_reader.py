@@ -102,6 +102,13 @@ class RamBlock:
         return (((nbits + 7) // 8) + 7) // 8 * 8
 
 
+def as_ram_blocks(blocks: Mapping[str, RamBlock | int] | None) -> dict[str, RamBlock] | None:
+    """RAMBlocks as the reader keeps them: idstr → :class:`RamBlock` (an int is a used length)."""
+    if blocks is None:
+        return None
+    return {k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in blocks.items()}
+
+
 class Reader:
     """Feed destination-to-source bytes; get the events the source would see.
 
@@ -141,11 +148,7 @@ class Reader:
     ) -> None:
         self.catalog: RpCatalog = catalog(release)
         self.release = self.catalog.release
-        self.ram_blocks: dict[str, RamBlock] | None = None
-        if ram_blocks is not None:
-            self.ram_blocks = {
-                k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in ram_blocks.items()
-            }
+        self.ram_blocks = as_ram_blocks(ram_blocks)
         self.target_page_size = target_page_size
         self.host_page_size = host_page_size
         self.switchover_ack_capability = switchover_ack_capability
