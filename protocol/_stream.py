@@ -135,6 +135,7 @@ def check_stream(
                 return True
             if ev is STOPPED:
                 return False
+            # One event: _tally's rules without a Counter per event (this is the hot path).
             if isinstance(ev, Message):
                 v.frames += 1
                 v.counts[ev.name] += 1
