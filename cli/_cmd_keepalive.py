@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.compat import decide_keepalive, tcp_keepalive
 from migcompat.protocol import InputError
+
+from ._io import console, print_json
 
 __all__ = ["register"]
 

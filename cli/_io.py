@@ -13,16 +13,19 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from migcompat.compat import StrategyError
 from migcompat.protocol import ENGINES, InputError, Release, parse_release
 
 __all__ = [
     "CHUNK",
+    "SYSCTLS",
     "add_engine_argument",
     "console",
     "iter_chunks",
     "open_check",
     "parse_releases",
     "print_json",
+    "sysctl_overrides",
 ]
 
 CHUNK = 1 << 20
@@ -112,3 +115,28 @@ def add_engine_argument(p: argparse.ArgumentParser) -> None:
         "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
         "case QEMU accepts, see docs/performance.md)",
     )
+
+
+#: ``--sysctl`` keys (``/proc/sys/net/ipv4`` names) and the TcpSettings field each sets
+#: (``migcompat partition`` and ``migcompat lab run --scenario partition-…``).
+SYSCTLS = {
+    "tcp_keepalive_time": "keepalive_time",
+    "tcp_keepalive_intvl": "keepalive_intvl",
+    "tcp_keepalive_probes": "keepalive_probes",
+    "tcp_retries2": "retries2",
+}
+
+
+def sysctl_overrides(items: list[str] | None) -> dict[str, int]:
+    """``--sysctl KEY=VALUE`` items of ``lab run`` as ``{KEY: VALUE}`` (non-negative integers)."""
+    overrides: dict[str, int] = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or key.strip() not in SYSCTLS or not val.strip().isdigit():
+            raise StrategyError(
+                f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
+                + ", ".join(SYSCTLS)
+                + ", VALUE a non-negative integer"
+            )
+        overrides[key.strip()] = int(val)
+    return overrides

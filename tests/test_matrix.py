@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.compat import Cell, compare, observations, parse_cell_id, predict, predict_matrix
 from migcompat.compat._matrix import (
     DEFAULT_RELEASES,
@@ -285,8 +285,9 @@ def test_pytest_plugin_parametrizes_with_cell_ids(tmp_path: Path) -> None:
     )
     from importlib.metadata import entry_points
 
-    registered = any(ep.value == "migcompat.pytest_plugin" for ep in entry_points(group="pytest11"))
-    load = [] if registered else ["-p", "migcompat.pytest_plugin"]  # not installed: load by hand
+    plugin = "migcompat.lab.pytest_plugin"
+    registered = any(ep.value == plugin for ep in entry_points(group="pytest11"))
+    load = [] if registered else ["-p", plugin]  # not installed: load by hand
     out = subprocess.run(
         [sys.executable, "-m", "pytest", *load, "--collect-only", "-q", "-p", "no:cacheprovider",
          str(tmp_path / "test_x.py")],
