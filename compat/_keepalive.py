@@ -27,8 +27,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migcompat.protocol import Release, catalog, known_releases, overlays, resolve_line
-from migcompat.protocol._errors import InputError, InvalidRelease
+from migcompat.protocol import (
+    InputError,
+    InvalidRelease,
+    Release,
+    catalog,
+    known_releases,
+    overlays,
+    resolve_line,
+)
 
 from ._behaviour import Observation, observations, observed_rejection
 from ._properties import overlay_compat_entries

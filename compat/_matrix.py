@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from migcompat.protocol import (
+    InputError,
     InvalidRelease,
     RamBlock,
     Reader,
@@ -37,7 +38,6 @@ from migcompat.protocol import (
     RemoteViolation,
     catalog,
 )
-from migcompat.protocol._errors import InputError
 
 from ._tables import UnknownMachine, compat_releases, compat_table
 

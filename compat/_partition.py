@@ -36,8 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from migcompat.protocol import Release
-from migcompat.protocol._errors import InputError
+from migcompat.protocol import InputError, Release
 
 from ._keepalive import Fact, tcp_keepalive
 
