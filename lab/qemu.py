@@ -1,4 +1,6 @@
-"""One QEMU process driven through ``qemu.qmp`` (style anchor 4 / lesson 12).
+"""One QEMU process driven through ``qemu.qmp``, in qemu.qmp's own manner: a :class:`LabState`
+enum, methods guarded by the state they require, a failed start rolled back with its cause
+wrapped in :class:`LabError`, a child logger per instance, QEMU's error text kept verbatim.
 
 The instance owns exactly one process, started from :meth:`QemuBuild.argv`, whose PID is QEMU's
 own; it is the only thing we ever signal. Everything QEMU says is kept verbatim and timestamped
