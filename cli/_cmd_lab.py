@@ -219,6 +219,7 @@ def _run(args: argparse.Namespace) -> int:
             raise LabError(
                 f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
             )
+    assert src is not None and dst is not None
     scenario = args.scenario
     if scenario.startswith("partition-"):
         return _run_partition(args, src, dst)

@@ -14,6 +14,7 @@ that both agree for every registered machine type of every extracted release.
 
 from __future__ import annotations
 
+import builtins
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ class EffectiveProperty:
     #: Earlier entries for the same driver+property that this one overrode.
     overrides: tuple[CompatEntry, ...] = ()
 
-    @property
+    # ``builtins.``: the field ``property`` above shadows the name for type checkers.
+    @builtins.property
     def provenance(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
 

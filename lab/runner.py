@@ -115,6 +115,7 @@ class _QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    workdir: Path
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""

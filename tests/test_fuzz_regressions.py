@@ -92,7 +92,7 @@ def test_model_agrees_with_the_real_source(case_dir: Path) -> None:
     rp = (case_dir / "rp.bin").read_bytes()
     rel = parse_release(case["release"])
     injected = tuple(case["injected"]) if case.get("injected") else None
-    model = model_verdict(rel, rp, case.get("ram"), injected)  # type: ignore[arg-type]
+    model = model_verdict(rel, rp, case.get("ram"), injected)
     agree, why = compare(model, case["real"], rel)
     assert agree, why
 

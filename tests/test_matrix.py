@@ -50,7 +50,7 @@ def cells(draw: st.DrawFn, scenario: st.SearchStrategy[str] = named | inject) ->
     return Cell(a, b, machine, draw(scenario))
 
 
-def _matching_observation(p):  # type: ignore[no-untyped-def]
+def _matching_observation(p):
     """An observation exactly as the prediction allows (first allowed member of each set)."""
     return {
         "machine": p.cell.machine,
@@ -215,7 +215,7 @@ def test_the_model_agrees_with_the_compat_observations() -> None:
         assert ("running" in p.src_runstates) == bool(o.src_running), o.path
 
 
-def _result(p, outcome: str, **obs) -> CellResult:  # type: ignore[no-untyped-def]
+def _result(p, outcome: str, **obs) -> CellResult:
     return CellResult(p, outcome, ["why"] if outcome != "pass" else [], obs, None, 1.0)
 
 
