@@ -18,8 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from migcompat.protocol import Release, known_releases, overlays
-from migcompat.protocol._errors import InputError
+from migcompat.protocol import InputError, Release, known_releases, overlays
 
 from ._tables import CompatEntry, CompatTable, MachineInfo, compat_table
 

@@ -17,8 +17,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from migcompat.protocol import Release
-from migcompat.protocol._errors import CatalogError, InputError, InvalidRelease
+from migcompat.protocol import CatalogError, InputError, InvalidRelease, Release
 
 __all__ = [
     "CompatEntry",

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from migcompat.lab._errors import LabError
+from migcompat.protocol import make_frame
 
 __all__ = ["FrameInfo", "Framer", "Proxy", "make_frame"]
 
@@ -49,15 +50,6 @@ _RP_NAMES = {
 _SHUT = 1
 _RECV_BITMAP = 5
 _BITMAP_END = 0x0123456789ABCDEF
-
-
-def make_frame(type_id: int, payload: bytes = b"", length: int | None = None) -> bytes:
-    """``be16 type, be16 length, payload`` (``length`` may lie, to build bad frames).
-
-    >>> make_frame(8).hex()
-    '00080000'
-    """
-    return struct.pack(">HH", type_id, len(payload) if length is None else length) + payload
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
 from migcompat.lab.scenarios import Scenario, parse_scenario
 
-__all__ = ["SETTLED", "RunRecord", "print_record", "run_scenario", "run_scenario_async"]
+__all__ = ["SETTLED", "QmpPair", "RunRecord", "print_record", "run_scenario", "run_scenario_async"]
 
 
 def __dir__() -> list[str]:
@@ -102,7 +102,7 @@ def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
 
 
-class _QmpPair:
+class QmpPair:
     """What every lab run does with its two QEMUs: the clock, the step log, QMP calls
     (errors kept verbatim), waiting for the guest, and status polling."""
 
@@ -196,7 +196,7 @@ class _QmpPair:
 
 
 
-class _Run(_QmpPair):
+class _Run(QmpPair):
     """State of one run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(
