@@ -40,8 +40,8 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-# MIG_RP_MSG_* ids (stable since 2.5; see the reference table) for the fallback framer only;
-# QEMU's names, as the protocol core's events spell them.
+# MIG_RP_MSG_* ids (stable since 2.5; the catalog in protocol/data/ has them per release), for
+# the fallback framer only; QEMU's names, as the protocol core's events spell them.
 _RP_NAMES = {
     0: "MIG_RP_MSG_INVALID", 1: "MIG_RP_MSG_SHUT", 2: "MIG_RP_MSG_PONG",
     3: "MIG_RP_MSG_REQ_PAGES_ID", 4: "MIG_RP_MSG_REQ_PAGES", 5: "MIG_RP_MSG_RECV_BITMAP",
