@@ -95,25 +95,15 @@ class TcpSettings:
     def from_sysctls(cls, values: Mapping[str, int]) -> TcpSettings:
         """From ``{"tcp_keepalive_time": …}`` (missing keys: Linux's defaults).
 
-        The host's values come from :func:`migcompat.lab.read_tcp_sysctls`.
+        The host's values come from :func:`migcompat.lab.read_tcp_sysctls`. A field is its
+        sysctl's name without ``tcp_``.
         """
-        known = {k: int(x) for k, x in values.items() if k in LINUX_TCP_DEFAULTS}
-        v = {**LINUX_TCP_DEFAULTS, **known}
-        return cls(
-            v["tcp_keepalive_time"],
-            v["tcp_keepalive_intvl"],
-            v["tcp_keepalive_probes"],
-            v["tcp_retries2"],
-        )
+        v = {k: int(values.get(k, default)) for k, default in LINUX_TCP_DEFAULTS.items()}
+        return cls(**{k.removeprefix("tcp_"): x for k, x in v.items()})
 
     def sysctls(self) -> dict[str, int]:
         """The ``net.ipv4`` sysctl form (inverse of :meth:`from_sysctls`)."""
-        return {
-            "tcp_keepalive_time": self.keepalive_time,
-            "tcp_keepalive_intvl": self.keepalive_intvl,
-            "tcp_keepalive_probes": self.keepalive_probes,
-            "tcp_retries2": self.retries2,
-        }
+        return {k: getattr(self, k.removeprefix("tcp_")) for k in LINUX_TCP_DEFAULTS}
 
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -185,6 +175,21 @@ def keepalive_timeout_s(idle: int, interval: int, count: int,
 _STRATEGY_RE = re.compile(
     r"none|tcp:(?P<i>\d+),(?P<n>\d+),(?P<c>\d+)|rp-keepalive:(?P<p>\d+)|user-timeout:(?P<u>\d+)"
 )
+_INT_MAX = 0x7FFFFFFF
+#: Strategy part -> (its groups in ``_STRATEGY_RE``, largest value, what the bounds are).
+_STRATEGY_PARTS = {
+    "tcp": (
+        ("i", "n", "c"),
+        _UINT32,
+        "idle, interval and count must be 1 … 4294967295 (0 would mean the system default)",
+    ),
+    "rp-keepalive": (
+        ("p",),
+        _INT_MAX,
+        "the period must be 1 … 2147483647 ms (the proposal refuses values > INT_MAX; 0 is off)",
+    ),
+    "user-timeout": (("u",), _INT_MAX, "TCP_USER_TIMEOUT is 1 … 2147483647 ms (0 means off)"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,7 +221,7 @@ class Strategy:
         if not isinstance(text, str) or not text.strip():
             raise StrategyError("empty strategy; use none, tcp:IDLE,INTVL,CNT, "
                                 "rp-keepalive:PERIOD_MS or user-timeout:MS")
-        tcp = rp = ut = None
+        got: dict[str, tuple[int, ...]] = {}
         parts = text.strip().split("+")
         for part in parts:
             m = _STRATEGY_RE.fullmatch(part.strip())
@@ -225,35 +230,22 @@ class Strategy:
                     f"strategy {part!r}: expected none, tcp:IDLE,INTVL,CNT (seconds, seconds, "
                     "probes), rp-keepalive:PERIOD_MS or user-timeout:MS"
                 )
-            if m["i"] is not None:
-                if tcp is not None:
-                    raise StrategyError(f"strategy {text!r}: tcp given twice")
-                tcp = (int(m["i"]), int(m["n"]), int(m["c"]))
-                if min(tcp) < 1 or max(tcp) > _UINT32:
-                    raise StrategyError(
-                        f"strategy {part!r}: idle, interval and count must be "
-                        "1 … 4294967295 (0 would mean the system default)"
-                    )
-            elif m["p"] is not None:
-                if rp is not None:
-                    raise StrategyError(f"strategy {text!r}: rp-keepalive given twice")
-                rp = int(m["p"])
-                if not 1 <= rp <= 0x7FFFFFFF:
-                    raise StrategyError(
-                        f"strategy {part!r}: the period must be 1 … 2147483647 "
-                        "ms (the proposal refuses values > INT_MAX; 0 is off)"
-                    )
-            elif m["u"] is not None:
-                if ut is not None:
-                    raise StrategyError(f"strategy {text!r}: user-timeout given twice")
-                ut = int(m["u"])
-                if not 1 <= ut <= 0x7FFFFFFF:
-                    raise StrategyError(
-                        f"strategy {part!r}: TCP_USER_TIMEOUT is 1 … 2147483647 ms (0 means off)"
-                    )
-            elif len(parts) > 1:
-                raise StrategyError(f"strategy {text!r}: none cannot be combined")
-        return cls(tcp=tcp, rp_keepalive_ms=rp, user_timeout_ms=ut)
+            name = next((n for n, (g, *_) in _STRATEGY_PARTS.items() if m[g[0]] is not None), None)
+            if name is None:
+                if len(parts) > 1:
+                    raise StrategyError(f"strategy {text!r}: none cannot be combined")
+                continue
+            groups, upper, bounds = _STRATEGY_PARTS[name]
+            if name in got:
+                raise StrategyError(f"strategy {text!r}: {name} given twice")
+            got[name] = tuple(int(m[g]) for g in groups)
+            if min(got[name]) < 1 or max(got[name]) > upper:
+                raise StrategyError(f"strategy {part!r}: {bounds}")
+        tcp = got.get("tcp")
+        rp, ut = (got.get(k, (None,))[0] for k in ("rp-keepalive", "user-timeout"))
+        return cls(
+            tcp=(tcp[0], tcp[1], tcp[2]) if tcp else None, rp_keepalive_ms=rp, user_timeout_ms=ut
+        )
 
     def __str__(self) -> str:
         parts = []

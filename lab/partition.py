@@ -47,11 +47,11 @@ from migcompat.compat import (
     retransmission_schedule_s,
 )
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, run_dir
+from migcompat.lab.builds import QemuBuild, require_build, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import QmpPair
+from migcompat.lab.runner import QmpPair, progress_console
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -541,11 +541,7 @@ async def run_partition_async(
 ) -> PartitionRecord:
     """Async form of :func:`run_partition`."""
     strat = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    console = progress_console(progress)
     run = _PartitionRun(src, dst, scenario, strat, window, outdir, machine, console, sysctls)
     if console is None:
         return await run.run()
@@ -576,18 +572,19 @@ def run_partition(
     :raises LabError: a build is missing, namespaces cannot be made, QEMU did not start, or
         postcopy never started.
     """
-    from migcompat.lab.builds import find_build
-
-    builds = []
-    for rel in (src, dst):
-        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
-        if b is None:
-            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
-        builds.append(b)
-    return asyncio.run(run_partition_async(
-        builds[0], builds[1], scenario, strategy=strategy, window=window, machine=machine,
-        outdir=Path(outdir) if outdir else None, progress=progress, sysctls=sysctls,
-    ))
+    return asyncio.run(
+        run_partition_async(
+            require_build(src),
+            require_build(dst),
+            scenario,
+            strategy=strategy,
+            window=window,
+            machine=machine,
+            outdir=Path(outdir) if outdir else None,
+            progress=progress,
+            sysctls=sysctls,
+        )
+    )
 
 
 def print_partition(rec: PartitionRecord) -> None:
