@@ -74,6 +74,7 @@ DEFAULT_RELEASES: tuple[str, ...] = ("7.2", "10.0", "11.1")
 #: Machine family of the matrix (the lab's guest is x86 q35).
 DEFAULT_FAMILY = "pc-q35"
 
+
 @cache
 def _model() -> Mapping[str, Any]:
     path = resources.files("migcompat.compat") / "data" / "matrix.json"
