@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 from typing import Any
 
-from migcompat.compat import StrategyError, TcpSettings, predict_partition
+from migcompat.compat import LINUX_TCP_DEFAULTS, StrategyError, TcpSettings, predict_partition
+from migcompat.lab import read_tcp_sysctls
 
-from ._io import SYSCTLS as _SYSCTLS
 from ._io import console, print_json
 
 __all__ = ["register"]
@@ -77,17 +76,19 @@ def register(sub: Any) -> None:
 
 def _settings(items: list[str]) -> TcpSettings:
     """This kernel's settings with the user's ``KEY=VALUE`` overrides."""
-    st = TcpSettings.from_proc()
+    values = read_tcp_sysctls()
     for item in items:
         key, sep, val = item.partition("=")
-        if not sep or key.strip() not in _SYSCTLS:
-            raise StrategyError(f"--sysctl {item!r}: expected KEY=VALUE with KEY one of "
-                                + ", ".join(_SYSCTLS))  # fmt: skip
+        if not sep or key.strip() not in LINUX_TCP_DEFAULTS:
+            raise StrategyError(
+                f"--sysctl {item!r}: expected KEY=VALUE with KEY one of "
+                + ", ".join(LINUX_TCP_DEFAULTS)
+            )
         try:
-            st = replace(st, **{_SYSCTLS[key.strip()]: int(val)})
+            values[key.strip()] = int(val)
         except ValueError:
             raise StrategyError(f"--sysctl {item!r}: not an integer") from None
-    return st
+    return TcpSettings.from_sysctls(values)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -13,12 +13,11 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
-from migcompat.compat import StrategyError
+from migcompat.compat import LINUX_TCP_DEFAULTS, StrategyError
 from migcompat.protocol import ENGINES, InputError, Release, parse_release
 
 __all__ = [
     "CHUNK",
-    "SYSCTLS",
     "add_engine_argument",
     "console",
     "iter_chunks",
@@ -117,25 +116,16 @@ def add_engine_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
-#: ``--sysctl`` keys (``/proc/sys/net/ipv4`` names) and the TcpSettings field each sets
-#: (``migcompat partition`` and ``migcompat lab run --scenario partition-…``).
-SYSCTLS = {
-    "tcp_keepalive_time": "keepalive_time",
-    "tcp_keepalive_intvl": "keepalive_intvl",
-    "tcp_keepalive_probes": "keepalive_probes",
-    "tcp_retries2": "retries2",
-}
-
-
 def sysctl_overrides(items: list[str] | None) -> dict[str, int]:
-    """``--sysctl KEY=VALUE`` items of ``lab run`` as ``{KEY: VALUE}`` (non-negative integers)."""
+    """``--sysctl KEY=VALUE`` items of ``lab run`` as ``{KEY: VALUE}`` (non-negative integers;
+    KEY a ``/proc/sys/net/ipv4`` name of :data:`~migcompat.compat.LINUX_TCP_DEFAULTS`)."""
     overrides: dict[str, int] = {}
     for item in items or []:
         key, sep, val = item.partition("=")
-        if not sep or key.strip() not in SYSCTLS or not val.strip().isdigit():
+        if not sep or key.strip() not in LINUX_TCP_DEFAULTS or not val.strip().isdigit():
             raise StrategyError(
                 f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
-                + ", ".join(SYSCTLS)
+                + ", ".join(LINUX_TCP_DEFAULTS)
                 + ", VALUE a non-negative integer"
             )
         overrides[key.strip()] = int(val)

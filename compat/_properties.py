@@ -14,7 +14,6 @@ that both agree for every registered machine type of every extracted release.
 
 from __future__ import annotations
 
-import builtins
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,23 +49,11 @@ def versioned_array(name: str) -> tuple[str, Release] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class EffectiveProperty:
+class EffectiveProperty(CompatEntry):
     """A compat property that is in force for a machine type, and where it came from."""
 
-    driver: str
-    property: str
-    value: str
-    optional: bool
-    array: str
-    file: str
-    line: int
     #: Earlier entries for the same driver+property that this one overrode.
     overrides: tuple[CompatEntry, ...] = ()
-
-    # ``builtins.``: the field ``property`` above shadows the name for type checkers.
-    @builtins.property
-    def provenance(self) -> str:
-        return f"{self.file}:{self.line}" if self.line else self.file
 
     def to_json(self) -> dict[str, object]:
         return {

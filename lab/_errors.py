@@ -1,4 +1,4 @@
-"""The lab's one error type: ``LabError(message, exc=…)`` keeps the cause it wraps."""
+"""The lab's one error type (``LabError(exc=…)`` wraps the cause, so nothing is lost)."""
 
 from __future__ import annotations
 
