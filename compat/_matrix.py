@@ -203,7 +203,7 @@ class Prediction:
     src_error: str | None
     #: Where QEMU shows it: ``error-desc`` (and stderr) or ``stderr`` only.
     error_channel: str | None
-    #: Exact expected ``error-desc`` of the source (None: must be empty).
+    #: Exact ``error-desc`` of the source's *final* ``query-migrate`` (None: absent or empty).
     src_error_desc: str | None
     #: Lines (without the ``qemu-system-x86_64:`` prefix) the source's stderr must contain.
     src_stderr: tuple[str, ...]
@@ -220,6 +220,20 @@ class Prediction:
     #: Why the cell cannot be predicted (then it is skipped), or None.
     unpredicted: str | None = None
     notes: tuple[str, ...] = ()
+    #: The *timeline*: every distinct non-empty error-desc the source shows during the run,
+    #: in order (None: just the final one, if any — or one of its alternatives).
+    src_error_desc_seen: tuple[str, ...] | None = None
+    #: Exact error-desc of the destination's final ``query-migrate``.
+    dst_error_desc: str | None = None
+
+    def expected_seen(self, final: str | None = None) -> tuple[str, ...]:
+        """The predicted timeline of error-descs (``final``: the observed final one, standing
+        in for the prediction where alternatives are allowed)."""
+        if self.src_error_desc_seen is not None:
+            return self.src_error_desc_seen
+        if final is not None and final in self.error_desc_alternatives:
+            return (final,)
+        return (self.src_error_desc,) if self.src_error_desc else ()
 
     @property
     def split_brain(self) -> str:
@@ -248,6 +262,8 @@ class Prediction:
             "error_channel": self.error_channel,
             "src_error_desc": self.src_error_desc,
             "error_desc_alternatives": list(self.error_desc_alternatives),
+            "src_error_desc_seen": list(self.expected_seen()),
+            "dst_error_desc": self.dst_error_desc,
             "src_stderr": list(self.src_stderr),
             "dst_statuses": sorted(self.dst_statuses),
             "src_runstates": sorted(self.src_runstates),
@@ -428,6 +444,10 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
         basis=rule.get("basis", ""),
         timing=rule.get("timing"),
         error_desc_alternatives=tuple(rule.get("src_error_desc_alternatives", ())),
+        src_error_desc_seen=(
+            tuple(rule["src_error_desc_seen"]) if "src_error_desc_seen" in rule else None
+        ),
+        dst_error_desc=rule.get("dst_error_desc"),
     )
 
 
@@ -535,9 +555,29 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
         why.append(
             f"destination status {obs.get('dst_status')!r} not in {sorted(pred.dst_statuses)}"
         )
-    desc = obs.get("src_error_desc") or None
-    if desc != pred.src_error_desc and desc not in pred.error_desc_alternatives:
-        why.append(f"source error-desc {desc!r}, predicted {pred.src_error_desc!r}")
+    allowed = (pred.src_error_desc, *pred.error_desc_alternatives)
+    if "src_error_desc" in obs:  # the final query-migrate's error-desc
+        desc = obs.get("src_error_desc") or None
+        if desc not in allowed:
+            why.append(f"source final error-desc {desc!r}, predicted {pred.src_error_desc!r}")
+    elif "src_error_desc_last_nonempty" in obs:  # observed before finals were recorded
+        desc = obs.get("src_error_desc_last_nonempty") or None
+        seen = pred.expected_seen(desc)
+        if desc != (seen[-1] if seen else None):
+            why.append(f"source last error-desc {desc!r}, predicted {(seen or [None])[-1]!r}")
+    if "src_error_desc_seen" in obs:
+        seen_obs = tuple(obs["src_error_desc_seen"])
+        final = obs.get("src_error_desc") or None
+        if seen_obs != pred.expected_seen(final):
+            why.append(
+                f"source error-desc timeline {list(seen_obs)}, "
+                f"predicted {list(pred.expected_seen(final))}"
+            )
+    if "dst_error_desc" in obs and (obs["dst_error_desc"] or None) != pred.dst_error_desc:
+        why.append(
+            f"destination final error-desc {obs['dst_error_desc']!r}, "
+            f"predicted {pred.dst_error_desc!r}"
+        )
     stderr = obs.get("src_stderr") or []
     for line in pred.src_stderr:
         if line not in stderr:

@@ -76,6 +76,13 @@ class RunRecord:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     runstates: dict[str, Any] = field(default_factory=dict)
     final_migrate: dict[str, Any] = field(default_factory=dict)
+    #: Per side, at the end of the run, exactly as QEMU answered: ``query-migrate`` (whole),
+    #: ``query-status`` and ``error-desc`` (None: the key was absent). ``error_desc`` above
+    #: keeps, as before, the last non-empty error-desc seen at any time.
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per side, every change of ``query-migrate``'s status or error-desc, in order:
+    #: ``{"t", "status", "error-desc"}``.
+    timeline: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     split_brain: bool = False
     killed: dict[str, bool] = field(default_factory=dict)
     step_errors: list[dict[str, Any]] = field(default_factory=list)
@@ -185,7 +192,9 @@ class QmpPair:
         self.step("guest-silent", waited=timeout)
 
     async def poll(self) -> None:
-        """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
+        """Record every status change of both sides (plus MIGRATION events, recorded anyway),
+        and every change of status or error-desc into the timeline."""
+        seen: dict[str, tuple[Any, Any]] = {}
         while True:
             for side, inst in (("src", self.src), ("dst", self.dst)):
                 assert inst is not None
@@ -200,6 +209,13 @@ class QmpPair:
                     self.step("status", side=side, status=st)
                 if info.get("error-desc"):
                     self.rec.error_desc[side] = info["error-desc"]
+                now = (st, info.get("error-desc"))
+                timeline = getattr(self.rec, "timeline", None)  # a partition record has none
+                if st and seen.get(side) != now and timeline is not None:
+                    seen[side] = now
+                    timeline.setdefault(side, []).append(
+                        {"t": self.now(), "status": st, "error-desc": now[1]}
+                    )
             await asyncio.sleep(0.1)
 
     async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
@@ -424,6 +440,11 @@ class _Run(QmpPair):
             if st is not None:
                 self.rec.runstates[side] = st
             mig = await inst.try_execute("query-migrate")
+            self.rec.final[side] = {
+                "query-migrate": mig,
+                "query-status": st,
+                "error-desc": mig.get("error-desc") if isinstance(mig, dict) else None,
+            }
             if isinstance(mig, dict):
                 self.rec.final_migrate[side] = {
                     k: mig[k] for k in ("status", "error-desc") if k in mig

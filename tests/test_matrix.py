@@ -201,11 +201,15 @@ def test_every_rule_agrees_with_the_fixtures_it_cites(rule: dict, path: str) -> 
     assert statuses["dst"][-1] in rule["dst_statuses"]
     assert meta["runstates"]["src"]["status"] in rule["src_runstates"]
     assert meta["runstates"]["dst"]["status"] in rule["dst_runstates"]
-    desc = meta.get("error_desc", {}).get("src")
+    # error-desc of the final query-migrate; the fixture's error_desc is the last non-empty one
+    desc = meta.get("final_migrate", {}).get("src", {}).get("error-desc")
+    last = meta.get("error_desc", {}).get("src")
     if rule.get("error_channel") == "stderr":
-        assert not desc
+        assert not desc and not last
     elif rule.get("error_channel") is None:
         assert desc == rule.get("src_error_desc")
+        seen = rule.get("src_error_desc_seen", [d for d in [rule.get("src_error_desc")] if d])
+        assert last == (seen[-1] if seen else None)
 
 
 def test_the_model_agrees_with_the_compat_observations() -> None:
