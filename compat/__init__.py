@@ -20,6 +20,7 @@ from ._keepalive import (
 from ._matrix import (
     DEFAULT_FAMILY,
     DEFAULT_RELEASES,
+    GUEST_STATES,
     Cell,
     CellResult,
     Prediction,
@@ -73,6 +74,7 @@ from ._tables import (
 __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
+    "GUEST_STATES",
     "LINUX_TCP_DEFAULTS",
     "Cell",
     "CellResult",

@@ -35,7 +35,9 @@ from migcompat.protocol import (
     Release,
     RemoteViolation,
     catalog,
+    Scenario,
     known_releases,
+    machine_version,
     parse_scenario,
 )
 
@@ -44,6 +46,7 @@ from ._tables import MachineType, UnknownMachine, compat_releases, compat_table
 __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
+    "GUEST_STATES",
     "Cell",
     "CellResult",
     "Prediction",
@@ -225,6 +228,15 @@ class Prediction:
     src_error_desc_seen: tuple[str, ...] | None = None
     #: Exact error-desc of the destination's final ``query-migrate``.
     dst_error_desc: str | None = None
+    #: Measured guest state allowed per final destination status (``(status, (states…))``;
+    #: states as :data:`GUEST_STATES`), or empty where no rule says it.
+    guest: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def guest_states(self, dst_status: str | None = None) -> frozenset[str]:
+        """Guest states allowed when the destination ends in ``dst_status`` (None: any)."""
+        return frozenset(
+            g for st, states in self.guest if dst_status in (None, st) for g in states
+        )
 
     def expected_seen(self, final: str | None = None) -> tuple[str, ...]:
         """The predicted timeline of error-descs (``final``: the observed final one, standing
@@ -237,7 +249,17 @@ class Prediction:
 
     @property
     def split_brain(self) -> str:
-        """``always`` / ``possible`` / ``never``: the guest running on both hosts."""
+        """``always`` / ``possible`` / ``never``: the guest *executing* on both hosts.
+
+        From the measured guest states where the rule has them; else, from the runstates
+        (both ``running``), which is only an upper bound: a destination whose vCPUs wait on
+        page faults nobody serves reports ``running`` too.
+        """
+        if self.guest:
+            states = self.guest_states()
+            if states == {"split-brain"}:
+                return "always"
+            return "possible" if "split-brain" in states else "never"
         s, d = "running" in self.src_runstates, "running" in self.dst_runstates
         if not (s and d):
             return "never"
@@ -269,6 +291,7 @@ class Prediction:
             "src_runstates": sorted(self.src_runstates),
             "dst_runstates": sorted(self.dst_runstates),
             "split_brain": self.split_brain,
+            "guest": {st: list(states) for st, states in self.guest},
             "timing": self.timing,
             "rule": self.rule,
             "evidence": list(self.evidence),
@@ -283,11 +306,17 @@ def _in_range(release: Release, rng: Mapping[str, str]) -> bool:
     return Release(rng["from"]) <= release.line <= Release(rng["to"])
 
 
-def _outcome_rule(event: str, phase: str | None, source: Release) -> Mapping[str, Any] | None:
+def _outcome_rule(
+    event: str, phase: str | None, source: Release, idle: bool = False
+) -> Mapping[str, Any] | None:
+    """The rule for ``event`` at ``phase`` on ``source``; a rule holds for the guest mode it
+    was observed with (``idle``: destination -S; default: a running guest)."""
     for rule in _model()["outcomes"]:
         if rule["event"] != event or not _in_range(source, rule["sources"]):
             continue
         if rule.get("phase") not in (None, phase):
+            continue
+        if "unobserved" not in rule and bool(rule.get("idle", False)) != idle:
             continue
         return rule
     return None
@@ -301,17 +330,47 @@ def capabilities(source: str, destination: str) -> frozenset[str]:
     return frozenset(caps)
 
 
-def _rule_applies(rule: Mapping[str, Any], source: str, destination: str, phase: str) -> bool:
+def _effective_caps(source: str, destination: str, sc: Scenario | None) -> dict[str, frozenset[str]]:
+    """Capabilities on each side: the lab's defaults, then the scenario's overrides."""
+    out = {}
+    for side in ("src", "dst"):
+        caps = set(capabilities(source, destination))
+        for cap, on in (sc.capability_overrides(side) if sc else {}).items():
+            (caps.add if on else caps.discard)(cap)
+        out[side] = frozenset(caps)
+    return out
+
+
+def _rule_applies(
+    rule: Mapping[str, Any],
+    source: str,
+    destination: str,
+    phase: str,
+    caps: Mapping[str, frozenset[str]],
+    machine: str | None,
+) -> bool:
     if rule.get("unless_phase") == phase:
         return False
     if "sources" in rule and not _in_range(Release(source), rule["sources"]):
         return False
+    if "machines" in rule:
+        version = machine_version(machine) if machine else None
+        if version is None or not _in_range(version, rule["machines"]):
+            return False
     cap = rule.get("requires_capability")
-    return not (cap and cap not in capabilities(source, destination))
+    if cap and cap not in caps["src"]:
+        return False
+    off = rule.get("requires_capability_off")
+    return not (off and off in caps["src"])
 
 
 def _frame_verdict(
-    source: str, frame: bytes, phase: str, destination: str | None = None
+    source: str,
+    frame: bytes,
+    phase: str,
+    destination: str | None = None,
+    caps: Mapping[str, frozenset[str]] | None = None,
+    machine: str | None = None,
 ) -> tuple[str, str | None, str | None, str]:
     """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``.
 
@@ -329,7 +388,8 @@ def _frame_verdict(
     # source does not count acks, whatever the machine type; with it on it does, old
     # machine types included (11.1->11.1 on pc-q35-5.2/7.2/10.0: the destination's own
     # legacy ACK came first).
-    capability = "switchover-ack" in capabilities(source, destination)
+    caps = caps or _effective_caps(source, destination, None)
+    capability = "switchover-ack" in caps["src"]
     reader = Reader(
         source,
         ram_blocks=ram if name == "RECV_BITMAP" else None,
@@ -341,7 +401,9 @@ def _frame_verdict(
     except RemoteViolation as exc:
         return "rejected", exc.qemu_error, None, f"frame parser of {cat.line}: {exc}"
     for rule in _model()["semantic_rules"]:
-        if rule["message"] != name or not _rule_applies(rule, source, destination, phase):
+        if rule["message"] != name or not _rule_applies(
+            rule, source, destination, phase, caps, machine
+        ):
             continue
         if rule["verdict"] == "rejected":
             args = [phase if a == "$phase" else a for a in rule.get("args", [])]
@@ -352,44 +414,72 @@ def _frame_verdict(
             return "rejected", text, None, f"semantic rule {rule['id']}"
         return "accepted", None, None, f"semantic rule {rule['id']}: {rule.get('effect', '')}"
     if name in _model()["unmodelled_messages"]:
-        return "accepted", None, _model()["unmodelled_messages"][name], "not modelled"
+        what = name if len(frame) <= 4 else f"{name} {frame[4:].hex()}"
+        if name == "SHUT" and len(frame) == 8:
+            what = f"SHUT {struct.unpack_from('>I', frame, 4)[0]}"
+        reason = f"no observation of {what} on {Release(source).line}"
+        return "accepted", None, f"{reason} ({_model()['unmodelled_messages'][name]})", reason
     return "accepted", None, None, f"{name} is a message {cat.line} dispatches"
 
 
-def _scenario_event(lab: str) -> tuple[str, str | None]:
-    if lab.startswith("inject:"):
-        return "inject", "postcopy-active"
-    if lab.startswith("blackhole"):
-        return "blackhole", "postcopy-active"
-    if lab.startswith("cut"):
-        return "cut", "postcopy-active"
-    if lab == "recover":
-        return "recover", "postcopy-recover"
-    return "completes", None
+def _observed_capabilities(sc: Scenario, source: Release) -> str | None:
+    """Why the scenario's capability overrides have no observation on ``source`` (or None)."""
+    if not sc.capabilities:
+        return None
+    want = sorted(f"{s}:{c}={'on' if on else 'off'}" for s, c, on in sc.capabilities)
+    for entry in _model().get("observed_capabilities", []):
+        if sorted(entry["set"]) == want and _in_range(source, entry["sources"]):
+            return None
+    return f"no observation with {'+'.join(want)} on a {source.line} source"
 
 
 def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
-    """The prediction of one cell (never raises for a well-formed cell: unknowns say why)."""
+    """The prediction of one cell (never raises for a well-formed cell: unknowns say why).
+
+    A scenario's steps compose: the injected frames go through one source-parser model in
+    order (the first rejected one decides), then the outcome rule of the event sequence.
+    """
     src = Release(cell.source)
-    lab = cell.lab_scenario
-    kind, phase = _scenario_event(lab)
-    verdict = error = unmodelled = None
-    why = ""
+    sc = parse_scenario(cell.lab_scenario)
+    caps = _effective_caps(cell.source, cell.destination, sc)
+    verdict = error = None
+    unmodelled = _observed_capabilities(sc, src)
     notes: list[str] = []
-    if kind == "inject":
-        sc = parse_scenario(lab)
-        if sc.trigger != "postcopy":
-            unmodelled = f"trigger {sc.trigger!r}: the phase the frame lands in is not fixed"
-        assert sc.frame is not None
-        verdict, error, reason, why = _frame_verdict(
-            cell.source, sc.frame, phase or "", cell.destination
-        )
-        unmodelled = unmodelled or reason
-        notes.append(why)
-        event = "rp-error" if verdict == "rejected" else "completes"
-    else:
-        event = kind
-    rule = _outcome_rule(event, phase, src)
+    events: list[str] = []
+    phase: str | None = None
+    rejected = False
+    for step in sc.actions:
+        if step.kind == "plain":
+            continue
+        step_phase = step.phase
+        if step_phase is None:
+            unmodelled = unmodelled or (
+                f"moment {step.trigger!r}: the phase the step lands in is not fixed"
+            )
+        if step.kind == "inject":
+            if rejected:
+                notes.append("after the first rejected frame: what follows does not decide")
+                continue
+            assert step.frame is not None
+            v, e, reason, why = _frame_verdict(
+                cell.source, step.frame, step_phase or "", cell.destination, caps, cell.machine
+            )
+            notes.append(why)
+            unmodelled = unmodelled or reason
+            verdict = "rejected" if v == "rejected" else (verdict or v)
+            if v == "rejected":
+                rejected, error = True, e
+                events.append("rp-error")
+                phase = step_phase
+            continue
+        events.append(step.kind)
+        if phase is None or step.kind != "recover":
+            phase = "postcopy-recover" if step.kind == "recover" else step_phase
+    if not events:
+        events.append("completes")
+        phase = None if verdict is None else phase
+    event = "+".join(events)
+    rule = _outcome_rule(event, phase, src, sc.idle)
     base: dict[str, Any] = {
         "cell": cell,
         "event": event,
@@ -448,7 +538,32 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
             tuple(rule["src_error_desc_seen"]) if "src_error_desc_seen" in rule else None
         ),
         dst_error_desc=rule.get("dst_error_desc"),
+        guest=_guest_rule(rule),
     )
+
+
+#: The measured guest states (``migcompat.lab.guest_state``).
+GUEST_STATES = (
+    "split-brain", "destination-stalled", "source-stalled", "source-only",
+    "destination-only", "neither",
+)  # fmt: skip
+
+
+def _guest_rule(rule: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A rule's ``guest``: one state (or list) for every destination status, or a mapping
+    from destination status to state(s)."""
+    g = rule.get("guest")
+    if g is None:
+        return ()
+    per = g if isinstance(g, dict) else dict.fromkeys(rule["dst_statuses"], g)
+    out = []
+    for st in sorted(per):
+        states = (per[st],) if isinstance(per[st], str) else tuple(per[st])
+        bad = [x for x in states if x not in GUEST_STATES]
+        if bad:
+            raise InputError(f"compat/data/matrix.json rule {rule['id']}: guest state {bad}")
+        out.append((st, states))
+    return tuple(out)
 
 
 def matrix_cells(
@@ -585,9 +700,17 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
     for side, allowed in (("src", pred.src_runstates), ("dst", pred.dst_runstates)):
         if obs.get(f"{side}_runstate") not in allowed:
             why.append(f"{side} runstate {obs.get(f'{side}_runstate')!r} not in {sorted(allowed)}")
+    if "guest" in obs and pred.guest:
+        allowed_g = pred.guest_states(obs.get("dst_status"))
+        if obs["guest"] not in allowed_g:
+            prog = obs.get("guest_progress") or {}
+            why.append(
+                f"guest {obs['guest']} (progress marks src {prog.get('src')}, dst "
+                f"{prog.get('dst')} in {prog.get('window')} s), predicted {sorted(allowed_g)}"
+            )
     if obs.get("split_brain") and pred.split_brain == "never":
         why.append("SPLIT BRAIN observed where the model rules it out")
-    if not obs.get("split_brain") and pred.split_brain == "always":
+    if "split_brain" in obs and not obs["split_brain"] and pred.split_brain == "always":
         why.append("no split brain although the model says always")
     return why
 

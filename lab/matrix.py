@@ -84,7 +84,14 @@ def observed_summary(rec: Any) -> dict[str, Any]:
         if rec.timeline.get(side):
             out[f"{side}_error_desc_seen"] = seen
         out[f"{side}_stderr"] = [_QEMU_PREFIX.sub("", x) for x in rec.stderr_lines(side)]
-    out["split_brain"] = bool(rec.split_brain)
+    out["runstates_both_running"] = bool(rec.split_brain)
+    g = getattr(rec, "guest", None)
+    if g:  # measured: split brain is both guests executing, not both runstates running
+        out["guest"] = g["state"]
+        out["guest_progress"] = {
+            "window": g["window"], "src": g["src"]["dots"], "dst": g["dst"]["dots"]
+        }  # fmt: skip
+        out["split_brain"] = g["state"] == "split-brain"
     out["versions"] = {"src": rec.src.get("version_text"), "dst": rec.dst.get("version_text")}
     out["machine"] = rec.machine
     out["timed_out"] = rec.timed_out

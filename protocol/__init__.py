@@ -57,13 +57,14 @@ from ._forward import (
 from ._grammar import build_frame, frame_grammar, parse_frame
 from ._reader import RamBlock, Reader, machine_version
 from ._releases import Release, parse_release
-from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
+from ._scenario import MOMENTS, SCENARIO_KINDS, Scenario, Step, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
     "ENGINES",
+    "MOMENTS",
     "NEED_DATA",
     "SCENARIO_KINDS",
     "STOPPED",
@@ -102,6 +103,7 @@ __all__ = (
     "Scenario",
     "SectionHeader",
     "Shut",
+    "Step",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
