@@ -34,8 +34,8 @@ from migcompat.protocol import (
     Reader,
     Release,
     RemoteViolation,
-    catalog,
     Scenario,
+    catalog,
     known_releases,
     machine_version,
     parse_scenario,
@@ -314,6 +314,8 @@ def _outcome_rule(
     for rule in _model()["outcomes"]:
         if rule["event"] != event or not _in_range(source, rule["sources"]):
             continue
+        if "lines" in rule and str(source.line) not in rule["lines"]:
+            continue  # observed on exactly these lines; the others in the range are not
         if rule.get("phase") not in (None, phase):
             continue
         if "unobserved" not in rule and bool(rule.get("idle", False)) != idle:
@@ -330,7 +332,9 @@ def capabilities(source: str, destination: str) -> frozenset[str]:
     return frozenset(caps)
 
 
-def _effective_caps(source: str, destination: str, sc: Scenario | None) -> dict[str, frozenset[str]]:
+def _effective_caps(
+    source: str, destination: str, sc: Scenario | None
+) -> dict[str, frozenset[str]]:
     """Capabilities on each side: the lab's defaults, then the scenario's overrides."""
     out = {}
     for side in ("src", "dst"):
@@ -405,8 +409,22 @@ def _frame_verdict(
             rule, source, destination, phase, caps, machine
         ):
             continue
+        value = struct.unpack_from(">I", frame, 4)[0] if len(frame) >= 8 else None
+        if "when_value" in rule and (value == 0) != (rule["when_value"] == "zero"):
+            continue
+        seen_on = rule.get("observed_sources")
+        if seen_on and not _in_range(Release(source), seen_on):
+            what = f"{name} {value}" if value is not None else name
+            reason = f"no observation of {what} on {Release(source).line}"
+            return rule["verdict"], None, reason, reason
+        if rule["verdict"] == "unobserved":
+            reason = f"{rule['unobserved']} on a {Release(source).line} source"
+            return "accepted", None, reason, reason
+        if rule["verdict"] == "ends":
+            return "ends", None, None, f"semantic rule {rule['id']}: {rule.get('effect', '')}"
         if rule["verdict"] == "rejected":
-            args = [phase if a == "$phase" else a for a in rule.get("args", [])]
+            subst = {"$phase": phase, "$value": value}
+            args = [subst.get(a, a) for a in rule.get("args", [])]
             if rule["error"] in cat.errors:
                 text = cat.format_error(rule["error"], *args)
             else:
@@ -428,7 +446,9 @@ def _observed_capabilities(sc: Scenario, source: Release) -> str | None:
         return None
     want = sorted(f"{s}:{c}={'on' if on else 'off'}" for s, c, on in sc.capabilities)
     for entry in _model().get("observed_capabilities", []):
-        if sorted(entry["set"]) == want and _in_range(source, entry["sources"]):
+        if sorted(entry["set"]) != want or not _in_range(source, entry["sources"]):
+            continue
+        if str(source.line) in entry.get("lines", [str(source.line)]):
             return None
     return f"no observation with {'+'.join(want)} on a {source.line} source"
 
@@ -467,9 +487,9 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
             notes.append(why)
             unmodelled = unmodelled or reason
             verdict = "rejected" if v == "rejected" else (verdict or v)
-            if v == "rejected":
+            if v in ("rejected", "ends"):  # the return-path thread ends here
                 rejected, error = True, e
-                events.append("rp-error")
+                events.append("rp-error" if v == "rejected" else "rp-shut")
                 phase = step_phase
             continue
         events.append(step.kind)
@@ -515,11 +535,17 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
             unpredicted=reason,
         )
     channel = rule.get("error_channel") if error else None
+    seen = tuple(rule["src_error_desc_seen"]) if "src_error_desc_seen" in rule else None
     if error and channel == "error-desc":
         desc: str | None = error
+    elif error and channel == "error-desc-cleared":
+        # set in error-desc while it lasts, gone from the final query-migrate (recovered)
+        desc, seen = None, (error,)
     else:
         desc = rule.get("src_error_desc")
-    stderr = ((error,) if error else ()) + tuple(rule.get("src_stderr_after", ()) if error else ())
+    shown = error and channel != "error-desc-cleared"
+    stderr = ((error,) if shown else ()) + tuple(rule.get("src_stderr_after", ()) if error else ())
+    stderr += tuple(rule.get("src_stderr", ()))
     return Prediction(
         **base,
         src_status=rule["src_status"],
@@ -534,9 +560,7 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
         basis=rule.get("basis", ""),
         timing=rule.get("timing"),
         error_desc_alternatives=tuple(rule.get("src_error_desc_alternatives", ())),
-        src_error_desc_seen=(
-            tuple(rule["src_error_desc_seen"]) if "src_error_desc_seen" in rule else None
-        ),
+        src_error_desc_seen=seen,
         dst_error_desc=rule.get("dst_error_desc"),
         guest=_guest_rule(rule),
     )

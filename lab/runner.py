@@ -200,7 +200,10 @@ class QmpPair:
         for side in ("dst", "src"):
             states = dict.fromkeys(caps, True)
             if sc is not None:
-                states.update(sc.capability_overrides(side))
+                # off and not on by default: left out (a release without it refuses the name)
+                states.update(
+                    {c: on for c, on in sc.capability_overrides(side).items() if on or c in caps}
+                )
             per_side[side] = states
             cap_list = [{"capability": c, "state": on} for c, on in states.items()]
             await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
@@ -461,7 +464,9 @@ class _Run(QmpPair):
                 try:
                     inj = await asyncio.wait_for(self.proxy.inject(step.frame), 10)
                     self.step("inject", **inj)
-                except (LabError, TimeoutError) as exc:
+                except (LabError, TimeoutError, OSError, RuntimeError) as exc:
+                    # RuntimeError: asyncio's "write() after write_eof()", a connection the
+                    # source already closed (an earlier step's frame ended it)
                     self.rec.step_errors.append(
                         {"t": self.now(), "side": "proxy", "command": "inject", "error": str(exc)}
                     )
