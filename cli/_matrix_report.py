@@ -46,11 +46,36 @@ def _md(text: object) -> str:
 
 
 def _sb(pred: Prediction, observed: Mapping[str, Any] | None = None) -> str:
+    if observed and "guest" in observed:
+        return _guest(observed)
     if observed and observed.get("split_brain"):
         return "**SPLIT-BRAIN**"
     return {"always": "**SPLIT-BRAIN**", "possible": "**SPLIT-BRAIN possible**"}.get(
         pred.split_brain, "no"
     )
+
+
+def _guest(o: Mapping[str, Any]) -> str:
+    """The measured guest state with its progress marks (Markdown)."""
+    prog = o.get("guest_progress") or {}
+    marks = f"{prog.get('src')}/{prog.get('dst')} in {prog.get('window', 0):.0f} s"
+    label = {
+        "split-brain": "**SPLIT-BRAIN**",
+        "destination-stalled": "**destination stalled** (reports running: do not resume)",
+    }.get(o["guest"], o["guest"])
+    return f"{label} ({marks})"
+
+
+def _guest_prediction(p: Prediction) -> str:
+    if not p.guest:
+        return _sb(p)
+    parts = []
+    for status, states in p.guest:
+        names = " or ".join(
+            "**SPLIT-BRAIN**" if g == "split-brain" else g for g in states
+        )
+        parts.append(names if len(p.guest) == 1 else f"{status}: {names}")
+    return "; ".join(parts)
 
 
 def _runstates(p: Prediction, sep: str) -> str:
@@ -61,7 +86,7 @@ def predictions_markdown(preds: Sequence[Prediction]) -> str:
     """A Markdown table of predictions."""
     rows = [
         "| cell | source status | source error (exact) | destination status | runstates src / dst "
-        "| split brain | rule |",
+        "| guest (measured state) | rule |",
         "|---|---|---|---|---|---|---|",
     ]
     for p in preds:
@@ -73,7 +98,7 @@ def predictions_markdown(preds: Sequence[Prediction]) -> str:
         err = f"`{_md(p.src_error)}` ({p.error_channel})" if p.src_error else "—"
         rows.append(
             f"| `{p.cell.id}` | {p.src_status} | {err} | {' / '.join(sorted(p.dst_statuses))} "
-            f"| {_runstates(p, ' / ')} | {_sb(p)} | {p.rule} |"
+            f"| {_runstates(p, ' / ')} | {_guest_prediction(p)} | {p.rule} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -95,8 +120,9 @@ def results_markdown(
     )
     lines.append(
         f"**{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
-        f"{s['error']} error** of {s['total']} cells; split brain observed in "
-        f"{s['split_brain']} cells." + observed
+        f"{s['error']} error** of {s['total']} cells; split brain (both guests executing, "
+        f"measured) in {s['split_brain']} cells; a destination that reports running with "
+        f"its vCPUs stalled in {s['stalled']}." + observed
     )
     lines.append("")
     if versions:
@@ -107,9 +133,10 @@ def results_markdown(
         ]
         lines.append("")
     lines += [
-        "| cell | result | source status (pred → seen) | source error | destination (allowed → "
-        "seen) | runstates src / dst | split brain | why |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | result | source status (pred → seen) | source error | final error-desc "
+        "(timeline) | destination (allowed → seen) | runstates src / dst | guest (progress "
+        "marks src/dst) | why |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p, o = r.prediction, r.observed
@@ -117,10 +144,16 @@ def results_markdown(
         if r.outcome == "observed" and o.get("src_error_desc"):
             err = f"seen: `{_md(o['src_error_desc'])}`"
         if r.outcome == "skipped":
-            lines.append(f"| `{p.cell.id}` | skipped | | | | | | {_md('; '.join(r.reasons))} |")
+            lines.append(f"| `{p.cell.id}` | skipped | | | | | | | {_md('; '.join(r.reasons))} |")
             continue
+        final = o.get("src_error_desc")
+        timeline = o.get("src_error_desc_seen") or []
+        desc = f"`{_md(final)}`" if final else "—"
+        if timeline and timeline != [final]:
+            desc += " (" + ", then ".join(f"`{_md(t)}`" for t in timeline) + ")"
         lines.append(
             f"| `{p.cell.id}` | {r.outcome} | {p.src_status} → {o.get('src_status')} | {err} "
+            f"| {desc} "
             f"| {'/'.join(sorted(p.dst_statuses))} → {o.get('dst_status')} "
             f"| {o.get('src_runstate')} / {o.get('dst_runstate')} | {_sb(p, o)} "
             f"| {_md('; '.join(r.reasons)) or p.rule} |"
@@ -185,6 +218,8 @@ def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matri
         observed = str(bool(r.observed.get("split_brain"))).lower()
         ET.SubElement(props, "property", name="split_brain_predicted", value=predicted)
         ET.SubElement(props, "property", name="split_brain_observed", value=observed)
+        if "guest" in r.observed:
+            ET.SubElement(props, "property", name="guest_observed", value=r.observed["guest"])
         out = [f"record: {r.record}"] if r.record else []
         if r.observed.get("split_brain"):
             out.insert(0, "SPLIT-BRAIN: the guest runs on both hosts")
@@ -269,7 +304,7 @@ def print_predictions(preds: Sequence[Prediction]) -> None:
 
     t = Table(title=f"predicted matrix ({len(preds)} cells)")
     columns = ("cell", "source", "source error (exact)", "destination", "runstates s/d")
-    for col in (*columns, "split brain"):
+    for col in (*columns, "guest"):
         t.add_column(col, overflow="fold")
     for p in preds:
         if p.unpredicted:
@@ -278,6 +313,8 @@ def print_predictions(preds: Sequence[Prediction]) -> None:
         sb = {"always": "[bold red]SPLIT-BRAIN[/]", "possible": "[red]possible[/]"}.get(
             p.split_brain, "no"
         )
+        if p.guest:
+            sb = _guest_prediction(p).replace("**SPLIT-BRAIN**", "[bold red]SPLIT-BRAIN[/]")
         t.add_row(
             p.cell.id,
             p.src_status or "",
@@ -315,6 +352,8 @@ def run_progress(
             running.discard(r.prediction.cell.id)
             colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
             sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
+            if r.observed.get("guest") == "destination-stalled":
+                sb = " [yellow]destination stalled[/]"
             why = f" — {'; '.join(r.reasons)}" if r.reasons else ""
             line = f"[{colour}]{r.outcome:8}[/] {r.prediction.cell.id}{sb}{why}"
             bar.console.print(line, highlight=False, markup=True)
@@ -329,6 +368,6 @@ def summary_line(results: Sequence[CellResult], out: Path) -> str:
     return (
         f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
         f"{s['error']} error, {s['observed']} observed without prediction[/] of {s['total']}; "
-        f"split brain observed in {s['split_brain']}; "
+        f"split brain measured in {s['split_brain']}, destination stalled in {s['stalled']}; "
         f"runs under {out}"
     )

@@ -745,11 +745,12 @@ _OUTCOMES = ("pass", "mismatch", "skipped", "error", "observed")
 
 
 def results_summary(results: Sequence[CellResult]) -> dict[str, int]:
-    """Counts per outcome plus observed split-brain cells."""
+    """Counts per outcome plus split-brain and stalled-destination cells (measured)."""
     out = {"total": len(results), **dict.fromkeys(_OUTCOMES, 0)}
     for r in results:
         out[r.outcome] = out.get(r.outcome, 0) + 1
     out["split_brain"] = sum(1 for r in results if r.observed.get("split_brain"))
+    out["stalled"] = sum(1 for r in results if r.observed.get("guest") == "destination-stalled")
     return out
 
 

@@ -335,3 +335,53 @@ def test_every_recorded_observation_is_predicted() -> None:
             if why:
                 problems[f"{cell_id}#{i}"] = why
     assert not problems
+
+
+def test_final_error_desc_and_timeline_are_compared_apart() -> None:
+    # issue 16: real 10.0/11.1 recover runs end with no error-desc; it was set while paused
+    p = predict(Cell("10.0", "10.0", "pc-q35-10.0", "recover"))
+    assert p.src_error_desc is None
+    assert p.expected_seen() == ("Postcopy migration is paused by the user",)
+    obs = {**_matching_observation(p), "src_error_desc_seen": list(p.expected_seen())}
+    assert compare(p, obs) == []
+    final_kept = {**obs, "src_error_desc": "Postcopy migration is paused by the user"}
+    assert any("final error-desc" in r for r in compare(p, final_kept))
+    assert any("timeline" in r for r in compare(p, {**obs, "src_error_desc_seen": []}))
+    assert any("destination final" in r for r in compare(p, {**obs, "dst_error_desc": "x"}))
+    # an observation from before finals were kept: its last non-empty error-desc
+    old = {k: v for k, v in obs.items() if k not in ("src_error_desc", "src_error_desc_seen")}
+    assert compare(p, {**old, "src_error_desc_last_nonempty": p.expected_seen()[-1]}) == []
+    assert compare(p, {**old, "src_error_desc_last_nonempty": None})
+
+
+def test_guest_state_is_compared_per_destination_status() -> None:
+    p = predict(Cell("10.0", "10.0", "pc-q35-10.0", "keepalive-proposal"))
+    obs = _matching_observation(p)
+    prog = {"window": 3.0, "src": 20, "dst": 0}
+    stalled = {**obs, "dst_status": "postcopy-paused", "guest": "destination-stalled",
+               "guest_progress": prog, "split_brain": False}  # fmt: skip
+    assert compare(p, stalled) == []
+    wrong = {**stalled, "guest": "split-brain", "split_brain": True}
+    assert any("guest split-brain" in r for r in compare(p, wrong))
+    done = {**stalled, "dst_status": "completed", "guest": "split-brain", "split_brain": True}
+    assert compare(p, done) == []
+    assert "destination stalled" in results_markdown([_result(p, "pass", **stalled)])
+    assert "20/0 in 3 s" in results_markdown([_result(p, "pass", **stalled)])
+
+
+def test_new_kinds_are_predicted_on_every_provisioned_release() -> None:
+    kinds = ("blackhole-active", "keepalive-precopy", "keepalive-then-recover",
+             "two-switchover-acks", "switchover-ack-cap-off", "shut-0", "shut-1")  # fmt: skip
+    for p in predict_matrix(("5.2", "7.2", "10.0", "11.1"), kinds):
+        assert not p.unpredicted, (p.cell.id, p.unpredicted)
+    p = predict(Cell("10.0", "10.0", "pc-q35-10.0", "keepalive-postcopy-start"))
+    assert p.unpredicted and "timing" in p.unpredicted
+    p = predict(Cell("9.2", "9.2", "pc-q35-9.2", "shut-0"))  # a line never run: no guess
+    assert p.unpredicted
+    p = predict(Cell("11.1", "11.1", "pc-q35-11.0", "switchover-ack-cap-off"))
+    assert p.unpredicted and "pc-q35-11.0" in p.unpredicted
+    p = predict(Cell("11.1", "11.1", "pc-q35-11.1", "switchover-ack-cap-off"))
+    assert p.src_error_desc == "Switchover ack pending num underflowed"
+    assert predict(Cell("11.1", "11.1", "pc-q35-10.0", "switchover-ack-cap-off")).src_status == (
+        "completed"
+    )
