@@ -478,28 +478,47 @@ class _Run(QmpPair):
             # an abrupt, visible failure (RST both ways): the opposite of a blackhole
             self.proxy.cut(reset=True)
             self.step("cut")
-        elif step.kind == "recover":
+        elif step.kind == "pause":
+            await self.pause()
+        elif step.kind == "recover" and len(self.sc.actions) == 1:
             await self.recover()
+        elif step.kind == "recover":  # after other steps: only once both sides paused
+            ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
+            ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
+            self.step("paused", src=ok_src, dst=ok_dst)
+            if ok_src and ok_dst:
+                await self.resume()
+            else:
+                self.step("no-recovery", src=self.last["src"], dst=self.last["dst"])
 
-    async def recover(self) -> None:
-        """Pause (unless both sides already are), then migrate-recover and resume."""
-        assert self.proxy is not None and self.proxy_port2 is not None
+    async def pause(self) -> None:
+        """``migrate-pause`` on both sides, unless both are paused already."""
         if self.last["src"] == self.last["dst"] == "postcopy-paused":
             self.step("already-paused")
-        elif self.last["src"] != "postcopy-active":
+            return
+        self.step("migrate-pause")
+        await self.qmp("dst", "migrate-pause")
+        await self.qmp("src", "migrate-pause")
+
+    async def recover(self) -> None:
+        """The whole recovery: blackhole, migrate-pause on both sides, then :meth:`resume`."""
+        assert self.proxy is not None and self.proxy_port2 is not None
+        if self.last["src"] != "postcopy-active":
             self.step("never-postcopy-active", src=self.last["src"])
             return
-        else:
-            await asyncio.sleep(1.0)
-            self.proxy.blackhole()
-            self.step("blackhole")
-            await asyncio.sleep(0.5)
-            self.step("migrate-pause")
-            await self.qmp("dst", "migrate-pause")
-            await self.qmp("src", "migrate-pause")
+        await asyncio.sleep(1.0)
+        self.proxy.blackhole()
+        self.step("blackhole")
+        await asyncio.sleep(0.5)
+        await self.pause()
         ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
         ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
         self.step("paused", src=ok_src, dst=ok_dst)
+        await self.resume()
+
+    async def resume(self) -> None:
+        """Both sides paused: a new connection (``migrate-recover``, ``migrate resume=true``)."""
+        assert self.proxy is not None and self.proxy_port2 is not None
         self.proxy.cut(reset=False)
         self.proxy.unblock()
         self.step("migrate-recover", port=self.dst_port2)

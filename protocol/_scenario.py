@@ -11,7 +11,7 @@ A spec is one name without spaces or commas: parts joined by ``+``, applied in o
     MODE    := "idle" | "active"                           # destination -S, or a running guest
     ACTION  := "inject:" TYPE [":" LEN [":" HEX]]          # a raw return-path frame
              | "shut:" VALUE                               # MIG_RP_MSG_SHUT, be32 VALUE
-             | "blackhole" | "cut" | "recover" | "plain"
+             | "blackhole" | "cut" | "pause" | "recover" | "plain"
     MOMENT  := "precopy"            # the source is active, before migrate-start-postcopy
              | "postcopy-start"     # just after migrate-start-postcopy, before postcopy-active
              | "postcopy-device"    # the source reports postcopy-device (releases that have it)
@@ -27,8 +27,11 @@ Today's names stay as shorthands: ``plain``, ``plain-idle``, ``blackhole-idle``,
 ``LEN`` defaults to the payload's length; ``HEX`` defaults to ``LEN`` zero bytes, so
 ``inject:8`` is ``00 08 00 00`` (the never-merged KEEPALIVE proposal) and ``inject:4:12`` a
 REQ_PAGES of zeroes. A ``LEN`` that disagrees with ``HEX`` writes a lying length on purpose.
-``recover`` pauses first where the migration is not paused yet (blackhole + migrate-pause on
-both sides), then migrate-recover and ``migrate resume=true``.
+``pause`` is ``migrate-pause`` on both sides (where they are not paused yet). ``recover`` alone
+is the whole recovery (blackhole, ``pause``, then migrate-recover and ``migrate resume=true``);
+after other steps it only resumes, once both sides are ``postcopy-paused`` (as
+``inject:8+recover`` always did: nothing is attempted where the frame paused nothing), so
+``inject:8+pause+recover`` pauses a source that did not.
 
 Pure: the lab runs these specs, the matrix predicts them; both parse them here.
 """
@@ -49,7 +52,7 @@ def __dir__() -> list[str]:
 
 
 #: The actions the runner knows; ``inject`` takes parameters (``shut:V`` is an inject).
-SCENARIO_KINDS = ("plain", "inject", "blackhole", "cut", "recover")
+SCENARIO_KINDS = ("plain", "inject", "blackhole", "cut", "pause", "recover")
 #: Named moments of an action (besides ``frames=N``, ``t=S`` and ``status=…``).
 MOMENTS = ("precopy", "postcopy-start", "postcopy-device", "postcopy")
 
@@ -61,7 +64,9 @@ _INJECT_RE = re.compile(
     rf"(?:@(?P<trigger>{_MOMENT}))?"
 )
 _SHUT_RE = re.compile(rf"shut:(?P<value>{_NUM})(?:@(?P<trigger>{_MOMENT}))?")
-_ACTION_RE = re.compile(rf"(?P<kind>plain|blackhole|cut|recover)(?:@(?P<trigger>{_MOMENT}))?")
+_ACTION_RE = re.compile(
+    rf"(?P<kind>plain|blackhole|cut|pause|recover)(?:@(?P<trigger>{_MOMENT}))?"
+)
 _CAP_RE = re.compile(r"(?P<side>src|dst|both):(?P<cap>[a-z][a-z0-9-]*)=(?P<state>on|off)")
 _NO_CAP_RE = re.compile(r"no-(?P<cap>[a-z][a-z0-9-]*)")
 
@@ -131,6 +136,12 @@ class Scenario:
         """The steps to run (a hand-built scenario without ``steps`` has one)."""
         return self.steps or (Step(self.kind, self.frame, self.trigger),)
 
+    @property
+    def then_recover(self) -> bool:
+        """A ``recover`` step after other steps (resume once both sides paused)."""
+        acts = self.actions
+        return len(acts) > 1 and any(s.kind == "recover" for s in acts[1:])
+
     def capability_overrides(self, side: str) -> dict[str, bool]:
         """Capability -> on/off set by the spec for ``side`` (``src``/``dst``)."""
         out: dict[str, bool] = {}
@@ -147,6 +158,7 @@ class Scenario:
             "idle": self.idle,
             "frame_hex": self.frame.hex() if self.frame is not None else None,
             "trigger": self.trigger,
+            "then_recover": self.then_recover,
             "steps": [s.to_json() for s in self.actions],
             "capabilities": [
                 {"side": s, "capability": c, "state": on} for s, c, on in self.capabilities
@@ -184,7 +196,7 @@ def _step(part: str, name: str) -> Step | None:
 def _unknown(name: str) -> InputError:
     return InputError(
         f"unknown scenario {name!r}; known: plain, plain-idle, inject:TYPE[:LEN[:HEX]][@MOMENT], "
-        "shut:VALUE, blackhole-idle, blackhole-active, cut, recover, joined by '+' with "
+        "shut:VALUE, blackhole-idle, blackhole-active, cut, pause, recover, joined by '+' with "
         "capabilities (src:switchover-ack=off, no-switchover-ack) and idle/active "
         "(see `migcompat lab run --help`)"
     )
