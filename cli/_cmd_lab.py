@@ -108,6 +108,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--machine", metavar="M", help="machine type (default: newest both sides support)"
     )
+    p.add_argument(
+        "--without-capability",
+        action="append",
+        default=[],
+        metavar="CAP",
+        help="leave this migration capability off on both sides (repeatable), "
+        "e.g. switchover-ack",
+    )
     p.add_argument("--idle", action="store_true", help="destination -S, never continued")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to keep the record and streams")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
@@ -224,6 +232,7 @@ def _run(args: argparse.Namespace) -> int:
     record = run_scenario(
         src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,
+        without_capabilities=frozenset(args.without_capability),
     )  # fmt: skip
     if args.fixture:
         from migcompat.lab.fixtures import save_fixture

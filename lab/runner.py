@@ -115,6 +115,8 @@ class _QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    #: Capabilities left off although both sides have them (``lab run --without-capability``).
+    without_capabilities: frozenset[str] = frozenset()
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -124,6 +126,7 @@ class _QmpPair:
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
             caps.append("switchover-ack")
+        caps = [c for c in caps if c not in self.without_capabilities]
         self.rec.capabilities = caps
         cap_list = [{"capability": c, "state": True} for c in caps]
         for side in ("dst", "src"):
@@ -491,6 +494,7 @@ async def run_scenario_async(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
@@ -500,6 +504,7 @@ async def run_scenario_async(
 
         console = Console(stderr=True)
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
+    run.without_capabilities = frozenset(without_capabilities)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
     budget = 3 * timeout + observe + 120
@@ -527,9 +532,11 @@ def run_scenario(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
+    :param without_capabilities: capabilities to leave off (e.g. ``switchover-ack``).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
@@ -546,7 +553,7 @@ def run_scenario(
         run_scenario_async(
             builds[0], builds[1], scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress,
+            idle=idle, progress=progress, without_capabilities=without_capabilities,
         )
     )  # fmt: skip
 

@@ -55,7 +55,13 @@ from ._forward import (
     VmEof,
 )
 from ._grammar import build_frame, frame_grammar, parse_frame
-from ._reader import RamBlock, Reader
+from ._reader import (
+    RamBlock,
+    Reader,
+    legacy_switchover_ack,
+    machine_version,
+    switchover_acks_expected,
+)
 from ._releases import Release, parse_release
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_stream
@@ -111,11 +117,14 @@ __all__ = (
     "check_stream",
     "frame_grammar",
     "known_releases",
+    "legacy_switchover_ack",
+    "machine_version",
     "overlays",
     "parse_frame",
     "parse_release",
     "resolve_line",
     "stream_catalog",
+    "switchover_acks_expected",
 )
 
 

@@ -78,6 +78,8 @@ class ConstructReader:
         if self._error is not None:
             raise self._error
         m = self._model
+        # The source's stream state before this frame: the grammar checks it too.
+        state = {"acks_left": m.switchover_acks_pending, "block_named": m._block_named}
         ev = m.next_event()
         if not isinstance(ev, Message):
             return ev
@@ -85,7 +87,7 @@ class ConstructReader:
         frame = bytes(m._data[at : at + ev.size])
         try:
             stream = io.BytesIO(frame)
-            parsed = self._grammar.parse_stream(stream)
+            parsed = self._grammar.parse_stream(stream, **state)
             if stream.tell() != len(frame):  # pragma: no cover - framing always agrees
                 raise cs.ConstructError(f"grammar read {stream.tell()} of {len(frame)} bytes")
         except cs.ConstructError as exc:

@@ -343,7 +343,13 @@ class FastReader:
         self._win = _MIN_WINDOW
         #: The last fill into ``_batch``: its stream offset, bytes, event count and the
         #: stack buffer before it, so that context set midway can re-read what is pending.
-        self._last_fill: tuple[int, bytes, int, bytes] | None = None
+        self._last_fill: tuple[int, bytes, int, bytes, bool] | None = None
+        # REQ_PAGES before any REQ_PAGES_ID is the model's to reject ("no previous block").
+        cat = self.catalog
+        req = cat.by_name.get("MIG_RP_MSG_REQ_PAGES")
+        rid = cat.by_name.get("MIG_RP_MSG_REQ_PAGES_ID")
+        self._req_pages_key = (req.id << 16 | (req.length or 0)) if req else None
+        self._req_pages_id_type = rid.id if rid else None
 
     # -- public interface (Reader's) ------------------------------------------------------
     @property
@@ -454,7 +460,8 @@ class FastReader:
         return fast_plan(
             self.release,
             ram_checks=m.ram_blocks is not None,
-            stateful_switchover_ack=m.switchover_ack_capability,
+            # Whether the source counts them may change with set_machine: always the model's.
+            stateful_switchover_ack=True,
         )
 
     def _unread_pending(self) -> None:
@@ -468,11 +475,12 @@ class FastReader:
         if not pending:
             return
         assert self._last_fill is not None
-        at, raw, made, stack = self._last_fill
+        at, raw, made, stack, named = self._last_fill
         m = self._model
         m._data = bytearray(raw) + m._data[m._pos :]
         m._base, m._pos = at, 0
         m._stack_buf[:] = stack
+        m._block_named = named
         for _ in range(made - pending):
             ev = m.next_event()
             assert ev is not NEED_DATA and ev is not STOPPED, "re-read diverged"
@@ -506,10 +514,14 @@ class FastReader:
         # stream of similar runs measures each in one step.
         win = self._win
         seen = 0  # frames of the current run decoded by earlier steps
+        named_before = m._block_named
+        unnamed = None if named_before else self._req_pages_key
         while budget > 0 and end - pos >= 4:
             (key,) = _U32(data, pos)
             r = runs.get(key)
             if r is not None:
+                if key == unnamed:
+                    break
                 size = r.size
                 w = (end - pos) // size
                 if w > budget:
@@ -550,6 +562,8 @@ class FastReader:
             npos = tail(data, pos, end, shift + pos, out)
             if npos < 0:
                 break
+            if key >> 16 == self._req_pages_id_type:
+                m._block_named, unnamed = True, None
             marks[(npos - pos - 4, True)] = pos + 4
             pos = npos
             budget -= 1
@@ -560,7 +574,9 @@ class FastReader:
         # QEMU's stack buffer, as the model would have left it (stream order).
         buf = m._stack_buf
         if keep:
-            self._last_fill = (shift + start, bytes(data[start:pos]), len(out), bytes(buf))
+            self._last_fill = (
+                shift + start, bytes(data[start:pos]), len(out), bytes(buf), named_before
+            )
         for (length, nul), at in sorted(marks.items(), key=itemgetter(1)):
             buf[:length] = data[at : at + length]
             if nul:

@@ -73,3 +73,17 @@ def test_import_from_the_installed_wheel(wheel_dir: Path, tmp_path: Path) -> Non
         check=True,
     )
     assert '"max":7' in proc.stdout
+
+
+def test_hypothesis_is_a_runtime_dependency_and_the_license_ships(wheel_dir: Path) -> None:
+    """``migcompat fuzz`` and ``migcompat.protocol.strategies`` work after a plain install."""
+    (meta,) = wheel_dir.glob("qemu_migcompat-*.dist-info/METADATA")
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in meta.read_text().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("hypothesis") for r in runtime), requires
+    licenses = list(wheel_dir.glob("qemu_migcompat-*.dist-info/**/LICENSE*"))
+    assert licenses and "MIT License" in licenses[0].read_text()
