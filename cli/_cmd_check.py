@@ -13,7 +13,16 @@ from migcompat._io import (
     parse_releases,
     print_json,
 )
-from migcompat.protocol import check_stream
+from migcompat.protocol import check_in_context
+
+from ._context import (
+    add_context_arguments,
+    context_lines,
+    replayable_chunks,
+    source_context,
+    verdict_json,
+    what_it_prints,
+)
 
 __all__ = ["register"]
 
@@ -38,28 +47,20 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source release")
     add_engine_argument(p)
+    add_context_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     releases = parse_releases(args.against)
     open_check(args.path)
-    verdicts = check_stream(releases, iter_chunks(args.path), engine=args.engine)
+    ctx = source_context(args, args.path)
+    verdicts = check_in_context(
+        releases, replayable_chunks(args.path, iter_chunks), ctx, engine=args.engine
+    )
     if args.json:
         for v in verdicts:
-            rej = v.rejection
-            print_json(
-                {
-                    "source": str(v.release),
-                    "verdict": v.verdict,
-                    "frames": v.frames,
-                    "offset": rej.offset
-                    if rej
-                    else (v.end.offset if v.end and v.end.truncated else None),
-                    "type": rej.message_type if rej else None,
-                    "error": v.qemu_error,
-                }
-            )
+            print_json({"source": str(v.release), **verdict_json(v), "context": ctx.to_json()})
     else:
         from rich.table import Table
 
@@ -67,18 +68,30 @@ def run(args: argparse.Namespace) -> int:
         for col in ("source", "verdict", "frames read", "offset", "what the source prints"):
             table.add_column(col, overflow="fold")
         # Consecutive releases that read the stream identically share one row.
-        rows: list[tuple[list[str], tuple[str, str, str, str]]] = []
+        rows: list[tuple[list[str], tuple[str, ...]]] = []
+        notes: list[tuple[list[str], list[str]]] = []
         for v in verdicts:
-            rej = v.rejection
-            where = rej.offset if rej else (v.end.offset if v.end and v.end.truncated else "")
-            key = (v.verdict, str(v.frames), str(where), v.qemu_error or "")
+            where = "" if v.offset is None else str(v.offset)
+            lines = context_lines(v)
+            key = (v.verdict, str(v.frames), where, what_it_prints(v), *lines)
             if rows and rows[-1][1] == key:
                 rows[-1][0].append(str(v.release))
             else:
                 rows.append(([str(v.release)], key))
-        for names, (verdict, frames, where, text) in rows:
+        for names, (verdict, frames, where, text, *lines) in rows:
             style = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}[verdict]
             label = names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
             table.add_row(label, f"[{style}]{verdict}[/]", frames, where, text)
-        console().print(table)
+            if lines:
+                notes.append(([label], lines))
+        c = console()
+        c.print(table)
+        if ctx.origin:
+            c.print(
+                "context: " + "; ".join(f"{k} from {w}" for k, w in ctx.origin.items()),
+                markup=False,
+            )
+        for (label,), lines in notes:
+            for line in lines:
+                c.print(f"{label}: {line}", markup=False)
     return 1 if any(v.verdict == "rejected" for v in verdicts) else 0

@@ -85,6 +85,10 @@ def run_show(args: argparse.Namespace) -> int:
     con.print(_header(table, args.machine, info))
     con.print("arrays, in the order class_init adds them (later overrides earlier): "
               + ", ".join(info.arrays))
+    if args.driver and not props:
+        con.print(f"no compat property of driver {args.driver} is set on {info.name}: "
+                  "its defaults apply", markup=False)
+        return 0
     t = Table(show_lines=False)
     for col in ("driver", "property", "value", "from", "source"):
         t.add_column(col)

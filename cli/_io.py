@@ -32,8 +32,30 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
+#: Leading bytes of capture files: pcap (either byte order, µs or ns) and pcapng.
+CAPTURE_MAGICS = {
+    b"\xd4\xc3\xb2\xa1": "pcap",
+    b"\xa1\xb2\xc3\xd4": "pcap",
+    b"\x4d\x3c\xb2\xa1": "pcap",
+    b"\xa1\xb2\x3c\x4d": "pcap",
+    b"\x0a\x0d\x0d\x0a": "pcapng",
+}
+
+
+def reject_capture(path: str, head: bytes) -> None:
+    """A packet capture is not a raw return-path stream: say what to run instead."""
+    kind = CAPTURE_MAGICS.get(bytes(head[:4]))
+    if kind is not None:
+        shown = "the input" if path == "-" else path
+        raise InputError(
+            f"{shown} is a {kind} capture, not raw return-path bytes: decode it with "
+            f"`migcompat capture {path if path != '-' else 'FILE'}` (add --check-against "
+            "REL to check its return path)"
+        )
+
+
 def open_check(path: str) -> None:
-    """Fail early, with a clear message, on a path that cannot be read."""
+    """Fail early, with a clear message, on a path that cannot be read (or is a capture)."""
     if path == "-":
         return
     if not os.path.exists(path):
@@ -42,6 +64,11 @@ def open_check(path: str) -> None:
         raise InputError(f"{path}: is a directory, expected a file of raw return-path bytes")
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
+    try:
+        with open(path, "rb") as f:
+            reject_capture(path, f.read(4))
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
 
 
 #: Files at least this large show a progress bar (on a terminal).
@@ -53,7 +80,11 @@ def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
     open_check(path)
     if path == "-":
         stream = sys.stdin.buffer
+        first = True
         while chunk := stream.read(size):
+            if first:
+                reject_capture(path, chunk)
+                first = False
             yield chunk
         return
     try:

@@ -10,6 +10,7 @@ from ._keepalive import (
     KeepaliveDecision,
     PeriodRefused,
     TcpKeepaliveAdvice,
+    check_keepalive_options,
     decide_keepalive,
     tcp_keepalive,
 )
@@ -78,6 +79,7 @@ __all__ = [
     "TcpKeepaliveAdvice",
     "TcpSettings",
     "UnknownMachine",
+    "check_keepalive_options",
     "compare",
     "compat_releases",
     "compat_table",

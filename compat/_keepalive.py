@@ -134,6 +134,26 @@ def _release_evidence(rel: Release, tables: Mapping[str, CompatTable]) -> Mappin
     return t.socket_keepalive if t is not None else None
 
 
+#: QEMU's ``keep-alive-idle``, ``-interval`` and ``-count`` are uint32 (qapi/sockets.json).
+_UINT32 = 0xFFFFFFFF
+
+
+def check_keepalive_options(idle: object, interval: object, count: object) -> None:
+    """The one check of TCP keep-alive values (``keepalive`` and ``partition`` both call it).
+
+    Each is a uint32 in QEMU; 0 is refused here because it cannot mean a detection
+    time (Linux refuses TCP_KEEPIDLE/KEEPINTVL/KEEPCNT of 0; QEMU then fails the URI).
+
+    :raises InputError: a value that is not an integer in 1 … 4294967295.
+    """
+    for v, n in ((idle, "idle"), (interval, "interval"), (count, "count")):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _UINT32:
+            raise InputError(
+                f"keep-alive-{n} must be an integer 1 … {_UINT32} (0 is not a time the "
+                f"kernel accepts), got {v!r}"
+            )
+
+
 def tcp_keepalive(source: Release | str | None, destination: Release | str,
                   idle: int = 5, interval: int = 2, count: int = 3,
                   host: str = "DEST_HOST", port: int = 4444,
@@ -143,9 +163,7 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
     Facts come from ``qapi/sockets.json`` (``since`` notes, including "not supported for
     listening sockets until 10.1") and ``util/qemu-sockets.c`` of the extracted trees.
     """
-    for v, n in ((idle, "idle"), (interval, "interval"), (count, "count")):
-        if not isinstance(v, int) or v < 0 or v > 0xFFFFFFFF:
-            raise InputError(f"keep-alive-{n} must be a uint32, got {v!r}")
+    check_keepalive_options(idle, interval, count)
     members, tables = _sock_facts()
     ka = members.get("keep-alive", {})
     knob_since = min((Release(m["since"]) for n, m in members.items()

@@ -39,7 +39,7 @@ from typing import Any
 from migcompat.protocol import Release
 from migcompat.protocol._errors import InputError
 
-from ._keepalive import Fact, tcp_keepalive
+from ._keepalive import Fact, check_keepalive_options, tcp_keepalive
 
 __all__ = [
     "PartitionPrediction",
@@ -228,11 +228,10 @@ class Strategy:
                 if tcp is not None:
                     raise StrategyError(f"strategy {text!r}: tcp given twice")
                 tcp = (int(m["i"]), int(m["n"]), int(m["c"]))
-                if min(tcp) < 1 or max(tcp) > _UINT32:
-                    raise StrategyError(
-                        f"strategy {part!r}: idle, interval and count must be "
-                        "1 … 4294967295 (0 would mean the system default)"
-                    )
+                try:
+                    check_keepalive_options(*tcp)
+                except InputError as exc:
+                    raise StrategyError(f"strategy {part!r}: {exc}") from None
             elif m["p"] is not None:
                 if rp is not None:
                     raise StrategyError(f"strategy {text!r}: rp-keepalive given twice")

@@ -17,6 +17,7 @@ from ._catalog import (
 )
 from ._cformat import c_format
 from ._construct_engine import ConstructReader
+from ._context import SourceContext, parse_capabilities, parse_ram_blocks
 from ._errors import (
     CatalogError,
     InputError,
@@ -64,7 +65,7 @@ from ._reader import (
 )
 from ._releases import Release, parse_release
 from ._sentinels import NEED_DATA, STOPPED
-from ._stream import ENGINES, StreamVerdict, check_stream
+from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
@@ -105,6 +106,7 @@ __all__ = (
     "RpCatalog",
     "SectionHeader",
     "Shut",
+    "SourceContext",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
@@ -114,13 +116,16 @@ __all__ = (
     "build_frame",
     "c_format",
     "catalog",
+    "check_in_context",
     "check_stream",
     "frame_grammar",
     "known_releases",
     "legacy_switchover_ack",
     "machine_version",
     "overlays",
+    "parse_capabilities",
     "parse_frame",
+    "parse_ram_blocks",
     "parse_release",
     "resolve_line",
     "stream_catalog",

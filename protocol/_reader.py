@@ -663,7 +663,9 @@ class Reader:
                     "",
                     caret=4 + int(p["frame_len"]),  # type: ignore[call-overload]
                     message=f"bitmap size {size} exceeds this reader's limit "
-                    f"({self.max_bitmap_size}); no RAMBlock the model allows is that large",
+                    f"({self.max_bitmap_size}); no RAMBlock the model allows is that large, so "
+                    "the source rejects it too, with a text that needs its RAMBlocks "
+                    "(ram_blocks) to predict",
                 )
             p["bitmap_size"] = size
             self._phase = _BLOB_DATA
