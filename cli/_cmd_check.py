@@ -84,14 +84,11 @@ def run(args: argparse.Namespace) -> int:
             table.add_row(label, f"[{style}]{verdict}[/]", frames, where, text)
             if lines:
                 notes.append(([label], lines))
-        c = console()
-        c.print(table)
+        console().print(table)
+        # plain lines: never wrapped, whatever the width
         if ctx.origin:
-            c.print(
-                "context: " + "; ".join(f"{k} from {w}" for k, w in ctx.origin.items()),
-                markup=False,
-            )
+            print("context: " + "; ".join(f"{k} from {w}" for k, w in ctx.origin.items()))
         for (label,), lines in notes:
             for line in lines:
-                c.print(f"{label}: {line}", markup=False)
+                print(f"{label}: {line}")
     return 1 if any(v.verdict == "rejected" for v in verdicts) else 0
