@@ -13,6 +13,7 @@ from migcompat.lab import (
     find_build,
     installed_builds,
     provision,
+    provision_hint,
     register_user_build,
     suite_for,
 )
@@ -210,7 +211,7 @@ def _list(args: argparse.Namespace) -> int:
 
     Console().print(table)
     if not builds:
-        print("no builds: run `migcompat lab provision` (needs root)", file=sys.stderr)
+        print(f"no builds: {provision_hint()}", file=sys.stderr)
     return 0
 
 

@@ -13,7 +13,13 @@ Public API (stable; other parts of the project depend on it):
 """
 
 from migcompat.lab._errors import LabError, LabStalled
-from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
+from migcompat.lab.builds import (
+    QemuBuild,
+    find_build,
+    installed_builds,
+    provision_hint,
+    register_user_build,
+)
 from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.provision import DEFAULT_SUITES, SUITES, provision, suite_for
 from migcompat.lab.proxy import Proxy
@@ -36,6 +42,7 @@ __all__ = [
     "installed_builds",
     "parse_scenario",
     "provision",
+    "provision_hint",
     "register_user_build",
     "run_scenario",
     "run_scenario_async",

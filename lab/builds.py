@@ -261,6 +261,18 @@ def _user_builds() -> list[QemuBuild]:
     return builds
 
 
+def provision_hint(release: str | None = None) -> str:
+    """How to get a build of ``release`` (any, when ``None``): with root, or without it."""
+    rel = release or "7.2"
+    what = f"QEMU {release}" if release else "a QEMU"
+    return (
+        f"run `migcompat lab provision{' ' + release if release else ''}` as root "
+        f"(Debian roots), or register {what} you already have, no root needed: "
+        f"`migcompat lab provision --qemu {rel}=/usr/bin/qemu-system-x86_64` "
+        "(the label is the release line of that binary)"
+    )
+
+
 def installed_builds() -> list[QemuBuild]:
     """Every runnable build: user builds first (they win lookups), then provisioned roots."""
     users = sorted(_user_builds(), key=lambda b: release_key(b.release))

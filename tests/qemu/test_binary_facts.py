@@ -18,9 +18,12 @@ from migcompat.protocol import catalog, overlays, parse_release
 pytestmark = pytest.mark.qemu
 
 try:
-    from migcompat.lab import installed_builds
+    from migcompat.lab import installed_builds, provision_hint
 except ImportError:  # pragma: no cover - the lab is part of the distribution
     installed_builds = None  # type: ignore[assignment]
+
+    def provision_hint(release: str | None = None) -> str:  # type: ignore[misc]
+        return "run `migcompat lab provision`"
 
 
 def _builds() -> list[object]:
@@ -28,7 +31,7 @@ def _builds() -> list[object]:
 
 
 BUILDS = _builds()
-NO_QEMU = "no QEMU provisioned: run `migcompat lab provision` (see README)"
+NO_QEMU = f"no QEMU provisioned: {provision_hint()}"
 
 
 def binary_bytes(build: object) -> bytes:

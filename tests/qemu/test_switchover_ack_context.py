@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.lab import LabStalled, find_build
+from migcompat.lab import LabStalled, find_build, provision_hint
 from migcompat.lab.runner import run_scenario
 from migcompat.protocol import Reader, RemoteViolation
 
@@ -35,11 +35,7 @@ CASES = [
 def _build_11_1():
     b = find_build("11.1")
     if b is None:
-        pytest.skip(
-            "QEMU 11.1 not provisioned: run `migcompat lab provision 11.1` as root, or "
-            "register a build you have without root: "
-            "`migcompat lab provision --qemu 11.1=/path/to/qemu-system-x86_64`"
-        )
+        pytest.skip(f"QEMU 11.1 not provisioned: {provision_hint('11.1')}")
     return b
 
 
