@@ -48,7 +48,8 @@ recover           blackhole, migrate-pause on both sides, migrate-recover on the
 partition-idle    silent network partition (netns + veth, nftables drop) during postcopy;
                   destination -S: time until each side reports postcopy-paused
 partition-active  same with the guest running on the destination (page requests in flight)
-                  (both: --keepalive tcp:IDLE,INTVL,CNT, --window S; see docs/partition.md)
+                  (both: --keepalive tcp:IDLE,INTVL,CNT, --window S; docs/partition.md of
+                  the qemu-migcompat repository)
 """
 
 

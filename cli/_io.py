@@ -140,6 +140,6 @@ def add_engine_argument(p: argparse.ArgumentParser) -> None:
         choices=ENGINES,
         default="fast",
         help="decoder: fast (default), model (the source-parser model itself) or "
-        "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
-        "case QEMU accepts, see docs/performance.md)",
+        "construct (the declarative grammar, the reference; stricter than QEMU on one "
+        "case: a RECV_BITMAP whose name length points past its frame)",
     )

@@ -201,8 +201,8 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
                     f"(\"{passive.get('error')}\"), but migrate-incoming never reaches it: "
                     "the listener's address lookup copies the address without keep-alive, "
                     "so the options are accepted and silently not applied (measured on "
-                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket, "
-                    "docs/partition.md)",
+                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket; "
+                    "`migcompat lab run --scenario partition-idle` repeats it)",
                     f"{passive.get('file')}:{passive.get('line')} "
                     f"({tables[str(line)].qemu_version}); io/dns-resolver.c"))
             elif passive.get("honoured"):

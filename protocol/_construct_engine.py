@@ -93,7 +93,8 @@ class ConstructReader:
         except cs.ConstructError as exc:
             self._error = RemoteViolation(
                 f"the construct grammar rejects this {ev.name}, which the {self.release} "
-                f"source accepts (the grammar is stricter: docs/performance.md): {exc}",
+                f"source accepts (the grammar is stricter than QEMU, which reads a "
+                f"RECV_BITMAP name past its frame from its stack buffer): {exc}",
                 offset=ev.offset,
                 release=self.release,
                 message_type=ev.type_id,

@@ -85,5 +85,7 @@ def test_hypothesis_is_a_runtime_dependency_and_the_license_ships(wheel_dir: Pat
     ]
     runtime = [r for r in requires if "extra ==" not in r]
     assert any(r.startswith("hypothesis") for r in runtime), requires
+    # the catalog's provenance names these package resources
+    assert (wheel_dir / "migcompat/protocol/data/extracted/qemu-10.0.13.json").is_file()
     licenses = list(wheel_dir.glob("qemu_migcompat-*.dist-info/**/LICENSE*"))
     assert licenses and "MIT License" in licenses[0].read_text()
