@@ -5,14 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import (
-    add_engine_argument,
-    console,
-    iter_chunks,
-    open_check,
-    parse_releases,
-    print_json,
-)
 from migcompat.protocol import check_in_context
 
 from ._context import (
@@ -22,6 +14,14 @@ from ._context import (
     source_context,
     verdict_json,
     what_it_prints,
+)
+from ._io import (
+    add_engine_argument,
+    console,
+    iter_chunks,
+    open_check,
+    parse_releases,
+    print_json,
 )
 
 __all__ = ["register"]

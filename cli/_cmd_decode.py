@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from migcompat._io import add_engine_argument, iter_chunks, open_check, print_json
 from migcompat.protocol import (
     EndOfStream,
     Event,
@@ -24,6 +23,7 @@ from ._context import (
     source_context,
     verdict_json,
 )
+from ._io import add_engine_argument, iter_chunks, open_check, print_json
 
 __all__ = ["register"]
 

@@ -64,6 +64,7 @@ from ._reader import (
     switchover_acks_expected,
 )
 from ._releases import Release, parse_release
+from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 
@@ -71,6 +72,7 @@ from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 __all__ = (
     "ENGINES",
     "NEED_DATA",
+    "SCENARIO_KINDS",
     "STOPPED",
     "CatalogError",
     "ConstructReader",
@@ -104,6 +106,7 @@ __all__ = (
     "ReqPagesId",
     "ResumeAck",
     "RpCatalog",
+    "Scenario",
     "SectionHeader",
     "Shut",
     "SourceContext",
@@ -122,11 +125,13 @@ __all__ = (
     "known_releases",
     "legacy_switchover_ack",
     "machine_version",
+    "make_frame",
     "overlays",
     "parse_capabilities",
     "parse_frame",
     "parse_ram_blocks",
     "parse_release",
+    "parse_scenario",
     "resolve_line",
     "stream_catalog",
     "switchover_acks_expected",

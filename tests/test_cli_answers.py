@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.protocol import build_frame
 
 ROOT = Path(__file__).resolve().parents[1]
