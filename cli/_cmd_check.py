@@ -17,14 +17,18 @@ from ._context import (
 )
 from ._io import (
     add_engine_argument,
-    console,
+    add_format_argument,
     iter_chunks,
     open_check,
+    output_format,
     parse_releases,
     print_json,
+    print_rows,
 )
 
 __all__ = ["register"]
+
+_VERDICT_STYLE = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}
 
 
 def register(sub: Any) -> None:
@@ -46,6 +50,7 @@ def register(sub: Any) -> None:
         help="source releases to check against, or 'all' release lines in the catalog",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source release")
+    add_format_argument(p)
     add_engine_argument(p)
     add_context_arguments(p)
     p.set_defaults(func=run)
@@ -58,37 +63,32 @@ def run(args: argparse.Namespace) -> int:
     verdicts = check_in_context(
         releases, replayable_chunks(args.path, iter_chunks), ctx, engine=args.engine
     )
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         for v in verdicts:
             print_json({"source": str(v.release), **verdict_json(v), "context": ctx.to_json()})
     else:
-        from rich.table import Table
-
-        table = Table(title="return-path conformance", title_justify="left")
-        for col in ("source", "verdict", "frames read", "offset", "what the source prints"):
-            table.add_column(col, overflow="fold")
         # Consecutive releases that read the stream identically share one row.
         rows: list[tuple[list[str], tuple[str, ...]]] = []
-        notes: list[tuple[list[str], list[str]]] = []
         for v in verdicts:
             where = "" if v.offset is None else str(v.offset)
-            lines = context_lines(v)
-            key = (v.verdict, str(v.frames), where, what_it_prints(v), *lines)
+            key = (v.verdict, str(v.frames), where, what_it_prints(v), *context_lines(v))
             if rows and rows[-1][1] == key:
                 rows[-1][0].append(str(v.release))
             else:
                 rows.append(([str(v.release)], key))
-        for names, (verdict, frames, where, text, *lines) in rows:
-            style = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}[verdict]
-            label = names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
-            table.add_row(label, f"[{style}]{verdict}[/]", frames, where, text)
-            if lines:
-                notes.append(([label], lines))
-        console().print(table)
-        # plain lines: never wrapped, whatever the width
+        labels = [n[0] if len(n) == 1 else f"{n[0]} … {n[-1]}" for n, _ in rows]
+        print_rows(
+            ("source", "verdict", "frames read", "offset", "what the source prints"),
+            [(label, *key[:4]) for label, (_, key) in zip(labels, rows, strict=True)],
+            fmt=fmt,
+            title="return-path conformance",
+            styles={"verdict": _VERDICT_STYLE.get},
+        )
+        # plain lines under the rows: never wrapped, whatever the width
         if ctx.origin:
             print("context: " + "; ".join(f"{k} from {w}" for k, w in ctx.origin.items()))
-        for (label,), lines in notes:
-            for line in lines:
+        for label, (_, key) in zip(labels, rows, strict=True):
+            for line in key[4:]:
                 print(f"{label}: {line}")
     return 1 if any(v.verdict == "rejected" for v in verdicts) else 0

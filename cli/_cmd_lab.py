@@ -19,7 +19,7 @@ from migcompat.lab import (
     suite_for,
 )
 
-from ._io import sysctl_overrides
+from ._io import add_format_argument, output_format, print_rows, sysctl_overrides
 
 __all__ = ["register"]
 
@@ -97,6 +97,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("list", help="show the runnable builds with each binary's --version")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    add_format_argument(p)
     p.set_defaults(func=_list)
 
     p = sub.add_parser(
@@ -201,19 +202,17 @@ def _provision(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     builds = installed_builds()
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         print(json.dumps([b.to_json() for b in builds], indent=2))
         return 0
-    from rich.table import Table
-
-    table = Table(title="QEMU builds for the lab")
-    for col in ("release", "source", "--version", "package"):
-        table.add_column(col)
-    for b in builds:
-        table.add_row(b.release, b.suite or b.binary, b.version_text, b.package_version or "-")
-    from rich.console import Console
-
-    Console().print(table)
+    print_rows(
+        ("release", "source", "--version", "package"),
+        [(b.release, b.suite or b.binary, b.version_text, b.package_version or "-")
+         for b in builds],
+        fmt=fmt,
+        title="QEMU builds for the lab",
+    )  # fmt: skip
     if not builds:
         print(f"no builds: {provision_hint()}", file=sys.stderr)
     return 0
