@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -81,36 +82,68 @@ def open_check(path: str) -> None:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
 
 
-#: Files at least this large show a progress bar (on a terminal).
-PROGRESS_MIN = 32 << 20
+#: Seconds of work after which reading shows a progress bar on stderr (on a terminal only).
+PROGRESS_AFTER = 1.0
+
+
+class _LateProgress:
+    """A transient progress bar that appears only once the work has taken a second."""
+
+    def __init__(self, label: str, total: int | None) -> None:
+        self.label, self.total = label, total
+        self.t0 = time.monotonic()
+        self.done = 0
+        self.bar: Any = None
+        self.task: Any = None
+        self.enabled = progress_wanted()
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.bar is None:
+            if time.monotonic() - self.t0 < PROGRESS_AFTER:
+                return
+            from rich.progress import Progress
+
+            self.bar = Progress(console=_stderr_console(), transient=True)
+            self.bar.start()
+            self.task = self.bar.add_task(self.label, total=self.total)
+        self.bar.update(self.task, completed=self.done)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 def iter_chunks(path: str, size: int = CHUNK) -> Iterator[bytes]:
-    """Yield the bytes of ``path`` (``-`` = stdin) in chunks; progress on large files."""
+    """Yield the bytes of ``path`` (``-`` = stdin) in chunks; a progress bar on stderr (on a
+    terminal) once the work on them has taken more than a second."""
     open_check(path)
     if path == "-":
         stream = sys.stdin.buffer
         first = True
-        while chunk := stream.read(size):
-            if first:
-                reject_capture(path, chunk)
-                first = False
-            yield chunk
+        bar = _LateProgress("stdin", None)
+        try:
+            while chunk := stream.read(size):
+                if first:
+                    reject_capture(path, chunk)
+                    first = False
+                yield chunk
+                bar.advance(len(chunk))
+        finally:
+            bar.close()
         return
     try:
         total = os.path.getsize(path)
         with open(path, "rb") as f:
-            if total < PROGRESS_MIN or not sys.stderr.isatty():
+            bar = _LateProgress(os.path.basename(path), total)
+            try:
                 while chunk := f.read(size):
                     yield chunk
-                return
-            from rich.progress import Progress
-
-            with Progress(console=_stderr_console(), transient=True) as bar:
-                task = bar.add_task(os.path.basename(path), total=total)
-                while chunk := f.read(size):
-                    bar.advance(task, len(chunk))
-                    yield chunk
+                    bar.advance(len(chunk))
+            finally:
+                bar.close()
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
 
