@@ -124,6 +124,8 @@ def test_every_rejection_carries_its_reason(
     assert code == 1 and row["verdict"] == "rejected"
     assert row["error"] is None  # no text QEMU's is known to be, without its RAMBlocks
     assert "exceeds this reader's limit" in row["reason"]
+    code, out, _ = run(["check", str(p), "--against", "10.0"], capsys)
+    assert "(no QEMU text known for this rule; why: bitmap size 9223372036854775808" in out
     code, out, _ = run(
         ["check", str(p), "--against", "10.0", "--json", "--ram-blocks", "pc.ram:128M"], capsys
     )
@@ -232,3 +234,29 @@ def test_bad_context_values(
 ) -> None:
     code, out, err = run(["check", str(lone_rp), "--against", "10.0", flag, value], capsys)
     assert code == 2 and out == "" and message in err
+
+
+def test_fuzz_repeated_overlay(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["fuzz", "--source", "11.1+keepalive", "--overlay", "keepalive"], capsys)
+    assert code == 2 and out == ""
+    assert "already has overlay 'keepalive'" in err
+
+
+def test_matrix_run_with_nothing_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No lab build: every cell skipped. Exit 0 by default, 1 with --require-run or CI=true."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.delenv("MIGCOMPAT_QEMU", raising=False)
+    monkeypatch.delenv("CI", raising=False)
+    argv = ["matrix", "run", "--cell", "7.2->7.2/pc-q35-7.2/plain", "--out", str(tmp_path / "r")]
+    code, _, err = run(argv, capsys)
+    assert code == 0 and "1 skipped" in err
+    code, _, err = run([*argv, "--require-run"], capsys)
+    assert code == 1
+    assert "nothing ran (1 cell(s) skipped: no QEMU build for 7.2" in err
+    monkeypatch.setenv("CI", "true")
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "failing because CI=true" in err
+    code, _, err = run([*argv, "--allow-nothing-run"], capsys)
+    assert code == 0
