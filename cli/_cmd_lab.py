@@ -221,6 +221,12 @@ def _list(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from migcompat.lab.runner import print_record, run_scenario
 
+    lab_caps = ("events", "postcopy-ram", "return-path", "switchover-ack")
+    for cap in args.without_capability:
+        if cap not in lab_caps:
+            raise LabError(
+                f"--without-capability {cap}: the lab turns on only {', '.join(lab_caps)}"
+            )
     src = find_build(args.src)
     dst = find_build(args.dst)
     for name, build in (("--src", src), ("--dst", dst)):

@@ -260,3 +260,13 @@ def test_matrix_run_with_nothing_run(
     assert code == 1 and "failing because CI=true" in err
     code, _, err = run([*argv, "--allow-nothing-run"], capsys)
     assert code == 0
+
+
+def test_lab_run_without_an_unknown_capability(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        ["lab", "run", "--src", "11.1", "--dst", "11.1", "--scenario", "plain",
+         "--without-capability", "switchover_ack"],
+        capsys,
+    )  # fmt: skip
+    assert code == 2 and out == ""
+    assert "--without-capability switchover_ack: the lab turns on only" in err
