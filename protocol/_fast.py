@@ -427,7 +427,7 @@ class FastReader(EventSource):
                 if out:
                     return out
                 raise
-            if ev is NEED_DATA or ev is STOPPED:
+            if not isinstance(ev, Event):  # NEED_DATA or STOPPED
                 return out
             out.append(ev)
 

@@ -383,7 +383,8 @@ class ForwardReader(EventSource):
             return NEED_DATA
         if isinstance(out, ForwardStop) and out.final:
             self._done = True
-        return out  # type: ignore[no-any-return]
+        ev: Event = out  # the grammar yields events and NEED_DATA only
+        return ev
 
     def gap(self, length: int) -> None:
         """``length`` bytes are missing right after the bytes received so far (a capture hole).

@@ -706,7 +706,7 @@ class Reader(EventSource):
         buf = self._buf
         if buf.available < 8:
             return None
-        (value,) = _BE64.unpack_from(buf.data, buf.pos)
+        value: int = _BE64.unpack_from(buf.data, buf.pos)[0]
         buf.consume(8)
         return value
 
