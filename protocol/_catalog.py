@@ -269,12 +269,17 @@ def _spec(m: Mapping[str, Any]) -> MessageSpec:
     )
 
 
+def _entry(release: Release | str) -> tuple[Release, Release, Mapping[str, Any]]:
+    """``release`` as a :class:`Release`, the line whose data applies, and that data."""
+    rel = release if isinstance(release, Release) else Release(release)
+    line = resolve_line(rel)
+    return rel, line, _raw()["releases"][str(line)]
+
+
 @cache
 def catalog(release: Release | str) -> RpCatalog:
     """The return-path catalog of a source release (with its overlay applied, if any)."""
-    rel = release if isinstance(release, Release) else Release(release)
-    line = resolve_line(rel)
-    entry = _raw()["releases"][str(line)]
+    rel, line, entry = _entry(release)
     rp = entry["rp"]
     messages = tuple(_spec(m) for m in rp["messages"])
     overlay = None
@@ -318,9 +323,7 @@ def catalog(release: Release | str) -> RpCatalog:
 @cache
 def stream_catalog(release: Release | str) -> StreamCatalog:
     """The forward stream's header, section types and ``MIG_CMD_*`` table of a release."""
-    rel = release if isinstance(release, Release) else Release(release)
-    line = resolve_line(rel)
-    entry = _raw()["releases"][str(line)]
+    rel, _line, entry = _entry(release)
     cmds = entry["mig_cmds"]
     return StreamCatalog(
         release=rel,

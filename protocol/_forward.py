@@ -604,17 +604,7 @@ class ForwardReader(EventSource):
             ]
         elif name == "PACKAGED":
             fields["size"] = _BE32.unpack(payload)[0]
-        ev = ForwardCommand(
-            release=self.release,
-            offset=start,
-            size=4 + 1 + length,
-            cmd=cmd,
-            name=spec.name,
-            length=length,
-            payload=payload,
-            depth=depth,
-            fields=fields,
-        )
+        ev = self._command_event(cmd, spec.name, start, payload, depth, fields)
         self._end_unit()
         yield ev
         if name == "PACKAGED":
@@ -697,21 +687,25 @@ class ForwardReader(EventSource):
             fields: dict[str, Any] = {"located": "from the end of the PACKAGED body"}
             if spec.short_name == "PING":
                 fields["value"] = _BE32.unpack(payload)[0]
-            out.append(
-                ForwardCommand(
-                    release=self.release,
-                    offset=body_at + i,
-                    size=5 + length,
-                    cmd=cmd,
-                    name=spec.name,
-                    length=length,
-                    payload=payload,
-                    depth=depth,
-                    fields=fields,
-                )
-            )
+            out.append(self._command_event(cmd, spec.name, body_at + i, payload, depth, fields))
             i += 5 + length
         return out
+
+    def _command_event(
+        self, cmd: int, name: str, offset: int, payload: bytes, depth: int, fields: dict[str, Any]
+    ) -> ForwardCommand:
+        """The event of a command unit: section-type byte, be16 id, be16 length, payload."""
+        return ForwardCommand(
+            release=self.release,
+            offset=offset,
+            size=5 + len(payload),
+            cmd=cmd,
+            name=name,
+            length=len(payload),
+            payload=payload,
+            depth=depth,
+            fields=fields,
+        )
 
     @property
     def sections(self) -> dict[int, str]:
@@ -802,16 +796,7 @@ class ForwardReader(EventSource):
     def _ram_records(self, section_id: int, depth: int) -> _Need:
         """``ram_load_precopy``'s loop: page headers until ``RAM_SAVE_FLAG_EOS``."""
         while True:
-            rec = self.offset
-            self._begin()
-            word = yield from self._be64()
-            mask = self.target_page_size - 1
-            flags, addr = word & mask, word & ~mask
-            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
-                self._last_block = yield from self._pstr()
-            elif not self._last_block and flags & _RAM_WITH_BLOCK:
-                self._last_block = self._guess_block(addr)
-            op = flags & ~_RAM_CONTINUE
+            rec, flags, addr, op = yield from self._record_header(guess_block=True)
             if op == _RAM_EOS:
                 return
             if op == _RAM_MEM_SIZE:
@@ -819,18 +804,39 @@ class ForwardReader(EventSource):
                 continue
             if op == _RAM_MULTIFD_FLUSH:
                 continue
-            kind = yield from self._page_body(op, section_id)
-            self.page_count += 1
-            if self.pages:
-                yield RamPage(
-                    release=self.release,
-                    offset=rec,
-                    size=self.offset - rec,
-                    block=self._last_block,
-                    addr=addr,
-                    flags=flags,
-                    kind=kind,
-                )
+            yield from self._page(rec, flags, addr, op, section_id)
+
+    def _record_header(self, *, guess_block: bool) -> _Need:
+        """A page record's be64 ``addr | flags`` and block name: (offset, flags, addr, op).
+
+        ``guess_block``: a CONTINUE record with no block named yet (after a gap) gets
+        the only known block large enough for its address.
+        """
+        rec = self.offset
+        self._begin()
+        word = yield from self._be64()
+        mask = self.target_page_size - 1
+        flags, addr = word & mask, word & ~mask
+        if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
+            self._last_block = yield from self._pstr()
+        elif guess_block and not self._last_block and flags & _RAM_WITH_BLOCK:
+            self._last_block = self._guess_block(addr)
+        return rec, flags, addr, flags & ~_RAM_CONTINUE
+
+    def _page(self, rec: int, flags: int, addr: int, op: int, section_id: int | None) -> _Need:
+        """A page's data, counted, and its :class:`RamPage` when pages are wanted."""
+        kind = yield from self._page_body(op, section_id)
+        self.page_count += 1
+        if self.pages:
+            yield RamPage(
+                release=self.release,
+                offset=rec,
+                size=self.offset - rec,
+                block=self._last_block,
+                addr=addr,
+                flags=flags,
+                kind=kind,
+            )
 
     def _page_body(self, op: int, section_id: int | None) -> _Need:
         if op == _RAM_PAGE:
@@ -1031,30 +1037,12 @@ class ForwardReader(EventSource):
             probe = yield from self._peek(1)
             if not probe:
                 raise _Eof
-            rec = self.offset
-            self._begin()
-            word = yield from self._be64()
-            mask = self.target_page_size - 1
-            flags, addr = word & mask, word & ~mask
-            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
-                self._last_block = yield from self._pstr()
-            op = flags & ~_RAM_CONTINUE
+            rec, flags, addr, op = yield from self._record_header(guess_block=False)
             if op == _RAM_EOS:
                 self._end_unit()
                 continue
             try:
-                kind = yield from self._page_body(op, None)
+                yield from self._page(rec, flags, addr, op, None)
             except _Stuck as stuck:
                 yield ForwardStop(release=self.release, offset=rec, reason=stuck.reason)
                 return
-            self.page_count += 1
-            if self.pages:
-                yield RamPage(
-                    release=self.release,
-                    offset=rec,
-                    size=self.offset - rec,
-                    block=self._last_block,
-                    addr=addr,
-                    flags=flags,
-                    kind=kind,
-                )

@@ -498,12 +498,9 @@ class Reader(EventSource):
         length = self._len
         avail = self._buf.available
         if avail < length:
-            if not self._buf.eof:
-                return NEED_DATA
-            return self._stop_eof(
-                truncated=True,
-                reason="truncated-payload",
-                qemu_error=self.catalog.format_error("short_read", self._type, avail, length),
+            return self._cut(
+                "truncated-payload",
+                lambda: self.catalog.format_error("short_read", self._type, avail, length),
             )
         payload = self._buf.take(length)
         self._stack_buf[:length] = payload
@@ -710,10 +707,16 @@ class Reader(EventSource):
         buf.consume(8)
         return value
 
-    def _blob_cut(self) -> EndOfStream | type[NEED_DATA]:
+    def _cut(
+        self, reason: str, qemu_error: Callable[[], str | None] | None = None
+    ) -> EndOfStream | type[NEED_DATA]:
+        """Bytes are missing: wait for them, or at end of stream the frame was cut short
+        (``qemu_error`` says what the source prints then)."""
         if not self._buf.eof:
             return NEED_DATA
-        return self._stop_eof(truncated=True, reason="truncated-bitmap", qemu_error=None)
+        return self._stop_eof(
+            truncated=True, reason=reason, qemu_error=qemu_error() if qemu_error else None
+        )
 
     def _read_blob(self) -> Event | type[NEED_DATA]:
         p = self._bitmap
@@ -722,7 +725,7 @@ class Reader(EventSource):
         if self._phase == _BLOB_SIZE:
             size = self._be64_or_end()
             if size is None:
-                return self._blob_cut()
+                return self._cut("truncated-bitmap")
             expected = self._expected_bitmap_size()
             if expected is not None and size != expected:
                 raise self._violation(
@@ -746,18 +749,14 @@ class Reader(EventSource):
             size = p.bitmap_size
             got = self._buf.available
             if got < size:
-                if not self._buf.eof:
-                    return NEED_DATA
-                return self._stop_eof(
-                    truncated=True,
-                    reason="truncated-bitmap",
-                    qemu_error=self._read_failed_text(name, size, got),
+                return self._cut(
+                    "truncated-bitmap", lambda: self._read_failed_text(name, size, got)
                 )
             p.bitmap = self._buf.take(size)
             self._phase = _BLOB_END
         end_mark = self._be64_or_end()
         if end_mark is None:
-            return self._blob_cut()
+            return self._cut("truncated-bitmap")
         self._phase = _HEADER
         if end_mark != self.catalog.recv_bitmap_ending:
             raise self._violation(
