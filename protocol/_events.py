@@ -73,9 +73,10 @@ class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
 class EventSource:
     """The sans-IO reader interface: ``next_event()``, and ``events()`` built on it once.
 
-    A reader that decodes ahead keeps the events not yet returned in ``_ready``
-    (an iterator), so ``events()`` hands them on at C speed, one as the consumer
-    asks, and none is lost when the consumer stops early.
+    A reader that decodes ahead (the fast path) keeps the events not yet returned
+    in ``_ready`` (an iterator) and overrides :meth:`_advance`, so that ``events()``
+    hands them on at C speed, one as the consumer asks, and none is lost when the
+    consumer stops early.
     """
 
     __slots__ = ()
@@ -86,14 +87,21 @@ class EventSource:
     def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
         raise NotImplementedError
 
+    def _advance(self) -> Event | type[NEED_DATA] | type[STOPPED] | None:
+        """With ``_ready`` used up: refill it (``None``), or what ``next_event()`` returns."""
+        return self.next_event()
+
     def events(self) -> Iterator[Event]:
         """Drain every event available now (stops at NEED_DATA or STOPPED)."""
+        step = self.next_event if type(self)._advance is EventSource._advance else self._advance
         while True:
-            yield from self._ready
-            ev = self.next_event()
-            if not isinstance(ev, Event):
+            ev = step()
+            if ev is None:  # decoded ahead into _ready
+                yield from self._ready
+            elif isinstance(ev, Event):
+                yield ev
+            else:  # NEED_DATA or STOPPED
                 return
-            yield ev
 
 
 class Message(Event, frozen=True, kw_only=True, gc=False):

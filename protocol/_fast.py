@@ -399,9 +399,8 @@ class FastReader(EventSource):
         ev = next(self._ready, None)
         if ev is not None:
             return ev
-        if self._model.at_frame_boundary and self._refill():
-            return next(self._ready)
-        return self._model.next_event()
+        got = self._advance()
+        return next(self._ready) if got is None else got
 
     def drain(self) -> list[Event]:
         """Every event available now, as one list (the bulk form of :meth:`events`).
@@ -432,6 +431,13 @@ class FastReader(EventSource):
             out.append(ev)
 
     # -- machinery -----------------------------------------------------------------------
+    def _advance(self) -> Event | type[NEED_DATA] | type[STOPPED] | None:
+        """``None`` when ``_ready`` holds events (still, or a new batch), else the model's
+        next event."""
+        if length_hint(self._ready) or (self._model.at_frame_boundary and self._refill()):
+            return None
+        return self._model.next_event()
+
     def _plan_for_model(self) -> FastPlan:
         """The plan that leaves to the model every frame its current context has rules for."""
         m = self._model

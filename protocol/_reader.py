@@ -424,8 +424,10 @@ class Reader(EventSource):
         return self._read_blob()
 
     def _read_header(self) -> Event | type[NEED_DATA]:
-        avail = self._buf.available
-        self._frame_start = self.offset
+        buf = self._buf
+        pos = buf.pos
+        avail = len(buf.data) - pos
+        self._frame_start = buf.base + pos
         if avail < 4:
             if not self._buf.eof:
                 return NEED_DATA
@@ -458,8 +460,9 @@ class Reader(EventSource):
                 reason="truncated-header" if avail else "eof",
                 qemu_error=qemu_error,
             )
-        type_id, length = _BE16x2.unpack_from(self._buf.data, self._buf.pos)
-        self._buf.consume(4)
+        # The hot path: the buffer's fields read and moved in place.
+        type_id, length = _BE16x2.unpack_from(buf.data, pos)
+        buf.pos = pos + 4
         self._type, self._len = type_id, length
         self._check_header(type_id, length)
         self._phase = _PAYLOAD
@@ -496,13 +499,16 @@ class Reader(EventSource):
 
     def _read_payload(self) -> Event | type[NEED_DATA]:
         length = self._len
-        avail = self._buf.available
+        buf = self._buf
+        pos = buf.pos
+        avail = len(buf.data) - pos
         if avail < length:
             return self._cut(
                 "truncated-payload",
                 lambda: self.catalog.format_error("short_read", self._type, avail, length),
             )
-        payload = self._buf.take(length)
+        payload = bytes(buf.data[pos : pos + length])
+        buf.pos = pos + length
         self._stack_buf[:length] = payload
         self._phase = _HEADER
         return self._dispatch(payload)
@@ -513,7 +519,7 @@ class Reader(EventSource):
             "offset": self._frame_start,
             "type_id": self._type,
             "length": self._len,
-            "size": self.offset - self._frame_start,
+            "size": self._buf.base + self._buf.pos - self._frame_start,
         }
 
     def _dispatch(self, payload: bytes) -> Event | type[NEED_DATA]:
