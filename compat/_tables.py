@@ -3,7 +3,8 @@
 Each file is written by ``tools/extract_compat.py`` from one (Debian-patched) QEMU source
 tree and carries provenance (file:line) for every row plus the tarball's sha256. They are
 loaded once, validated as a whole (every problem reported together in an
-``ExceptionGroup``) and exposed read-only (style anchor 8).
+``ExceptionGroup``) and exposed read-only: the tables are data, and
+the code only reads them.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from migcompat.protocol import Release
-from migcompat.protocol._errors import CatalogError, InputError, InvalidRelease
+from migcompat.protocol import CatalogError, InputError, InvalidRelease, Release
 
 __all__ = [
     "CompatEntry",

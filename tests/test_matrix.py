@@ -14,22 +14,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from migcompat.__main__ import main
-from migcompat.compat import Cell, compare, observations, parse_cell_id, predict, predict_matrix
-from migcompat.compat._matrix import (
-    DEFAULT_RELEASES,
-    CellResult,
-    _model,
-    common_machines,
-    core_scenarios,
+from migcompat._matrix_report import (
     gitlab_ci,
-    known_scenarios,
-    machines_for,
-    matrix_cells,
     predictions_markdown,
     results_junit,
     results_markdown,
+)
+from migcompat.compat import (
+    DEFAULT_RELEASES,
+    Cell,
+    CellResult,
+    common_machines,
+    compare,
+    core_scenarios,
+    known_scenarios,
+    machines_for,
+    matrix_cells,
+    observations,
+    parse_cell_id,
+    predict,
+    predict_matrix,
     results_summary,
 )
+from migcompat.compat import matrix_model as _model
 from migcompat.protocol import Release, catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,7 +306,7 @@ def test_pytest_plugin_parametrizes_with_cell_ids(tmp_path: Path) -> None:
 
 def test_every_recorded_observation_is_predicted() -> None:
     # compat/data/matrix-observed.json: what real QEMU did in each cell of the last full run.
-    from migcompat.compat._matrix import recorded_observations
+    from migcompat.compat import recorded_observations
 
     seen = recorded_observations()
     if not seen:
