@@ -83,6 +83,8 @@ class EventSource:
 
     #: Decoded ahead, not yet returned (an exhausted iterator when nothing is).
     _ready: Iterator[Event] = iter(())
+    #: The reader overrides :meth:`_advance` (it decodes ahead into ``_ready``).
+    _reads_ahead: ClassVar[bool] = False
 
     def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
         raise NotImplementedError
@@ -93,7 +95,7 @@ class EventSource:
 
     def events(self) -> Iterator[Event]:
         """Drain every event available now (stops at NEED_DATA or STOPPED)."""
-        step = self.next_event if type(self)._advance is EventSource._advance else self._advance
+        step = self._advance if self._reads_ahead else self.next_event
         while True:
             ev = step()
             if ev is None:  # decoded ahead into _ready

@@ -326,8 +326,12 @@ class FastReader(EventSource):
     ``Reader``, so rejections, end of stream and their texts are the model's own.
     """
 
+    _reads_ahead = True
+
     def __init__(self, release: Release | str, **options: Any) -> None:
         self._model = Reader(release, **options)
+        # The model's receive buffer (one object for the model's lifetime), read in place.
+        self._buf = self._model.buffer
         self.catalog: RpCatalog = self._model.catalog
         self.release: Release = self._model.release
         self._plan = self._plan_for_model()
@@ -481,7 +485,7 @@ class FastReader(EventSource):
         ``keep``: remember what :meth:`_unread_pending` needs (fills into ``_batch``).
         """
         m = self._model
-        rb = m.buffer
+        rb = self._buf
         data = rb.data
         pos = start = rb.pos
         end = len(data)

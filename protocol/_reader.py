@@ -147,13 +147,10 @@ def event_class(spec: MessageSpec) -> type[Message]:
     return cls
 
 
-class ReaderSnapshot(NamedTuple):
-    """Where a :class:`Reader` stood at a frame boundary (:meth:`Reader.snapshot`)."""
-
-    #: The receive buffer's snapshot (a stream offset).
-    offset: int
-    #: QEMU's stack buffer then.
-    stack: bytes
+#: Where a :class:`Reader` stood at a frame boundary (:meth:`Reader.snapshot`): the receive
+#: buffer's snapshot (a stream offset) and QEMU's stack buffer then. A plain tuple: the fast
+#: path takes one per batch.
+ReaderSnapshot = tuple[int, bytes]
 
 
 class _Common(TypedDict):
@@ -359,14 +356,14 @@ class Reader(EventSource):
         :meth:`drop_snapshot`. Only position and stack buffer are kept: a reader that
         decodes ahead (the fast path) takes it before frames no other state depends on.
         """
-        assert self._phase == _HEADER
-        return ReaderSnapshot(self._buf.snapshot(), bytes(self._stack_buf))
+        return (self._buf.snapshot(), bytes(self._stack_buf))
 
     def restore(self, snap: ReaderSnapshot) -> None:
         """Go back to ``snap`` (the newest snapshot): its bytes are read again."""
         assert self._phase == _HEADER
-        self._buf.restore(snap.offset)
-        self._stack_buf[:] = snap.stack
+        offset, stack = snap
+        self._buf.restore(offset)
+        self._stack_buf[:] = stack
 
     def drop_snapshot(self) -> None:
         """Forget the snapshot (its bytes may be dropped)."""

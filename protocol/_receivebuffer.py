@@ -117,8 +117,8 @@ class ReceiveBuffer:
     # -- snapshot / restore ---------------------------------------------------------------
     def snapshot(self) -> int:
         """Remember the read position (a stream offset); bytes from it on are kept."""
-        self._pin = self.offset
-        return self._pin
+        self._pin = pin = self.base + self.pos
+        return pin
 
     def restore(self, snapshot: int) -> None:
         """Move the read position back to ``snapshot`` (the newest one taken)."""
