@@ -104,14 +104,14 @@ def run(args: argparse.Namespace) -> int:
     fmt = output_format(args)
     args.json = fmt == "json"
     if args.list:
-        rows = [catalog(r) for r in known_releases()]
+        cats = [catalog(r) for r in known_releases()]
         if args.json:
-            for c in rows:
+            for c in cats:
                 print_json({"release": str(c.line), "max": c.max, "basis": c.basis})
             return 0
         print_rows(
             ("release", "MIG_RP_MSG_MAX", "newest id", "error style", "basis"),
-            [(c.line, c.max, c.messages[-1].name, c.error_call, c.basis) for c in rows],
+            [(c.line, c.max, c.messages[-1].name, c.error_call, c.basis) for c in cats],
             fmt=fmt,
             title="release lines in the catalog",
         )
