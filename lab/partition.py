@@ -51,7 +51,7 @@ from migcompat.lab.builds import QemuBuild, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import _QmpPair
+from migcompat.lab.runner import _QmpPair, host_info, instance_record
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -126,6 +126,10 @@ class PartitionRecord:
     killed: dict[str, bool] = field(default_factory=dict)
     outdir: str = ""
     duration: float = 0.0
+    #: Per side: every QMP message with its time, and the command lines (as in RunRecord).
+    qmp: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    command_lines: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    host: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (``json.dumps``-able)."""
@@ -246,7 +250,7 @@ class _PartitionRun(_QmpPair):
         self.rec = PartitionRecord(
             scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
             dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
-            sysctl_overrides=dict(sysctls or {}),
+            sysctl_overrides=dict(sysctls or {}), host=host_info(),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.src: QemuInstance | None = None
@@ -519,6 +523,7 @@ class _PartitionRun(_QmpPair):
                                      if s["stream"] == "stderr"]  # fmt: skip
             self.rec.events[side] = inst.events
             self.rec.killed[side] = inst.killed
+            self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
         with contextlib.suppress(KeyError):
             self.conclude(dropped)
         self.rec.duration = self.now()
