@@ -607,7 +607,15 @@ def _readme(
         ],
         key=lambda x: x[0],
     )
-    for _t, side, line in merged:
+    teardown = next((st["t"] for st in rec.get("steps", []) if st.get("step") == "teardown"), None)
+    marked = False
+    for t, side, line in merged:
+        if teardown is not None and t >= teardown and not marked:
+            out.append(
+                f"- at {teardown:.3f} s the lab's watch ended: it stops both QEMUs "
+                "(`quit`, SIGKILL after 3 s); what follows comes from that"
+            )
+            marked = True
         n += 1
         out.append(f"{n}. `{side}` {line.strip()}")
     inj = (rec.get("proxy") or {}).get("injections") or []
@@ -627,7 +635,8 @@ def _readme(
         for s in _stderr_lines(rec, side):
             if s.get("stream", "stderr") == "stderr":
                 t = f"{s['t']:8.3f}" if s.get("t") is not None else "       -"
-                out.append(f"{t} {side}: {s['line']}")
+                late = teardown is not None and s.get("t") is not None and s["t"] >= teardown
+                out.append(f"{t} {side}: {s['line']}" + ("   (after teardown)" if late else ""))
     out += ["```", ""]
     proxy = rec.get("proxy") or {}
     if proxy.get("frames") or inj:
