@@ -21,6 +21,7 @@ import base64
 import json
 import pprint
 import shutil
+import textwrap
 import zlib
 from dataclasses import dataclass
 from importlib import resources
@@ -303,11 +304,43 @@ def render_repro(params: dict[str, Any]) -> str:
     """repro.py: the template with ``PARAMS`` and the title filled in."""
     text = (resources.files("migcompat.lab") / "repro_template.py").read_text()
     marker = "PARAMS: dict = {}  # @PARAMS@"
-    if marker not in text or "@TITLE@" not in text:
-        raise LabError("repro template lacks its @PARAMS@/@TITLE@ markers")
+    if marker not in text or "@TITLE@" not in text or "@WHAT@" not in text:
+        raise LabError("repro template lacks its @PARAMS@/@TITLE@/@WHAT@ markers")
     body = pprint.pformat(params, width=96, sort_dicts=False)
     text = text.replace(marker, "PARAMS: dict = " + body)
-    return text.replace("@TITLE@", params["title"] + ".", 1)
+    text = text.replace("@TITLE@", params["title"] + ".", 1)
+    return text.replace("@WHAT@", _what(params), 1)
+
+
+def _what(params: dict[str, Any]) -> str:
+    """The docstring's account of this reproducer's steps and verdict, from its PARAMS."""
+    rec = params["recorded"]
+    parts = [f"Recorded on {rec['src']} -> {rec['dst']}, machine {rec['machine']}."]
+    if params["uri_options"]:
+        parts.append(f"Both migration URIs carry {params['uri_options'][1:]}.")
+    if params["idle"]:
+        parts.append("The destination starts with -S (its guest never runs).")
+    inj = params.get("inject")
+    if inj:
+        when = {"postcopy": "once both sides are postcopy-active"}.get(
+            inj["trigger"], f"at {inj['trigger']}"
+        )
+        parts.append(f"The relay writes {inj['hex']} into the return path {when}.")
+    if params.get("then_recover"):
+        parts.append("Once both sides pause: migrate-recover on a new port, migrate resume=true.")
+    check = params["check"]
+    verdicts = {
+        "split-brain": "Reproduces when both QEMUs end with their guest running.",
+        "source-fails": f"Reproduces when the source fails with {check.get('error_contains')!r}.",
+        "recovery-hangs": "Reproduces when a side is still in postcopy-recover at the end.",
+        "keepalive-dropped": (
+            "Reproduces when the destination's migration socket shows no keep-alive timer "
+            f"within {check.get('idle_s')} s (read from /proc/net/tcp)."
+        ),
+        "outcome": f"Reproduces when the final statuses are again {check.get('statuses')}.",
+    }
+    parts.append(verdicts[check["kind"]])
+    return textwrap.fill(" ".join(parts), width=92)
 
 
 # -- README ------------------------------------------------------------------------------
