@@ -7,7 +7,9 @@ import contextlib
 import json
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from migcompat.lab import (
     DEFAULT_SUITES,
@@ -18,6 +20,8 @@ from migcompat.lab import (
     register_user_build,
     suite_for,
 )
+
+from ._io import sysctl_overrides
 
 __all__ = ["register"]
 
@@ -257,40 +261,32 @@ def _run(args: argparse.Namespace) -> int:
             raise LabError(
                 f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
             )
-    scenario = args.scenario
-    if scenario.startswith("partition-"):
-        from migcompat._cmd_partition import lab_run
-
-        if not args.report:
-            return lab_run(args, src, dst)
-        with _run_out(args) as out:
-            args.out = out
-            rc = lab_run(args, src, dst)
-            _write_report([out], args.report, None, quiet=args.json)
-        return rc
-    if args.report and not args.out:
-        with _run_out(args) as out:
-            args.out = out
-            return _run_scenario(args, src, dst)
-    return _run_scenario(args, src, dst)
+    assert src is not None and dst is not None
+    run = _run_partition if args.scenario.startswith("partition-") else _run_scenario
+    if not args.report:
+        return run(args, src, dst)
+    with _run_out(args) as out:
+        args.out = out
+        rc = run(args, src, dst)
+        _write_report([out], args.report, None, quiet=args.json)
+    return rc
 
 
 @contextlib.contextmanager
-def _run_out(args: argparse.Namespace):
+def _run_out(args: argparse.Namespace) -> Iterator[Path]:
     """The run folder a ``--report`` is made from: ``--out`` if given, else a temporary one."""
     if args.out:
-        yield args.out
+        yield Path(args.out)
         return
     with tempfile.TemporaryDirectory(prefix="migcompat-run-") as tmp:
         yield Path(tmp)
 
 
-def _run_scenario(args: argparse.Namespace, src, dst) -> int:
+def _run_scenario(args: argparse.Namespace, src: Any, dst: Any) -> int:
     from migcompat.lab.runner import print_record, run_scenario
 
-    scenario = args.scenario
     record = run_scenario(
-        src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
+        src, dst, args.scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,
     )  # fmt: skip
     if args.fixture:
@@ -301,12 +297,12 @@ def _run_scenario(args: argparse.Namespace, src, dst) -> int:
         print(json.dumps(record.to_json(), indent=2))
     else:
         print_record(record)
-    if args.report:
-        _write_report([Path(record.outdir)], args.report, None, quiet=args.json)
     return 0
 
 
-def _write_report(runs: list[Path], out: Path, finding: str | None, *, quiet: bool) -> dict:
+def _write_report(
+    runs: list[Path], out: Path, finding: str | None, *, quiet: bool
+) -> dict[str, Any]:
     from migcompat.lab.report import write_report
 
     summary = write_report(runs, out, finding=finding)
@@ -323,4 +319,20 @@ def _report(args: argparse.Namespace) -> int:
     summary = _write_report(args.runs, args.output, args.finding, quiet=args.json)
     if args.json:
         print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _run_partition(args: argparse.Namespace, src: Any, dst: Any) -> int:
+    """``migcompat lab run --scenario partition-…``: run it, print the summary or JSON."""
+    from migcompat.lab.partition import print_partition, run_partition
+
+    rec = run_partition(
+        src, dst, args.scenario, strategy=args.keepalive, window=args.window,
+        machine=args.machine, outdir=args.out, progress=not args.json,
+        sysctls=sysctl_overrides(getattr(args, "sysctl", None)),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(rec.to_json(), indent=2))
+    else:
+        print_partition(rec)
     return 0

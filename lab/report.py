@@ -275,7 +275,7 @@ def repro_params(rec: dict[str, Any], kind: str) -> dict[str, Any]:
     inject = None
     if sc and sc.get("kind") == "inject":
         inject = {"hex": sc["frame_hex"], "trigger": sc.get("trigger", "postcopy")}
-    idle = bool(sc.get("idle")) if sc else rec.get("scenario") == "partition-idle"
+    dst_idle = bool(sc.get("idle")) if sc else rec.get("scenario") == "partition-idle"
     params: dict[str, Any] = {
         "title": finding.title,
         "kind": kind,
@@ -286,7 +286,7 @@ def repro_params(rec: dict[str, Any], kind: str) -> dict[str, Any]:
         },
         "machine": rec.get("machine"),
         "common_args": _common_args(rec),
-        "idle": idle,
+        "idle": dst_idle,
         "capabilities": list(rec.get("capabilities") or []),
         "parameters": dict(rec.get("parameters") or {})
         or {"max-bandwidth": 32 * 1024 * 1024, "max-postcopy-bandwidth": 10_000_000},
@@ -667,9 +667,9 @@ def _readme(
     for side in ("src", "dst"):
         for s in _stderr_lines(rec, side):
             if s.get("stream", "stderr") == "stderr":
-                t = f"{s['t']:8.3f}" if s.get("t") is not None else "       -"
+                stamp = f"{s['t']:8.3f}" if s.get("t") is not None else "       -"
                 late = teardown is not None and s.get("t") is not None and s["t"] >= teardown
-                out.append(f"{t} {side}: {s['line']}" + ("   (after teardown)" if late else ""))
+                out.append(f"{stamp} {side}: {s['line']}" + ("   (after teardown)" if late else ""))
     out += ["```", ""]
     proxy = rec.get("proxy") or {}
     if proxy.get("frames") or inj:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.lab import parse_scenario, repro_template
 from migcompat.lab.report import (
     FINDINGS,
