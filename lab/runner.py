@@ -62,6 +62,10 @@ class RunRecord:
     machine: str = ""
     capabilities: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``migrate-set-parameters`` given to the destination (``lab run --dst-param``).
+    dst_parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``query-migrate-parameters`` of each side just before ``migrate`` (what QEMU uses).
+    migrate_parameters: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error_desc: dict[str, str | None] = field(default_factory=dict)
     stderr: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -209,6 +213,7 @@ class _Run(_QmpPair):
         timeout: float,
         observe: float,
         console: Any,
+        dst_parameters: dict[str, Any] | None = None,
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
@@ -223,6 +228,7 @@ class _Run(_QmpPair):
         self.rec = RunRecord(
             scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
             machine=machine or "", outdir=str(self.outdir),
+            dst_parameters=dict(dst_parameters or {}),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
@@ -264,7 +270,7 @@ class _Run(_QmpPair):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
+        self.proxy = Proxy(self.outdir, src_release=self.srcb.protocol_release, clock=self.clock)
         self.proxy_port = await self.proxy.listen(self.dst_port)
         self.proxy_port2 = (
             await self.proxy.listen(self.dst_port2) if self.sc.kind == "recover" else None
@@ -298,6 +304,12 @@ class _Run(_QmpPair):
         }
         self.rec.parameters = params
         await self.qmp("src", "migrate-set-parameters", params)
+        if self.rec.dst_parameters:
+            await self.qmp("dst", "migrate-set-parameters", self.rec.dst_parameters)
+        for side in ("src", "dst"):
+            got = await self.qmp(side, "query-migrate-parameters")
+            if isinstance(got, dict):
+                self.rec.migrate_parameters[side] = got
         self.step("migrate-incoming", port=self.dst_port)
         await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
         self.step("migrate", port=self.proxy_port)
@@ -491,6 +503,7 @@ async def run_scenario_async(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    dst_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
@@ -499,7 +512,7 @@ async def run_scenario_async(
         from rich.console import Console
 
         console = Console(stderr=True)
-    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
+    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
     budget = 3 * timeout + observe + 120
@@ -527,9 +540,12 @@ def run_scenario(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    dst_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
+    :param dst_parameters: ``migrate-set-parameters`` for the destination before ``migrate``
+        (``{"postcopy-rp-keepalive-period": 2000}`` on a patched build).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
@@ -546,7 +562,7 @@ def run_scenario(
         run_scenario_async(
             builds[0], builds[1], scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress,
+            idle=idle, progress=progress, dst_parameters=dst_parameters,
         )
     )  # fmt: skip
 

@@ -1,0 +1,73 @@
+"""Where the posted keepalive patch is, and the lab builds made from it (for qemu tests).
+
+The patch is QEMU's code, never part of the repository: ``MIGCOMPAT_KEEPALIVE_PATCH``, else
+``../shared/seeds/keepalive-v1.patch`` next to the repository root when that exists.
+Tests skip with the reason when it is absent or the trixie root is not provisioned.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_PATCH = REPO.parent / "shared/seeds/keepalive-v1.patch"
+
+
+def keepalive_patch() -> Path | None:
+    env = os.environ.get("MIGCOMPAT_KEEPALIVE_PATCH")
+    if env:
+        return Path(env) if Path(env).is_file() else None
+    return DEFAULT_PATCH if DEFAULT_PATCH.is_file() else None
+
+
+def require_patch() -> Path:
+    p = keepalive_patch()
+    if p is None:
+        pytest.skip("no keepalive patch: set MIGCOMPAT_KEEPALIVE_PATCH or put it at "
+                    f"{DEFAULT_PATCH} (it is QEMU's code, never in this repository)")
+    return p
+
+
+def patch_default_period(patch: Path) -> int:
+    """``DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD`` as the patch defines it."""
+    m = re.search(r"^\+#define DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD\s+(\d+)",
+                  patch.read_text(), re.M)
+    assert m, f"{patch} defines no DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD"
+    return int(m.group(1))
+
+
+def require_build_env() -> None:
+    """Skip unless the lab can build here (root, a provisioned trixie)."""
+    from migcompat.lab.builds import roots_dir
+
+    if os.geteuid() != 0:
+        pytest.skip("lab build needs root (chroot)")
+    if not (roots_dir() / "trixie/.migcompat-root.json").exists():
+        pytest.skip("trixie is not provisioned: run `migcompat lab provision trixie`")
+
+
+def v1_build():
+    """The v1 lab build (built now, ~2.5 min, or taken from the cache)."""
+    from migcompat.lab.build import build_qemu
+
+    require_build_env()
+    build, _built = build_qemu("trixie", [require_patch()])
+    return build
+
+
+def v2_build(tmp_path_factory: pytest.TempPathFactory):
+    """v1 + the compat hunk ``migcompat keepalive --compat-patch`` writes for v1's tree."""
+    from migcompat.keepalive_patch import compat_patch_for_tree  # type: ignore[import-not-found]
+    from migcompat.lab.build import build_qemu
+
+    v1 = v1_build()
+    assert v1.tree_path is not None
+    out = tmp_path_factory.mktemp("v2") / "keepalive-v2-compat.patch"
+    out.write_text(compat_patch_for_tree(v1.tree_path, "10.0"))
+    build, _built = build_qemu("trixie", [require_patch(), out],
+                               name=f"{v1.release.split('+')[0]}+keepalive-v2")
+    return build
