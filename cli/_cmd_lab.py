@@ -156,6 +156,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "postcopy-rp-keepalive-period=2000 on a patched build (repeatable)",
     )
     p.add_argument(
+        "--src-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="migrate-set-parameters on the source, over the lab's bandwidth limits, e.g. "
+        "max-postcopy-bandwidth=2000000 for a longer postcopy phase (repeatable)",
+    )
+    p.add_argument(
         "--keepalive",
         metavar="tcp:IDLE,INTVL,CNT",
         default="none",
@@ -262,13 +270,13 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parameters(specs: list[str]) -> dict[str, object]:
+def _parameters(specs: list[str], option: str) -> dict[str, object]:
     """``NAME=VALUE`` pairs as QMP arguments (integers and on/off/true/false typed)."""
     out: dict[str, object] = {}
     for spec in specs:
         name, sep, value = spec.partition("=")
         if not sep or not name:
-            raise LabError(f"--dst-param wants NAME=VALUE, got {spec!r}")
+            raise LabError(f"{option} wants NAME=VALUE, got {spec!r}")
         low = value.lower()
         if low in ("on", "true", "off", "false"):
             out[name] = low in ("on", "true")
@@ -298,7 +306,8 @@ def _run(args: argparse.Namespace) -> int:
     record = run_scenario(
         src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,
-        dst_parameters=_parameters(args.dst_param),
+        dst_parameters=_parameters(args.dst_param, "--dst-param"),
+        src_parameters=_parameters(args.src_param, "--src-param"),
     )  # fmt: skip
     if args.fixture:
         from migcompat.lab.fixtures import save_fixture

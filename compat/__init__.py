@@ -5,6 +5,7 @@ Everything in ``__all__`` is the public API; the implementation lives in private
 """
 
 from ._behaviour import Observation, observations, observed_rejection
+from ._compat_patch import MACHINE_C, compat_patch
 from ._keepalive import (
     Fact,
     KeepaliveDecision,
@@ -58,6 +59,7 @@ from ._tables import (
 )
 
 __all__ = [
+    "MACHINE_C",
     "Cell",
     "CellResult",
     "CompatEntry",
@@ -79,6 +81,7 @@ __all__ = [
     "TcpSettings",
     "UnknownMachine",
     "compare",
+    "compat_patch",
     "compat_releases",
     "compat_table",
     "decide_keepalive",

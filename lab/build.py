@@ -57,6 +57,7 @@ __all__ = [
     "apply_patches",
     "build_name",
     "build_qemu",
+    "identify_protocol",
     "read_patch",
     "source_tree",
 ]
@@ -421,6 +422,41 @@ def source_tree(suite: str, progress: Progress | None = None, mirror: str | None
         return host
 
 
+_RP_ENUM = re.compile(r"enum\s+mig_rp_message_type\s*\{(?P<body>.*?)\}", re.S)
+
+
+def identify_protocol(tree: Path, version: str) -> tuple[str | None, str]:
+    """Which catalog release a (patched) tree's return path is, read from its own source.
+
+    The tree's ``enum mig_rp_message_type`` (``migration/migration.c``) is compared with the
+    catalog's messages of ``version``'s line, and with each overlay applied to it: an exact
+    match names the release (``10.0.13`` or ``10.0.13+keepalive``).
+
+    :returns: the release (``None`` when nothing matches) and why.
+    """
+    from migcompat.protocol import catalog, overlays
+
+    try:
+        text = (tree / "migration/migration.c").read_text(errors="replace")
+    except OSError as exc:
+        return None, f"no migration/migration.c ({exc.strerror or exc})"
+    m = _RP_ENUM.search(re.sub(r"/\*.*?\*/", "", text, flags=re.S))
+    if m is None:
+        return None, "no enum mig_rp_message_type in migration/migration.c"
+    names = [n.split("=")[0].strip() for n in m["body"].split(",") if n.strip()]
+    names = [n for n in names if n != "MIG_RP_MSG_MAX"]
+    candidates = [version] + [f"{version}+{o}" for o in sorted(overlays())]
+    for rel in candidates:
+        try:
+            cat = catalog(rel)
+        except Exception:
+            continue
+        if [x.name for x in sorted(cat.messages, key=lambda x: x.id)] == names:
+            return rel, (f"enum mig_rp_message_type of the tree = catalog {rel} "
+                         f"({len(names)} messages, MIG_RP_MSG_MAX {cat.max})")
+    return None, f"the tree's {len(names)} return-path messages match no catalog release: {names}"
+
+
 def _ninja_progress(line: str) -> bool:
     """Every 50th ``[N/M]`` step, the last one, and anything that is not a step."""
     m = re.match(r"\[(\d+)/(\d+)\]", line)
@@ -490,10 +526,14 @@ def build_qemu(
         if not rebuild:
             for b in lab_builds():
                 if b.key == key and Path(str(b.root) + b.binary).exists():
-                    if b.release != label:  # same build, a new name: register it too
-                        old = json.loads(lab_builds_file().read_text())[b.release]
-                        _register(dict(old, name=label))
-                        b = next(x for x in lab_builds() if x.release == label)
+                    old = json.loads(lab_builds_file().read_text())[b.release]
+                    stale = "protocol" not in old and b.tree_path is not None  # older entry
+                    if stale:
+                        old["protocol"], old["protocol_basis"] = identify_protocol(
+                            b.tree_path, upstream_version(pkgver))
+                    if stale or b.release != label:
+                        _register(dict(old, name=label))  # same build, maybe a new name
+                    b = next(x for x in lab_builds() if x.release == label)
                     say(f"{label}: cached (key {key})")
                     return b, False
         t0 = time.monotonic()
@@ -534,11 +574,14 @@ def build_qemu(
                 shutil.rmtree(final)
             final.parent.mkdir(parents=True, exist_ok=True)
             staged.rename(final)
+            protocol, why = identify_protocol(final / "tree", upstream_version(pkgver))
+            say(f"protocol: {protocol or 'unknown'} ({why})")
             entry: dict[str, object] = {
                 "name": label, "key": key, "suite": suite, "source_version": pkgver,
                 "patches": [p.to_json() for p in files], "binary": binary_in,
                 "tree": str(final_in / "tree"), "root": str(root), "version_text": version,
-                "configure": list(CONFIGURE_FLAGS),
+                "configure": list(CONFIGURE_FLAGS), "protocol": protocol,
+                "protocol_basis": why,
                 "seconds": {"total": round(t_done - t0, 1),
                             "configure": round(t_ninja - t_conf, 1),
                             "ninja": round(t_done - t_ninja, 1)},

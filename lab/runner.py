@@ -64,6 +64,9 @@ class RunRecord:
     parameters: dict[str, Any] = field(default_factory=dict)
     #: ``migrate-set-parameters`` given to the destination (``lab run --dst-param``).
     dst_parameters: dict[str, Any] = field(default_factory=dict)
+    #: extra ``migrate-set-parameters`` for the source (``lab run --src-param``), over
+    #: the bandwidth defaults (recorded in ``parameters``).
+    src_parameters: dict[str, Any] = field(default_factory=dict)
     #: ``query-migrate-parameters`` of each side just before ``migrate`` (what QEMU uses).
     migrate_parameters: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -214,6 +217,7 @@ class _Run(_QmpPair):
         observe: float,
         console: Any,
         dst_parameters: dict[str, Any] | None = None,
+        src_parameters: dict[str, Any] | None = None,
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
@@ -229,6 +233,7 @@ class _Run(_QmpPair):
             scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
             machine=machine or "", outdir=str(self.outdir),
             dst_parameters=dict(dst_parameters or {}),
+            src_parameters=dict(src_parameters or {}),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
@@ -301,7 +306,7 @@ class _Run(_QmpPair):
         params = {
             "max-bandwidth": PRECOPY_BANDWIDTH,
             "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
-        }
+        } | self.rec.src_parameters
         self.rec.parameters = params
         await self.qmp("src", "migrate-set-parameters", params)
         if self.rec.dst_parameters:
@@ -504,6 +509,7 @@ async def run_scenario_async(
     idle: bool = False,
     progress: bool = False,
     dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
@@ -512,7 +518,8 @@ async def run_scenario_async(
         from rich.console import Console
 
         console = Console(stderr=True)
-    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters)
+    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters,
+               src_parameters)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
     budget = 3 * timeout + observe + 120
@@ -541,11 +548,14 @@ def run_scenario(
     idle: bool = False,
     progress: bool = False,
     dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
     :param dst_parameters: ``migrate-set-parameters`` for the destination before ``migrate``
         (``{"postcopy-rp-keepalive-period": 2000}`` on a patched build).
+    :param src_parameters: source parameters over the bandwidth defaults (a lower
+        ``max-postcopy-bandwidth`` makes postcopy last longer).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
@@ -563,6 +573,7 @@ def run_scenario(
             builds[0], builds[1], scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
             idle=idle, progress=progress, dst_parameters=dst_parameters,
+            src_parameters=src_parameters,
         )
     )  # fmt: skip
 

@@ -274,3 +274,36 @@ def test_lab_builds_are_found_by_name_not_by_suite_or_major(fake_steps, tmp_path
     assert main(["lab", "list", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [p["name"] for p in listed[-1]["patches"]] == ["keepalive-v1"]
+
+
+_ENUM = """\
+enum mig_rp_message_type {
+    MIG_RP_MSG_INVALID = 0,  /* Must be 0 */
+    MIG_RP_MSG_SHUT,         /* sibling will not send any more RP messages */
+    MIG_RP_MSG_PONG,
+    MIG_RP_MSG_REQ_PAGES_ID,
+    MIG_RP_MSG_REQ_PAGES,
+    MIG_RP_MSG_RECV_BITMAP,
+    MIG_RP_MSG_RESUME_ACK,
+    MIG_RP_MSG_SWITCHOVER_ACK,
+%s
+    MIG_RP_MSG_MAX
+};
+"""
+
+
+@pytest.mark.parametrize(("extra", "expected"), [
+    ("", "10.0.13"),
+    ("    MIG_RP_MSG_KEEPALIVE, /* new */\n", "10.0.13+keepalive"),
+    ("    MIG_RP_MSG_SOMETHING_ELSE,\n", None),
+])
+def test_identify_protocol_from_the_trees_enum(tmp_path, extra, expected):
+    (tmp_path / "migration").mkdir()
+    (tmp_path / "migration/migration.c").write_text(_ENUM % extra)
+    rel, why = lb.identify_protocol(tmp_path, "10.0.13")
+    assert rel == expected
+    assert ("MIG_RP_MSG_SOMETHING_ELSE" in why) if expected is None else ("MAX" in why)
+
+
+def test_identify_protocol_without_a_tree(tmp_path):
+    assert lb.identify_protocol(tmp_path, "10.0.13")[0] is None

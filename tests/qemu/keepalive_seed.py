@@ -59,15 +59,19 @@ def v1_build():
     return build
 
 
-def v2_build(tmp_path_factory: pytest.TempPathFactory):
-    """v1 + the compat hunk ``migcompat keepalive --compat-patch`` writes for v1's tree."""
-    from migcompat.keepalive_patch import compat_patch_for_tree  # type: ignore[import-not-found]
-    from migcompat.lab.build import build_qemu
+def v2_build():
+    """v1 + the compat hunk, written as ``migcompat keepalive --compat-patch --release 10.0``
+    writes it (from the lab's fetched trixie source), then built (or taken from the cache)."""
+    import tempfile
+
+    from migcompat.compat import MACHINE_C, compat_patch
+    from migcompat.lab.build import build_qemu, source_tree
 
     v1 = v1_build()
-    assert v1.tree_path is not None
-    out = tmp_path_factory.mktemp("v2") / "keepalive-v2-compat.patch"
-    out.write_text(compat_patch_for_tree(v1.tree_path, "10.0"))
+    tree = source_tree("trixie")
+    hunk = compat_patch((tree / MACHINE_C).read_text(), "10.0")
+    out = Path(tempfile.mkdtemp(prefix="mc-v2-")) / "keepalive-v2-compat.patch"
+    out.write_text(hunk)
     build, _built = build_qemu("trixie", [require_patch(), out],
                                name=f"{v1.release.split('+')[0]}+keepalive-v2")
     return build
