@@ -342,6 +342,10 @@ def register(sub: Any) -> None:
 
 
 def _release(args: argparse.Namespace) -> Release:
+    lab_build = _lab_build(args.source) if args.real else None
+    if lab_build is not None:  # a `migcompat lab build` name: model it by its own catalog
+        args.lab_build = lab_build
+        return catalog(lab_build.protocol_release).release
     rel = parse_release(args.source)
     if args.overlay:
         if rel.overlay and rel.overlay != args.overlay:
@@ -701,6 +705,16 @@ def _print_case(
     sys.stdout.flush()
 
 
+def _lab_build(name: str) -> Any:
+    """The ``migcompat lab build`` registered as ``name``, if any."""
+    try:
+        from migcompat.lab import find_build
+    except ImportError:  # pragma: no cover - the lab is part of this package
+        return None
+    b = find_build(name)
+    return b if b is not None and b.is_lab_build else None
+
+
 def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) -> int:
     try:
         from migcompat.lab import (
@@ -715,7 +729,7 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
         raise InputError(
             f"--real needs the lab (migcompat.lab), which is not usable: {exc}"
         ) from None
-    build = find_build(str(release))
+    build = getattr(args, "lab_build", None) or find_build(str(release))
     if build is None:
         have = ", ".join(b.release for b in installed_builds()) or "none"
         hint = (

@@ -150,7 +150,27 @@ def _predictions(args: argparse.Namespace) -> list[Any]:
                 )
             out.append(predict(cell))
         return out
-    return predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+    return predict_matrix(_modelled(args.releases), _scenarios(args), machines=args.machines)
+
+
+def _modelled(releases: list[str]) -> list[str]:
+    """Lab build names (``10.0.13+keepalive-v2``) as the release their tables model."""
+    from migcompat.lab import find_build
+
+    out = []
+    for r in releases:
+        b = find_build(r)
+        if b is None or not b.is_lab_build or b.release != r:
+            out.append(r)
+            continue
+        if b.model is None:
+            raise InputError(f"lab build {r} cannot be predicted: its return path is "
+                             f"{b.protocol_release}, but its source lacks that overlay's compat "
+                             "entries, so no release's tables model it")
+        print(f"matrix: lab build {r} predicted as {b.model} (its own source's tables)",
+              file=sys.stderr)
+        out.append(b.model)
+    return out
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -269,7 +289,7 @@ def _run(args: argparse.Namespace) -> int:
 def _emit(args: argparse.Namespace) -> int:
     from migcompat.compat._matrix import gitlab_ci, predict_matrix
 
-    preds = predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+    preds = predict_matrix(_modelled(args.releases), _scenarios(args), machines=args.machines)
     cells = [p.cell for p in preds if not p.unpredicted]
     sys.stdout.write(
         gitlab_ci(

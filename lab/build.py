@@ -57,6 +57,7 @@ __all__ = [
     "apply_patches",
     "build_name",
     "build_qemu",
+    "identify_model",
     "identify_protocol",
     "read_patch",
     "source_tree",
@@ -457,6 +458,37 @@ def identify_protocol(tree: Path, version: str) -> tuple[str | None, str]:
     return None, f"the tree's {len(names)} return-path messages match no catalog release: {names}"
 
 
+def identify_model(tree: Path, protocol: str | None) -> tuple[str | None, str]:
+    """Whether a tree is *fully* what its protocol release's overlay models.
+
+    An overlay also adds compat entries (the keepalive's ``hw_compat`` entry that keeps the
+    period 0 on older machine types); a tree whose return path matches but whose
+    ``hw/core/machine.c`` lacks them (the posted v1) behaves differently on those machine
+    types, so predictions made from the overlay do not hold for it.
+    """
+    from migcompat.compat import overlay_compat_entries
+
+    if protocol is None:
+        return None, "no catalog release matches its return path"
+    if "+" not in protocol:
+        return protocol, "no overlay: the release's own tables"
+    try:
+        text = (tree / "hw/core/machine.c").read_text(errors="replace")
+    except OSError as exc:
+        return None, f"no hw/core/machine.c ({exc.strerror or exc})"
+    missing = []
+    for e in overlay_compat_entries(protocol):
+        m = re.search(rf"GlobalProperty\s+{re.escape(e.array)}\s*\[\]\s*=\s*\{{(.*?)\}};",
+                      text, re.S)
+        pat = rf'"{re.escape(e.driver)}"\s*,\s*"{re.escape(e.property)}"\s*,\s*"{e.value}"'
+        if m is None or not re.search(pat, m.group(1)):
+            missing.append(f'{{ "{e.driver}", "{e.property}", "{e.value}" }} in {e.array}')
+    if missing:
+        return None, (f"return path = {protocol}, but hw/core/machine.c lacks the overlay's "
+                      f"compat entry {'; '.join(missing)}")
+    return protocol, f"return path and compat entries = {protocol}"
+
+
 def _ninja_progress(line: str) -> bool:
     """Every 50th ``[N/M]`` step, the last one, and anything that is not a step."""
     m = re.match(r"\[(\d+)/(\d+)\]", line)
@@ -527,10 +559,12 @@ def build_qemu(
             for b in lab_builds():
                 if b.key == key and Path(str(b.root) + b.binary).exists():
                     old = json.loads(lab_builds_file().read_text())[b.release]
-                    stale = "protocol" not in old and b.tree_path is not None  # older entry
+                    stale = "model" not in old and b.tree_path is not None  # older entry
                     if stale:
                         old["protocol"], old["protocol_basis"] = identify_protocol(
                             b.tree_path, upstream_version(pkgver))
+                        old["model"], old["model_basis"] = identify_model(
+                            b.tree_path, old["protocol"])
                     if stale or b.release != label:
                         _register(dict(old, name=label))  # same build, maybe a new name
                     b = next(x for x in lab_builds() if x.release == label)
@@ -575,13 +609,14 @@ def build_qemu(
             final.parent.mkdir(parents=True, exist_ok=True)
             staged.rename(final)
             protocol, why = identify_protocol(final / "tree", upstream_version(pkgver))
-            say(f"protocol: {protocol or 'unknown'} ({why})")
+            model, model_why = identify_model(final / "tree", protocol)
+            say(f"protocol: {protocol or 'unknown'} ({why}); model: {model or 'none'}")
             entry: dict[str, object] = {
                 "name": label, "key": key, "suite": suite, "source_version": pkgver,
                 "patches": [p.to_json() for p in files], "binary": binary_in,
                 "tree": str(final_in / "tree"), "root": str(root), "version_text": version,
                 "configure": list(CONFIGURE_FLAGS), "protocol": protocol,
-                "protocol_basis": why,
+                "protocol_basis": why, "model": model, "model_basis": model_why,
                 "seconds": {"total": round(t_done - t0, 1),
                             "configure": round(t_ninja - t_conf, 1),
                             "ninja": round(t_done - t_ninja, 1)},

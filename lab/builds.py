@@ -153,6 +153,9 @@ class QemuBuild:
     :param tree: a lab build's patched source tree (a path inside ``root``).
     :param protocol: the protocol release its extracted catalog names (see
         :attr:`protocol_release`).
+    :param model: the release whose tables (catalog *and* compat entries) it fully is, for
+        predictions (``matrix``); ``None`` when no overlay models it (the posted v1 lacks the
+        keepalive's compat entry).
     """
 
     release: str
@@ -165,6 +168,7 @@ class QemuBuild:
     key: str | None = None
     tree: str | None = field(default=None, compare=False)
     protocol: str | None = field(default=None, compare=False)
+    model: str | None = field(default=None, compare=False)
 
     @property
     def is_lab_build(self) -> bool:
@@ -225,6 +229,7 @@ class QemuBuild:
             "key": self.key,
             "tree": self.tree,
             "protocol_release": self.protocol_release,
+            "model": self.model if self.is_lab_build else self.release,
         }
 
 
@@ -337,6 +342,7 @@ def lab_builds() -> list[QemuBuild]:
                 binary=str(e["binary"]), root=root, package_version=str(e["source_version"]),
                 patches=tuple({k: str(v) for k, v in p.items()} for p in e.get("patches", ())),
                 key=str(e["key"]), tree=e.get("tree"), protocol=e.get("protocol"),
+                model=e.get("model"),
             ))  # fmt: skip
         except (KeyError, TypeError, AttributeError):
             continue  # an entry this version cannot read is not runnable
@@ -359,6 +365,10 @@ def find_build(release: str) -> QemuBuild | None:
     for b in builds:
         if release == b.release or (release == b.suite and not b.is_lab_build):
             return b
+    # the release a lab build models (10.0.13+keepalive), when exactly one does
+    modelled = [b for b in builds if b.is_lab_build and b.model == release]
+    if len(modelled) == 1:
+        return modelled[0]
     # "11" / "11.x" mean the newest build of that major line (not a patched lab build).
     major = release.removesuffix(".x")
     if major.isdigit():

@@ -458,16 +458,16 @@ class _PartitionRun(_QmpPair):
         }
         scenario = "active" if wrote["dst"] else "idle"
         src_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],
             settings=TcpSettings.from_sysctls(self.rec.sysctls["src"]),
         )
         dst_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],

@@ -307,3 +307,23 @@ def test_identify_protocol_from_the_trees_enum(tmp_path, extra, expected):
 
 def test_identify_protocol_without_a_tree(tmp_path):
     assert lb.identify_protocol(tmp_path, "10.0.13")[0] is None
+
+
+_MACHINE_C = """\
+GlobalProperty hw_compat_9_2[] = {
+    { "migration", "send-switchover-start", "off"},
+%s};
+const size_t hw_compat_9_2_len = G_N_ELEMENTS(hw_compat_9_2);
+"""
+
+
+def test_identify_model_needs_the_overlays_compat_entry(tmp_path):
+    (tmp_path / "hw/core").mkdir(parents=True)
+    (tmp_path / "hw/core/machine.c").write_text(_MACHINE_C % "")
+    model, why = lb.identify_model(tmp_path, "10.0.13+keepalive")
+    assert model is None and "hw_compat_9_2" in why and "postcopy-rp-keepalive-period" in why
+    entry = '    { "migration", "postcopy-rp-keepalive-period", "0" },\n'
+    (tmp_path / "hw/core/machine.c").write_text(_MACHINE_C % entry)
+    assert lb.identify_model(tmp_path, "10.0.13+keepalive")[0] == "10.0.13+keepalive"
+    assert lb.identify_model(tmp_path, "10.0.13")[0] == "10.0.13"
+    assert lb.identify_model(tmp_path, None)[0] is None

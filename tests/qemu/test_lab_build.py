@@ -65,3 +65,45 @@ def test_unpatched_twin_has_no_such_parameter():
         pytest.skip("trixie is not provisioned")
     params = asyncio.run(_migrate_parameters(twin, "pc-q35-10.0"))
     assert "postcopy-rp-keepalive-period" not in params
+
+
+# -- the build speaks what its own source says (tools/extract_* on the patched tree) --------
+
+
+def _tools():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    return importlib.import_module("tools.extract_catalog"), importlib.import_module(
+        "tools.extract_compat")
+
+
+def test_v1_extracted_catalog_is_the_keepalive_overlay(v1):
+    from migcompat.protocol import catalog
+
+    ec, _ = _tools()
+    got = ec.extract(v1.tree_path, f"lab build {v1.release}", None)
+    want = catalog("10.0.13+keepalive")
+    assert got["rp"]["max"] == want.max == 9
+    assert [(m["id"], m["name"], m["table_name"], m["length"]) for m in got["rp"]["messages"]] \
+        == [(m.id, m.name, m.table_name, m.length) for m in sorted(want.messages,
+                                                                   key=lambda m: m.id)]
+    # the reader's error texts are the unpatched 10.0's (the patch adds no check)
+    assert {k: v["format"] for k, v in got["rp"]["errors"].items()} == dict(want.errors)
+    assert v1.protocol_release == "10.0.13+keepalive"
+
+
+def test_v1_extracted_parameter_is_the_overlays_and_it_has_no_compat_entry(v1):
+    from migcompat.protocol import overlays
+
+    _, ex = _tools()
+    table = ex.extract(v1.tree_path)
+    param = overlays()["keepalive"].parameter
+    got = table["migration_properties"][param["name"]]
+    assert (got["type"], got["default"]) == (param["type"], param["default"])
+    entries = [e for a in table["compat_arrays"].values() for e in a["entries"]
+               if e["property"] == param["name"]]
+    assert entries == []  # v1 as posted: no compat property, the reviewers' point
+    assert v1.model is None
