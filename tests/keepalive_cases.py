@@ -157,9 +157,38 @@ def run_case(case: Case, lab_builds: dict[str, Any], outdir: Path) -> Any:
                         src_parameters={"max-postcopy-bandwidth": POSTCOPY_BANDWIDTH})
 
 
+def markdown(base: Path) -> str:
+    """The docs/keepalive.md table, from the fixtures under ``base``."""
+    rows = ["| case | source → destination | machine | period (set → reported) | dst | "
+            "verdict | real outcome (src / dst) | KEEPALIVE from QEMU | first after "
+            "postcopy-active | fixture |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for c in CASES:
+        folder = base / c.fixture
+        if not (folder / "metadata.json").exists():
+            continue
+        j = judge(folder)
+        meta = _meta(folder)
+        ev = j["evidence"]
+        src = meta["src"]["release"]
+        first = ev["first_after_postcopy_active_s"]
+        desc = (j["error_desc"] or {}).get("src")
+        outcome = f"{j['final']['src']} / {j['final']['dst']}" + (f" ({desc!r})" if desc else "")
+        rows.append(
+            f"| {c.id} | {src} → {meta['dst']['release']} | {meta['machine']} | "
+            f"{c.period if c.period is not None else 'unset'} → {ev['dst_period_ms']} | "
+            f"{'idle' if c.idle else 'running'} | **{j['verdict']}** | {outcome} | "
+            f"{ev['from_qemu']} (injected {ev['injections']}) | "
+            f"{f'{first:.2f} s' if first is not None else '—'} | `{c.fixture}` |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: list[str]) -> int:
     from migcompat.lab.fixtures import save_fixture
 
+    if argv[:1] == ["--markdown"]:
+        sys.stdout.write(markdown(Path(argv[1])))
+        return 0
     out = Path(argv[0])
     wanted = [BY_ID[a] for a in argv[1:]] or list(CASES)
     lb = builds(need_v2=any(c.dst == "v2" for c in wanted))
