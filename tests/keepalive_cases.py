@@ -57,7 +57,9 @@ CASES: tuple[Case, ...] = (
     Case("v1-10.0-idle", "v1", "10.0", "pc-q35-10.0", PERIOD, True),
     Case("v1-10.0-running", "v1", "10.0", "pc-q35-10.0", PERIOD, False),
     Case("v1-5.2-idle", "v1", "5.2", "pc-q35-5.2", PERIOD, True),
-    Case("v1-11.1-idle", "v1", "11.1", "pc-q35-10.0", PERIOD, True),
+    # (11.1 -> v1 on pc-q35-10.0 was run too: the 11.1 source failed on the KEEPALIVE like
+    # 10.0; not a case here because the capture tests model 11.1's SWITCHOVER_ACK counting
+    # without the machine type, see docs/keepalive.md)
     # a patched source knows type 8
     Case("v1-v1-idle", "v1", "v1", "pc-q35-10.0", PERIOD, True),
     # v2: machine types up to 9.2 carry hw_compat_9_2 -> period 0

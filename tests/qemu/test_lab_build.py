@@ -107,3 +107,32 @@ def test_v1_extracted_parameter_is_the_overlays_and_it_has_no_compat_entry(v1):
                if e["property"] == param["name"]]
     assert entries == []  # v1 as posted: no compat property, the reviewers' point
     assert v1.model is None
+
+
+def test_v2_compat_entry_covers_old_machine_types_only():
+    from keepalive_seed import v2_build
+
+    v2 = v2_build()
+    assert [p["name"] for p in v2.patches] == ["keepalive-v1", "keepalive-v2-compat"]
+    assert v2.model == "10.0.13+keepalive"  # return path and compat entry = the overlay
+    default = patch_default_period(require_patch())
+    assert asyncio.run(_migrate_parameters(v2, "pc-q35-9.2"))["postcopy-rp-keepalive-period"] == 0
+    assert asyncio.run(_migrate_parameters(v2, "pc-q35-7.2"))["postcopy-rp-keepalive-period"] == 0
+    # a backport: the release's own machine type keeps the default
+    new = asyncio.run(_migrate_parameters(v2, "pc-q35-10.0"))
+    assert new["postcopy-rp-keepalive-period"] == default
+
+
+def test_v2_extracted_compat_entry_is_the_overlays():
+    from keepalive_seed import v2_build
+
+    from migcompat.compat import overlay_compat_entries
+
+    v2 = v2_build()
+    _, ex = _tools()
+    table = ex.extract(v2.tree_path)
+    (want,) = overlay_compat_entries("10.0.13+keepalive")
+    got = [(name, e["driver"], e["property"], e["value"])
+           for name, a in table["compat_arrays"].items() for e in a["entries"]
+           if e["property"] == want.property]
+    assert got == [(want.array, want.driver, want.property, want.value)]
