@@ -40,3 +40,13 @@ def test_the_cases_cover_both_verdicts_and_both_builds() -> None:
     assert {c.dst for c in CASES} == {"v1", "v2"}
     assert {c.idle for c in CASES} == {True, False}
     assert any(c.src == "v1" for c in CASES)  # a patched source
+
+
+def test_doc_table_is_generated_from_the_fixtures() -> None:
+    from keepalive_cases import markdown
+
+    doc = (Path(__file__).resolve().parents[1] / "docs/keepalive.md").read_text()
+    a, b = "<!-- table:start -->\n", "<!-- table:end -->"
+    assert doc[doc.index(a) + len(a):doc.index(b)] == markdown(CAPTURES), (
+        "docs/keepalive.md is stale: python tests/keepalive_cases.py --markdown "
+        "fixtures/captures")
