@@ -309,6 +309,16 @@ def _runtime_marker(suite: str) -> dict[str, object]:
     return marker
 
 
+def _source_version(marker: dict[str, object]) -> str:
+    """The source package version of the root's qemu-system-x86 (a binNMU's binary version
+    ``1:7.2+dfsg-7+deb12u18+b3`` comes from source ``1:7.2+dfsg-7+deb12u18``).
+
+    >>> _source_version({"package_version": "1:7.2+dfsg-7+deb12u18+b3"})
+    '1:7.2+dfsg-7+deb12u18'
+    """
+    return re.sub(r"\+b\d+$", "", str(marker["package_version"]))
+
+
 def _mounted_under(path: Path) -> bool:
     prefix = str(path.resolve()) + "/"
     with open("/proc/self/mounts") as fh:
@@ -401,7 +411,7 @@ def source_tree(suite: str, progress: Progress | None = None, mirror: str | None
 
     say = progress or (lambda _m: None)
     _known_suite(suite)
-    pkgver = str(_runtime_marker(suite)["package_version"])
+    pkgver = _source_version(_runtime_marker(suite))
     if os.geteuid() != 0:
         raise LabError("fetching the source needs root (chroot into the suite's root)")
     root = _build_root(suite, mirror or MIRROR, say)
@@ -541,7 +551,7 @@ def build_qemu(
     _known_suite(suite)
     files = [read_patch(p) for p in patches]
     marker = _runtime_marker(suite)
-    pkgver = str(marker["package_version"])
+    pkgver = _source_version(marker)
     label = name or build_name(pkgver, files)
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+_-]*", label):
         raise LabError(f"--name {label!r}: use letters, digits and . + _ -")
