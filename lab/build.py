@@ -569,12 +569,13 @@ def build_qemu(
             for b in lab_builds():
                 if b.key == key and Path(str(b.root) + b.binary).exists():
                     old = json.loads(lab_builds_file().read_text())[b.release]
-                    stale = "model" not in old and b.tree_path is not None  # older entry
-                    if stale:
+                    tree = b.tree_path
+                    stale = "model" not in old and tree is not None  # an older entry
+                    if tree is not None and stale:
                         old["protocol"], old["protocol_basis"] = identify_protocol(
-                            b.tree_path, upstream_version(pkgver))
+                            tree, upstream_version(pkgver))
                         old["model"], old["model_basis"] = identify_model(
-                            b.tree_path, old["protocol"])
+                            tree, old["protocol"])
                     if stale or b.release != label:
                         _register(dict(old, name=label))  # same build, maybe a new name
                     b = next(x for x in lab_builds() if x.release == label)
