@@ -327,3 +327,35 @@ def test_identify_model_needs_the_overlays_compat_entry(tmp_path):
     assert lb.identify_model(tmp_path, "10.0.13+keepalive")[0] == "10.0.13+keepalive"
     assert lb.identify_model(tmp_path, "10.0.13")[0] == "10.0.13"
     assert lb.identify_model(tmp_path, None)[0] is None
+
+
+def test_matrix_predicts_a_lab_build_by_its_model(fake_steps, tmp_path, monkeypatch, capsys):
+    """v2-like tree (KEEPALIVE in the enum, the compat entry in hw_compat_9_2): predicted as
+    10.0.13+keepalive and found by that name; a v1-like tree (no entry) is refused."""
+    entry = '    { "migration", "postcopy-rp-keepalive-period", "0" },\n'
+
+    def extract(r, dsc, dest, log, progress, with_entry=True):
+        base = r / dest.relative_to("/")
+        (base / "migration").mkdir(parents=True)
+        (base / "migration/migration.c").write_text(
+            _ENUM % "    MIG_RP_MSG_KEEPALIVE,\n")
+        (base / "hw/core").mkdir(parents=True)
+        (base / "hw/core/machine.c").write_text(_MACHINE_C % (entry if with_entry else ""))
+        (base / "README").write_text("qemu\n")
+
+    monkeypatch.setattr(lb, "_extract_source", extract)
+    good = _write(tmp_path, "keepalive-v2.patch",
+                  "--- a/README\n+++ b/README\n@@ -1 +1,2 @@\n qemu\n+more\n")
+    b, _ = lb.build_qemu("trixie", [good], name="10.0.13+keepalive-v2")
+    assert (b.protocol_release, b.model) == ("10.0.13+keepalive", "10.0.13+keepalive")
+    assert find_build("10.0.13+keepalive") == b  # the one build that models it
+    assert main(["matrix", "predict", "--releases", "7.2,10.0.13+keepalive-v2",
+                 "--scenarios", "plain", "--json"]) == 0
+    ids = {p["id"] for p in json.loads(capsys.readouterr().out)}
+    assert "10.0.13+keepalive->7.2/pc-q35-7.2/plain" in ids
+
+    monkeypatch.setattr(lb, "_extract_source",
+                        lambda *a, **k: extract(*a, **k, with_entry=False))
+    lb.build_qemu("trixie", [good], name="10.0.13+keepalive-v1", rebuild=True)
+    assert main(["matrix", "predict", "--releases", "7.2,10.0.13+keepalive-v1"]) == 2
+    assert "lacks that overlay's compat entries" in capsys.readouterr().err
