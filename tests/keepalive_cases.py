@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,12 +196,12 @@ def main(argv: list[str]) -> int:
     wanted = [BY_ID[a] for a in argv[1:]] or list(CASES)
     lb = builds(need_v2=any(c.dst == "v2" for c in wanted))
     for case in wanted:
-        run_dir = Path("/tmp") / f"mc-ka-{case.id}"
-        rec = run_case(case, lb, run_dir)
-        if rec is None:
-            print(f"{case.id}: no {case.src} build, skipped")
-            continue
-        save_fixture(run_dir, out / case.fixture)
+        with tempfile.TemporaryDirectory(prefix=f"mc-ka-{case.id}-") as tmp:
+            rec = run_case(case, lb, Path(tmp) / "run")
+            if rec is None:
+                print(f"{case.id}: no {case.src} build, skipped")
+                continue
+            save_fixture(Path(tmp) / "run", out / case.fixture)
         j = judge(out / case.fixture)
         ev = j["evidence"]
         print(f"{case.id}: {j['verdict']} period={ev['dst_period_ms']} final={j['final']} "
