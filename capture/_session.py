@@ -1222,7 +1222,9 @@ def _metadata_release(path: str) -> tuple[str, str] | None:
     for name in ("metadata.json", "record.json"):
         try:
             with open(os.path.join(folder, name), encoding="utf-8") as f:
-                rel = json.load(f).get("src", {}).get("release")
+                src = json.load(f).get("src", {})
+            # a `migcompat lab build` names its own source's release (10.0.13+keepalive)
+            rel = src.get("protocol_release") or src.get("release")
         except (OSError, ValueError, AttributeError):
             continue
         if rel:

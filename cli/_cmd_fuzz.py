@@ -133,6 +133,10 @@ def register(sub: Any) -> None:
 
 
 def _release(args: argparse.Namespace) -> Release:
+    lab_build = _lab_build(args.source) if args.real else None
+    if lab_build is not None:  # a `migcompat lab build` name: model it by its own catalog
+        args.lab_build = lab_build
+        return catalog(lab_build.protocol_release).release
     rel = parse_release(args.source)
     if args.overlay:
         if rel.overlay:  # repeated or conflicting: a release takes one overlay
@@ -261,6 +265,16 @@ def _print_case(
     sys.stdout.flush()
 
 
+def _lab_build(name: str) -> Any:
+    """The ``migcompat lab build`` registered as ``name``, if any."""
+    try:
+        from migcompat.lab import find_build
+    except ImportError:  # pragma: no cover - the lab is part of this package
+        return None
+    b = find_build(name)
+    return b if b is not None and b.is_lab_build else None
+
+
 def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) -> int:
     from migcompat.lab.fuzz_real import REAL_EXCLUDED, run_real
 
@@ -283,7 +297,8 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
         _print_case(args, c, release, n, total[0], case)
 
     summary = run_real(
-        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done
+        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done,
+        build=getattr(args, "lab_build", None),
     )
     frames, dt = summary["frames"], summary["seconds"]
     disagreements, inconclusive = summary["disagreements"], summary["inconclusive"]

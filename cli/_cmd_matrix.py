@@ -190,7 +190,27 @@ def _predictions(args: argparse.Namespace) -> list[Prediction]:
     if getattr(args, "cell", None):
         return predict_cells(args.cell)
     scenarios = list(known_scenarios()) if args.scenarios == ["all"] else args.scenarios
-    return predict_matrix(args.releases, scenarios, machines=args.machines)
+    return predict_matrix(_modelled(args.releases), scenarios, machines=args.machines)
+
+
+def _modelled(releases: list[str]) -> list[str]:
+    """Lab build names (``10.0.13+keepalive-v2``) as the release their tables model."""
+    from migcompat.lab import find_build
+
+    out = []
+    for r in releases:
+        b = find_build(r)
+        if b is None or not b.is_lab_build or b.release != r:
+            out.append(r)
+            continue
+        if b.model is None:
+            raise InputError(f"lab build {r} cannot be predicted: its return path is "
+                             f"{b.protocol_release}, but its source lacks that overlay's compat "
+                             "entries, so no release's tables model it")
+        print(f"matrix: lab build {r} predicted as {b.model} (its own source's tables)",
+              file=sys.stderr)
+        out.append(b.model)
+    return out
 
 
 def _predict(args: argparse.Namespace) -> int:

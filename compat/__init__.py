@@ -8,6 +8,7 @@ lives in private modules (``_tables``, ``_properties``, ``_keepalive``, ``_behav
 """
 
 from ._behaviour import Observation, observations, observed_rejection
+from ._compat_patch import MACHINE_C, compat_patch
 from ._keepalive import (
     LINUX_TCP_DEFAULTS,
     Fact,
@@ -75,6 +76,7 @@ __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
     "LINUX_TCP_DEFAULTS",
+    "MACHINE_C",
     "Cell",
     "CellResult",
     "CompatEntry",
@@ -99,6 +101,7 @@ __all__ = [
     "check_keepalive_options",
     "common_machines",
     "compare",
+    "compat_patch",
     "compat_releases",
     "compat_table",
     "core_scenarios",

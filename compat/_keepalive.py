@@ -524,12 +524,31 @@ def decide_keepalive(
         if sends and not knows:
             verdict = "unsafe"
             src_err = cat.format_error("invalid_type", ka_type, 0)
+            if (applies and dest.micro is not None and not dest.is_development
+                    and mt.line >= dest.line):
+                facts.append(Fact(
+                    f"{dest} is a backport: its compat entry covers machine types up to "
+                    f"{_previous_line(dest.line)}; {mt} is not covered, and an unpatched "
+                    f"{src.line} source runs it"))
     elif src is None:
         bound = mt.line
         facts.append(Fact(f"source unknown: it runs {mt}, so it is at least {bound} (a QEMU "
                           "cannot run a machine type newer than itself)"))
+        # A proposal applied to a released build (10.0.13+keepalive) is a backport: upstream
+        # 10.0 shipped without it, so an unpatched 10.0 source runs the same machine types.
+        backport = applies and dest.micro is not None and not dest.is_development
         if sends:
-            if applies and bound >= dest.line:
+            if applies and bound >= dest.line and backport:
+                verdict = "unsafe"
+                cat = catalog(dest.line)
+                knows = cat.knows(ka_type) if ka_type is not None else None
+                src_err = cat.format_error("invalid_type", ka_type, 0) if ka_type else None
+                facts.append(Fact(
+                    f"{dest} is a backport: upstream {dest.line} has no {pname}, so an "
+                    f"unpatched {dest.line} source can run {mt} and its reader rejects type "
+                    f"{ka_type} (MIG_RP_MSG_MAX = {cat.max}); the compat entry in {array} "
+                    f"covers only machine types up to {_previous_line(dest.line)}, not {mt}"))
+            elif applies and bound >= dest.line:
                 facts.append(Fact(
                     f"every source able to run {mt} is >= {dest.line}, the release the overlay "
                     f"puts the proposal in, so (assuming it is merged there) it knows type "

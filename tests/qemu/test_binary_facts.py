@@ -77,8 +77,12 @@ def test_table_names_are_in_the_binary(build_and_bytes: tuple[object, bytes]) ->
 def test_the_keepalive_proposal_is_not_in_any_release(
     build_and_bytes: tuple[object, bytes],
 ) -> None:
-    _, data = build_and_bytes
+    build, data = build_and_bytes
     name = overlays()["keepalive"].parameter["name"]
+    if getattr(build, "is_lab_build", False) and "+keepalive" in build.protocol_release:  # type: ignore[attr-defined]
+        # not a release: a `migcompat lab build` with the patch, whose source says it has it
+        assert name.encode() in data
+        return
     assert name.encode() not in data
 
 
