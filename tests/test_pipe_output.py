@@ -78,7 +78,7 @@ CASES = [
         ["partition", "--source", "10.0", "--destination", "11.1", "--strategy", "tcp:5,2,3"],
         ["keep-alive 5 s idle + 3 probes × 2 s = 11 s after the last segment received"],
     ),
-    (["lab", "list"], ["release  source"]),
+    (["lab", "list"], ["QEMU builds for the lab"]),
     (
         ["fuzz", "--source", "11.1", "--overlay", "keepalive", "--examples", "5", "--seed", "1"],
         ["fuzzing the 11.1+keepalive source model (seed 1)", "predicted-streams"],
