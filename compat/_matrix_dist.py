@@ -331,8 +331,11 @@ class MergedMatrix:
     @property
     def releases(self) -> list[str]:
         """Release lines of the merged cells."""
-        rels = {r for x in self.results for r in (x.prediction.cell.source,
-                                                   x.prediction.cell.destination)}  # fmt: skip
+        rels = {
+            r
+            for x in self.results
+            for r in (x.prediction.cell.source, x.prediction.cell.destination)
+        }
         return sorted(rels, key=Release)
 
     def command(self) -> str:

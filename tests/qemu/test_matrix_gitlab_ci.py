@@ -64,10 +64,15 @@ def _lines() -> list[str]:
 
 def _project(dest: Path, pipeline: str) -> None:
     """A git checkout of this tree (tracked and new files) with ``pipeline`` as its CI file."""
-    files = subprocess.run(
-        ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
-        capture_output=True, check=True,
-    ).stdout.decode().split("\0")  # fmt: skip
+    files = (
+        subprocess.run(
+            ["git", "-C", str(ROOT), "ls-files", "-co", "--exclude-standard", "-z"],
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, files):
         src = ROOT / name
         if src.is_file():
@@ -81,8 +86,13 @@ def _project(dest: Path, pipeline: str) -> None:
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "migcompat", *args], cwd=cwd,
-                          capture_output=True, text=True, check=False)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "migcompat", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def _essence(report: dict) -> list[tuple]:
@@ -116,11 +126,25 @@ def test_emitted_pipeline_runs_under_gitlab_ci_local_and_merges_to_the_one_machi
     env.pop("VIRTUAL_ENV", None)
     t0 = time.monotonic()
     ran = subprocess.run(
-        [*runner, "--force-shell-executor", "--shell-isolation", "--concurrency", "2",
-         "--no-color", "--variable", f"XDG_CACHE_HOME={cache_dir().parent}",
-         "--variable", f"MIGCOMPAT_LAB_RUN_DIR={run_dir}"],
-        cwd=project, env=env, capture_output=True, text=True, timeout=1500, check=False,
-    )  # fmt: skip
+        [
+            *runner,
+            "--force-shell-executor",
+            "--shell-isolation",
+            "--concurrency",
+            "2",
+            "--no-color",
+            "--variable",
+            f"XDG_CACHE_HOME={cache_dir().parent}",
+            "--variable",
+            f"MIGCOMPAT_LAB_RUN_DIR={run_dir}",
+        ],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=False,
+    )
     took = time.monotonic() - t0
     log = ran.stdout + ran.stderr
     (tmp_path / "gitlab-ci-local.log").write_text(log)
@@ -147,8 +171,18 @@ def test_emitted_pipeline_runs_under_gitlab_ci_local_and_merges_to_the_one_machi
     assert (merge_art / "matrix.md").read_text().startswith(f"# Cross-version matrix: {old}, {new}")
 
     # The same cells on one machine.
-    local = _cli("matrix", "run", *selection, "--out", str(tmp_path / "local"),
-                 "--retries", "1", "--json", str(tmp_path / "local.json"), cwd=tmp_path)  # fmt: skip
+    local = _cli(
+        "matrix",
+        "run",
+        *selection,
+        "--out",
+        str(tmp_path / "local"),
+        "--retries",
+        "1",
+        "--json",
+        str(tmp_path / "local.json"),
+        cwd=tmp_path,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
     local_doc = json.loads((tmp_path / "local.json").read_text())
     assert _essence(merged_doc) == _essence(local_doc)
