@@ -359,8 +359,15 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _emit(args: argparse.Namespace) -> int:
+    if not args.install.strip() or " " in args.install.strip():
+        raise InputError(
+            f"--install {args.install!r}: give what `pip install` installs (., a wheel, a URL "
+            "or a requirement), not a command"
+        )
     sel, preds = _selection_of(args)
     cells = runnable(preds)
+    if not cells:
+        raise InputError("no cell of this selection has a prediction: nothing to emit")
     plan = plan_jobs(
         len(cells),
         cells_per_job=args.cells_per_job,

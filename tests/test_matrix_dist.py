@@ -205,6 +205,8 @@ def test_emitted_pipeline_installs_the_checkout_or_what_is_named(
     )
     assert 'MIGCOMPAT_INSTALL: "https://example.org/qemu_migcompat' in capsys.readouterr().out
     assert main(["matrix", "emit", "gitlab-ci", "--max-jobs", "500"]) == 2
+    assert main(["matrix", "emit", "gitlab-ci", "--install", "pip install qemu-migcompat"]) == 2
+    assert "not a command" in capsys.readouterr().err
 
 
 # -- records and merge ---------------------------------------------------------------
