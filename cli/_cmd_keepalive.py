@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.compat import decide_keepalive, tcp_keepalive
 from migcompat.lab import read_tcp_sysctls
 from migcompat.protocol import InputError
+
+from ._io import console, print_json
 
 __all__ = ["register"]
 

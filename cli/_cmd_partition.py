@@ -1,20 +1,16 @@
-"""``migcompat partition``: when does each side notice a silent partition during postcopy.
-
-Also the ``lab run --scenario partition-*`` entry (:func:`lab_run`), so that the lab's command
-module only needs a two-line hook.
-"""
+"""``migcompat partition``: when does each side notice a silent partition during postcopy."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.compat import LINUX_TCP_DEFAULTS, StrategyError, TcpSettings, predict_partition
 from migcompat.lab import read_tcp_sysctls
 
-__all__ = ["lab_run", "register"]
+from ._io import console, print_json
+
+__all__ = ["register"]
 
 
 def __dir__() -> list[str]:
@@ -117,29 +113,4 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"{side.role} {side.release}: postcopy-paused {when} ({side.mechanism})")
         for f in side.facts:
             con.print(f"  - {f.text}" + (f"  [dim]({f.source})[/]" if f.source else ""))
-    return 0
-
-
-def lab_run(args: argparse.Namespace, src: Any, dst: Any) -> int:
-    """``migcompat lab run --scenario partition-…``: run it, print the summary or JSON."""
-    from migcompat.lab.partition import print_partition, run_partition
-
-    overrides: dict[str, int] = {}
-    for item in getattr(args, "sysctl", None) or []:
-        key, sep, val = item.partition("=")
-        if not sep or key.strip() not in LINUX_TCP_DEFAULTS or not val.strip().isdigit():
-            raise StrategyError(
-                f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
-                + ", ".join(LINUX_TCP_DEFAULTS)
-                + ", VALUE a non-negative integer"
-            )
-        overrides[key.strip()] = int(val)
-    rec = run_partition(
-        src, dst, args.scenario, strategy=args.keepalive, window=args.window,
-        machine=args.machine, outdir=args.out, progress=not args.json, sysctls=overrides,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps(rec.to_json(), indent=2))
-    else:
-        print_partition(rec)
     return 0

@@ -360,16 +360,17 @@ def _resolve_machine(name: str, dest: Release, facts: list[Fact]) -> MachineType
     if mt.family not in newest.by_family:
         raise UnknownMachine(f"no machine family {mt.family!r} in any extracted tree "
                              f"(families: {', '.join(sorted(newest.by_family))})")
+    lifecycle = newest.lifecycle or {}  # set whenever state is
     if state == "deleted":
         raise UnknownMachine(
             f"{mt} is not registered by {line}: predicted by the versioned-machine lifecycle "
-            f"of {newest.qemu_version} ({newest.lifecycle['file']}:{newest.lifecycle['line']}: "
-            f"deleted after {newest.lifecycle['deletion_major']} years)")
+            f"of {newest.qemu_version} ({lifecycle['file']}:{lifecycle['line']}: "
+            f"deleted after {lifecycle['deletion_major']} years)")
     if state is not None:
         facts.append(Fact(
             f"{mt} in {line}: {state}, predicted by the versioned-machine lifecycle of "
             f"{newest.qemu_version} (no extracted tree of {line})",
-            f"{newest.lifecycle['file']}:{newest.lifecycle['line']}"))
+            f"{lifecycle['file']}:{lifecycle['line']}"))
     else:
         facts.append(Fact(f"registration of {mt} in {line} not checked: no extracted tree of "
                           f"{line} (have {', '.join(map(str, compat_releases()))})"))

@@ -9,6 +9,7 @@ the code only reads them.
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Mapping
@@ -56,6 +57,7 @@ class MachineType:
     """
 
     __slots__ = ("_hash", "family", "name", "version")
+    _hash: int
 
     family: str
     name: str
@@ -123,11 +125,12 @@ class CompatEntry:
     file: str
     line: int
 
-    @property
+    # ``builtins.``: the field ``property`` above shadows the name for type checkers.
+    @builtins.property
     def key(self) -> tuple[str, str]:
         return (self.driver, self.property)
 
-    @property
+    @builtins.property
     def provenance(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
 
@@ -328,7 +331,7 @@ def compat_table(release: Release | str | None = None) -> CompatTable:
     """
     tables = _tables()
     if release is None:
-        return tables[next(reversed(tables))]
+        return tables[list(tables)[-1]]
     try:
         rel = release if isinstance(release, Release) else Release(str(release))
     except InvalidRelease:

@@ -197,7 +197,7 @@ def _read_marker(root: Path) -> dict[str, object] | None:
 
 
 def _provisioned_builds() -> list[QemuBuild]:
-    builds = []
+    builds: list[QemuBuild] = []
     base = roots_dir()
     if not base.is_dir():
         return builds

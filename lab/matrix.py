@@ -218,6 +218,7 @@ def _run_isolated(
     proc.join(10)
     if proc.is_alive() or result[0] != "ok":
         # Its process group holds only what this run started (QEMUs, tcpdump): end it by id.
+        assert proc.pid is not None  # started above
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.join(5)

@@ -81,7 +81,7 @@ class Framer:
         self.stopped: str | None = None  #: the Reader's end sentinel, once it returned one
         if release is not None:
             try:
-                from migcompat.protocol import (  # type: ignore[attr-defined]
+                from migcompat.protocol import (
                     NEED_DATA,
                     Reader,
                     RemoteViolation,
@@ -133,7 +133,7 @@ class Framer:
 
     def _feed_reader(self, data: bytes) -> list[FrameInfo]:
         self.reader.receive_data(data)
-        out = []
+        out: list[FrameInfo] = []
         while True:
             ev = self.reader.next_event()
             if ev is self._need_data:
@@ -147,7 +147,7 @@ class Framer:
 
     def _feed_own(self, data: bytes) -> list[FrameInfo]:
         self._buf += data
-        out = []
+        out: list[FrameInfo] = []
         pos = 0
         start = self.received - len(self._buf)
         while len(self._buf) - pos >= 4:

@@ -227,11 +227,12 @@ class QemuInstance:
 
     async def _record_events(self, listener: EventListener) -> None:
         async for event in listener:
-            ts = event.get("timestamp", {})
+            ts: Any = event.get("timestamp", {})  # qemu.qmp types a Message's values as object
+            data: Any = event.get("data", {})
             record = {
                 "t": self.now(),
                 "event": event["event"],
-                "data": dict(event.get("data", {})),
+                "data": dict(data),
                 "qemu_time": ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
             }
             self.events.append(record)

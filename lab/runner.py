@@ -132,6 +132,7 @@ class QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    workdir: Path
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""

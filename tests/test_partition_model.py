@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.compat import (
     Strategy,
     StrategyError,
