@@ -232,17 +232,18 @@ def merged_reports(merged: MergedMatrix, *, command: str | None = None) -> dict[
     """``{"markdown", "junit", "json"}`` of a merged matrix: the one report path of both
     ``matrix run`` (its own records) and ``matrix merge`` (many runs' records)."""
     title = "Cross-version matrix: " + ", ".join(merged.releases)
-    extra = {"missing": merged.missing, "conflicts": merged.conflicts}
+    missing, conflicts = merged.missing, merged.conflicts
     return {
         "markdown": results_markdown(
             merged.results,
             versions=merged.versions,
             title=title,
             command=command if command is not None else merged.command(),
-            **extra,
+            missing=missing,
+            conflicts=conflicts,
         ),
         "junit": results_junit(merged.results),
-        "json": results_json(merged.results, merged.versions, **extra),
+        "json": results_json(merged.results, merged.versions, missing=missing, conflicts=conflicts),
     }
 
 

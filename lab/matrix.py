@@ -248,7 +248,6 @@ def run_cells(
     (:func:`write_cell_record`) names ``selection`` and ``shard_spec``, so that
     ``matrix merge`` knows which cells belong together and which are missing.
     """
-    context = {"selection": selection, "shard_spec": shard_spec}
 
     def one(p: Prediction) -> CellResult:
         if on_start:
@@ -262,7 +261,8 @@ def run_cells(
                 observe=observe,
                 keep=keep,
                 run_unpredicted=run_unpredicted,
-                **context,
+                selection=selection,
+                shard_spec=shard_spec,
             )
             if r.outcome != "error":
                 break
@@ -270,7 +270,7 @@ def run_cells(
         if errors and r.outcome != "error":
             r.retried_after = errors
             r.reasons.append(f"retried after: {'; '.join(errors)}")
-            write_cell_record(r, outdir, **context)
+            write_cell_record(r, outdir, selection=selection, shard_spec=shard_spec)
         if on_done:
             on_done(r)
         return r

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.compat import (
     GITLAB_MATRIX_JOBS,
     GITLAB_PIPELINE_JOBS,
@@ -321,7 +321,7 @@ def test_cli_merge_reports_and_exit_codes(
 
 def test_merged_report_of_shards_equals_the_whole(tmp_path: Path) -> None:
     """Records of shard runs merge into the report of the unsharded run, byte for byte."""
-    from migcompat._matrix_report import merged_reports
+    from migcompat.cli._matrix_report import merged_reports
 
     whole = _write(tmp_path / "whole", SEL)
     del whole
