@@ -354,3 +354,55 @@ def test_cli_run_shard_and_cell_within_a_selection(capsys: pytest.CaptureFixture
     ]
     assert main([*base, "--cell", "5.2->5.2/pc-q35-5.2/plain"]) == 2
     assert "not a cell of this selection" in capsys.readouterr().err
+
+
+def test_gitlab_ci_local_reads_a_sharded_pipeline_as_gitlab_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Several cells per job and a split matrix, parsed by a real GitLab CI runner (no QEMU:
+    ``--list-json`` expands ``parallel: matrix`` and ``extends`` without running a job)."""
+    import shutil
+    import subprocess
+
+    binary = shutil.which("gitlab-ci-local")
+    if not binary:
+        pytest.skip("gitlab-ci-local not installed (npm install -g gitlab-ci-local@4.70.1)")
+    args = [
+        "matrix",
+        "emit",
+        "gitlab-ci",
+        "--releases",
+        "7.2,10.0",
+        "--scenarios",
+        "plain,keepalive-proposal",
+        "--cells-per-job",
+        "3",
+        "--max-jobs",
+        "2",
+    ]
+    assert main(args) == 0
+    (tmp_path / ".gitlab-ci.yml").write_text(capsys.readouterr().out)
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    for cmd in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run([*git, *cmd], check=True)
+    out = subprocess.run(
+        [binary, "--list-json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if out.returncode != 0 and "Node.js" in out.stderr:
+        pytest.skip(f"gitlab-ci-local does not run on this node: {out.stderr[-200:]}")
+    assert out.returncode == 0, out.stderr
+    jobs = [(j["name"], j["stage"]) for j in json.loads(out.stdout)]
+    assert jobs == [
+        ("migcompat-matrix-1: [1/3,7.2-10.0]", "test"),
+        ("migcompat-matrix-1: [2/3,7.2-10.0]", "test"),
+        ("migcompat-matrix-2: [3/3,10.0]", "test"),
+        ("migcompat-matrix-merge", ".post"),
+    ]
+    shards = [shard(runnable(SEL.predictions()), k, 3) for k in (1, 2, 3)]
+    assert [len(s) for s in shards] == [3, 3, 2]
+    assert {c for p in shards[2] for c in (p.cell.source, p.cell.destination)} == {"10.0"}
