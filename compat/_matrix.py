@@ -35,10 +35,11 @@ from migcompat.protocol import (
     Release,
     RemoteViolation,
     Scenario,
+    build_frame,
     catalog,
     known_releases,
+    legacy_switchover_ack,
     machine_version,
-    make_frame,
     parse_scenario,
 )
 
@@ -375,6 +376,7 @@ def _source_reader(
     caps: Mapping[str, frozenset[str]],
     machine: str | None,
     frames: Sequence[bytes] = (),
+    phase: str | None = None,
 ) -> Reader:
     """The source-parser model one cell's injected frames go through, in order.
 
@@ -396,14 +398,14 @@ def _source_reader(
             ram_blocks=ram if recv_bitmap else None,
             switchover_ack_capability=True if counted else "switchover-ack" in caps["src"],
             machine=machine if counted else None,
+            # injected mid-postcopy: the destination's page requests have named a block
+            req_pages_block="pc.ram" if phase == "postcopy-active" else None,
         )
     reader = make()
-    if counted and "switchover-ack" in caps["src"] and "switchover-ack" in caps["dst"]:
-        reader.receive_data(make_frame(7))
-        try:
-            list(reader.events())
-        except RemoteViolation:  # the machine type expects no ack: the destination sends none
-            reader = make()
+    both = "switchover-ack" in caps["src"] and "switchover-ack" in caps["dst"]
+    if both and legacy_switchover_ack(source, machine):  # the legacy mechanism: one ack
+        reader.receive_data(build_frame(source, "SWITCHOVER_ACK"))
+        list(reader.events())
     return reader
 
 
@@ -434,7 +436,7 @@ def _frame_verdict(
         ):
             reason = f"{rule['unobserved']} on a {Release(source).line} source"
             return "accepted", None, reason, reason
-    reader = reader or _source_reader(source, destination, caps, machine, [frame])
+    reader = reader or _source_reader(source, destination, caps, machine, [frame], phase)
     reader.receive_data(frame)
     try:
         list(reader.events())
@@ -504,7 +506,8 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
     phase: str | None = None
     rejected = False
     frames = [st.frame for st in sc.actions if st.frame is not None]
-    reader = _source_reader(cell.source, cell.destination, caps, cell.machine, frames)
+    first = next((st.phase for st in sc.actions if st.frame is not None), None)
+    reader = _source_reader(cell.source, cell.destination, caps, cell.machine, frames, first)
     for step in sc.actions:
         if step.kind == "plain":
             continue
@@ -707,6 +710,8 @@ class CellResult:
     observed: dict[str, Any] = field(default_factory=dict)
     record: str | None = None
     duration: float = 0.0
+    #: Why earlier attempts of this cell failed (lab errors), when the run was retried.
+    retried_after: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
@@ -732,10 +737,10 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
         why.append(
             f"destination status {obs.get('dst_status')!r} not in {sorted(pred.dst_statuses)}"
         )
-    allowed = (pred.src_error_desc, *pred.error_desc_alternatives)
+    allowed_desc = (pred.src_error_desc, *pred.error_desc_alternatives)
     if "src_error_desc" in obs:  # the final query-migrate's error-desc
         desc = obs.get("src_error_desc") or None
-        if desc not in allowed:
+        if desc not in allowed_desc:
             why.append(f"source final error-desc {desc!r}, predicted {pred.src_error_desc!r}")
     elif "src_error_desc_last_nonempty" in obs:  # observed before finals were recorded
         desc = obs.get("src_error_desc_last_nonempty") or None

@@ -48,10 +48,11 @@ from migcompat.compat import (
 )
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild, require_build, run_dir
+from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import QmpPair, progress_console
+from migcompat.lab.runner import QmpPair, instance_record, progress_console
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -126,6 +127,10 @@ class PartitionRecord:
     killed: dict[str, bool] = field(default_factory=dict)
     outdir: str = ""
     duration: float = 0.0
+    #: Per side: every QMP message with its time, and the command lines (as in RunRecord).
+    qmp: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    command_lines: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    host: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (``json.dumps``-able)."""
@@ -226,10 +231,12 @@ class _PartitionRun(QmpPair):
         if scenario not in PARTITION_SCENARIOS:
             raise LabError(f"unknown partition scenario {scenario!r}; known: "
                            + ", ".join(PARTITION_SCENARIOS))
-        if strategy.rp_keepalive_ms or strategy.user_timeout_ms:
+        if strategy.user_timeout_ms or (
+                strategy.rp_keepalive_ms and "+keepalive" not in dstb.protocol_release):
             raise LabError(
-                f"strategy {strategy}: no QEMU release can set it; the lab runs "
-                "none and tcp:IDLE,INTVL,CNT (see `migcompat partition` for the model)"
+                f"strategy {strategy}: no QEMU release can set it (rp-keepalive only a "
+                f"destination built with the keepalive patch by `migcompat lab build`; not "
+                f"{dstb.label}); the lab runs none and tcp:IDLE,INTVL,CNT"
             )
         if not 1 <= window <= 600:
             raise LabError(f"--window {window:g}: 1 … 600 s (the machine is shared)")
@@ -246,7 +253,7 @@ class _PartitionRun(QmpPair):
         self.rec = PartitionRecord(
             scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
             dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
-            sysctl_overrides=dict(sysctls or {}),
+            sysctl_overrides=dict(sysctls or {}), host=host_info(),
         )
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.src: QemuInstance | None = None
@@ -292,6 +299,9 @@ class _PartitionRun(QmpPair):
         await self.qmp("src", "migrate-set-parameters", {
             "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
         })
+        if self.strategy.rp_keepalive_ms:
+            await self.qmp("dst", "migrate-set-parameters",
+                           {"postcopy-rp-keepalive-period": self.strategy.rp_keepalive_ms})
         opts = keepalive_uri_options(self.strategy)
         target = f"tcp:{pair.addr('dst')}:{PORT}"
         for side, cmd in (("dst", "migrate-incoming"), ("src", "migrate")):
@@ -458,16 +468,16 @@ class _PartitionRun(QmpPair):
         }
         scenario = "active" if wrote["dst"] else "idle"
         src_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],
             settings=TcpSettings.from_sysctls(self.rec.sysctls["src"]),
         )
         dst_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],
@@ -519,6 +529,7 @@ class _PartitionRun(QmpPair):
                                      if s["stream"] == "stderr"]
             self.rec.events[side] = inst.events
             self.rec.killed[side] = inst.killed
+            self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
         with contextlib.suppress(KeyError):
             self.conclude(dropped)
         self.rec.duration = self.now()

@@ -29,6 +29,7 @@ from typing import Any
 
 from migcompat.lab._errors import LabError, LabStalled
 from migcompat.lab.builds import QemuBuild, release_key, require_build, run_dir
+from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
@@ -40,6 +41,7 @@ __all__ = [
     "QmpPair",
     "RunRecord",
     "guest_state",
+    "instance_record",
     "print_record",
     "progress_console",
     "run_scenario",
@@ -106,6 +108,13 @@ class RunRecord:
     machine: str = ""
     capabilities: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``migrate-set-parameters`` given to the destination (``lab run --dst-param``).
+    dst_parameters: dict[str, Any] = field(default_factory=dict)
+    #: extra ``migrate-set-parameters`` for the source (``lab run --src-param``), over
+    #: the bandwidth defaults (recorded in ``parameters``).
+    src_parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``query-migrate-parameters`` of each side just before ``migrate`` (what QEMU uses).
+    migrate_parameters: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error_desc: dict[str, str | None] = field(default_factory=dict)
     stderr: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -138,6 +147,12 @@ class RunRecord:
     outdir: str = ""
     duration: float = 0.0
     timed_out: bool = False
+    #: Per side: every QMP message with its time (see :attr:`QemuInstance.qmp_log`).
+    qmp: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Per side: ``qemu_args`` (QEMU's own arguments) and ``argv`` (the full command run).
+    command_lines: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: The host: ``kernel`` (``uname -r``), ``machine`` (``uname -m``).
+    host: dict[str, str] = field(default_factory=dict)
 
     def status_sequence(self, side: str) -> list[str]:
         """Just the status names of ``side`` (``src``/``dst``) in order."""
@@ -160,6 +175,11 @@ def _free_port() -> int:
 
 def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
+
+
+def instance_record(inst: QemuInstance) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """An instance's QMP log and command lines, as run records keep them."""
+    return inst.qmp_log, {"qemu_args": list(inst.qemu_args), "argv": list(inst.argv)}
 
 
 def progress_console(progress: bool) -> Any:
@@ -185,6 +205,8 @@ class QmpPair:
     src: QemuInstance | None
     dst: QemuInstance | None
     workdir: Path
+    #: Capabilities left off although both sides have them (``lab run --without-capability``).
+    without_capabilities: frozenset[str] = frozenset()
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -195,6 +217,7 @@ class QmpPair:
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
             caps.append("switchover-ack")
+        caps = [c for c in caps if c not in self.without_capabilities]
         self.rec.capabilities = caps
         per_side = {}
         for side in ("dst", "src"):
@@ -299,6 +322,8 @@ class _Run(QmpPair):
         timeout: float,
         observe: float,
         console: Any,
+        dst_parameters: dict[str, Any] | None = None,
+        src_parameters: dict[str, Any] | None = None,
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
@@ -312,7 +337,9 @@ class _Run(QmpPair):
         self.status = None
         self.rec = RunRecord(
             scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
-            machine=machine or "", outdir=str(self.outdir),
+            machine=machine or "", outdir=str(self.outdir), host=host_info(),
+            dst_parameters=dict(dst_parameters or {}),
+            src_parameters=dict(src_parameters or {}),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
@@ -355,7 +382,7 @@ class _Run(QmpPair):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
+        self.proxy = Proxy(self.outdir, src_release=self.srcb.protocol_release, clock=self.clock)
         self.proxy_port = await self.proxy.listen(self.dst_port)
         recovers = any(st.kind == "recover" for st in self.sc.actions)
         self.proxy_port2 = await self.proxy.listen(self.dst_port2) if recovers else None
@@ -385,9 +412,15 @@ class _Run(QmpPair):
         params = {
             "max-bandwidth": PRECOPY_BANDWIDTH,
             "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
-        }
+        } | self.rec.src_parameters
         self.rec.parameters = params
         await self.qmp("src", "migrate-set-parameters", params)
+        if self.rec.dst_parameters:
+            await self.qmp("dst", "migrate-set-parameters", self.rec.dst_parameters)
+        for side in ("src", "dst"):
+            got = await self.qmp(side, "query-migrate-parameters")
+            if isinstance(got, dict):
+                self.rec.migrate_parameters[side] = got
         self.step("migrate-incoming", port=self.dst_port)
         await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
         self.step("migrate", port=self.proxy_port)
@@ -621,6 +654,7 @@ class _Run(QmpPair):
                 continue
             self.rec.stderr[side] = inst.stderr_lines
             self.rec.events[side] = inst.events
+            self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
             self.rec.killed[side] = inst.killed
             serial = self.workdir / f"{side}.serial"
             if serial.exists():
@@ -669,11 +703,16 @@ async def run_scenario_async(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
+    dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
     console = progress_console(progress)
-    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
+    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters,
+               src_parameters)
+    run.without_capabilities = frozenset(without_capabilities)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
     budget = 3 * timeout + observe + 120
@@ -701,9 +740,17 @@ def run_scenario(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
+    dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
+    :param without_capabilities: capabilities to leave off (e.g. ``switchover-ack``).
+    :param dst_parameters: ``migrate-set-parameters`` for the destination before ``migrate``
+        (``{"postcopy-rp-keepalive-period": 2000}`` on a patched build).
+    :param src_parameters: source parameters over the bandwidth defaults (a lower
+        ``max-postcopy-bandwidth`` makes postcopy last longer).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
@@ -712,7 +759,8 @@ def run_scenario(
         run_scenario_async(
             require_build(src_release), require_build(dst_release), scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress,
+            idle=idle, progress=progress, without_capabilities=without_capabilities,
+            dst_parameters=dst_parameters, src_parameters=src_parameters,
         )
     )  # fmt: skip
 

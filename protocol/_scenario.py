@@ -24,6 +24,10 @@ Today's names stay as shorthands: ``plain``, ``plain-idle``, ``blackhole-idle``,
 ``blackhole-active`` (= ``active+blackhole``), ``blackhole``, ``cut[-idle]``, ``recover``,
 ``inject:TYPE[:LEN[:HEX]][@MOMENT][-idle]``. A trailing ``-idle`` applies to the whole spec.
 
+``+recover``: once both sides are ``postcopy-paused`` after the injection, try the recovery
+(``migrate-recover`` on a new port through a new proxy port, ``migrate resume=true``), as
+``recover`` does after its blackhole.
+
 ``LEN`` defaults to the payload's length; ``HEX`` defaults to ``LEN`` zero bytes, so
 ``inject:8`` is ``00 08 00 00`` (the never-merged KEEPALIVE proposal) and ``inject:4:12`` a
 REQ_PAGES of zeroes. A ``LEN`` that disagrees with ``HEX`` writes a lying length on purpose.

@@ -209,7 +209,9 @@ def run_property(
             last_failure[:] = [(value, exc)]
             raise
 
-    test = hseed(seed)(
+    # given() returns a decorator whose signature hypothesis leaves untyped.
+    drawn: Callable[[Callable[[Any], None]], Callable[[], None]] = given(prop.strategy(release))
+    test: Callable[[], None] = hseed(seed)(
         settings(
             max_examples=examples,
             database=None,
@@ -220,7 +222,7 @@ def run_property(
             verbosity=Verbosity.quiet,
             phases=(Phase.explicit, Phase.generate, Phase.shrink),
             print_blob=False,
-        )(given(prop.strategy(release))(body))
+        )(drawn(body))
     )
     start = clock()
     try:
@@ -260,10 +262,14 @@ def run_properties(
         tick = (lambda name=name: on_example(name)) if on_example is not None else None
         results.append(
             run_property(
-                properties()[name], release, examples=examples, seed=seed, clock=clock,
+                properties()[name],
+                release,
+                examples=examples,
+                seed=seed,
+                clock=clock,
                 on_example=tick,
             )
-        )  # fmt: skip
+        )
     return results
 
 
@@ -283,7 +289,8 @@ def counterexample(
         "error": res.failure["error"],
         "found_by": f"migcompat fuzz --source {res.release} --seed {seed} --examples {examples}",
         "found_at": found_at,
-        "replay": "pytest tests/test_fuzz_regressions.py -k " + stem,
+        "replay": "in a checkout, under fixtures/fuzz/: pytest tests/test_fuzz_regressions.py -k "
+        + stem,
     }
     return stem, record
 
@@ -326,8 +333,12 @@ def model_verdict(
             "frames": frames,
         }
     out: dict[str, Any] = {
-        "verdict": "accepted", "error": None, "offset": None, "type": None, "frames": frames,
-    }  # fmt: skip
+        "verdict": "accepted",
+        "error": None,
+        "offset": None,
+        "type": None,
+        "frames": frames,
+    }
     if isinstance(last, Shut) and injected and injected[0] <= last.offset < injected[1]:
         out.update(verdict="stopped", offset=last.offset, type=last.type_id)
         if last.sibling_error and "shut_error" in cat.errors:
