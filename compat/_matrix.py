@@ -112,12 +112,15 @@ def _lab_spec(scenario: str) -> str:
     s = _scenario_table().get(scenario)
     if s is not None:
         return str(s["lab"])
-    if scenario.startswith("inject:"):
-        return scenario
-    known = ", ".join(known_scenarios())
-    raise InputError(
-        f"unknown matrix scenario {scenario!r}; known: {known}, inject:TYPE[:LEN[:HEX]]"
-    )
+    try:  # any lab spec is a matrix scenario too (inject:8, no-switchover-ack+inject:7…)
+        parse_scenario(scenario)
+    except InputError:
+        known = ", ".join(known_scenarios())
+        raise InputError(
+            f"unknown matrix scenario {scenario!r}; known: {known}, or a lab spec "
+            "(inject:TYPE[:LEN[:HEX]], parts joined by '+': see `migcompat lab run --help`)"
+        ) from None
+    return scenario
 
 
 # -- machine types -------------------------------------------------------------------

@@ -76,3 +76,13 @@ def test_guest_states(sd: int, sr: bool | None, dd: int, dr: bool | None) -> Non
         assert g == "destination-stalled"
     if sd == 0 and dd == 0 and not sr and not dr:
         assert g == "neither"
+
+
+def test_any_spec_is_a_matrix_scenario() -> None:
+    from migcompat.compat import parse_cell_id
+
+    cell = parse_cell_id("11.1->11.1/pc-q35-10.0/no-switchover-ack+inject:7+inject:7")
+    p = predict(cell)  # measured on 11.1.3: one ack passes, the second underflows
+    assert p.src_error_desc == "Switchover ack pending num underflowed"
+    with pytest.raises(InputError):
+        parse_cell_id("11.1->11.1/pc-q35-10.0/no-such+thing")
