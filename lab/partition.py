@@ -47,7 +47,7 @@ from migcompat.compat import (
     retransmission_schedule_s,
 )
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, run_dir
+from migcompat.lab.builds import QemuBuild, new_run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
@@ -237,8 +237,7 @@ class _PartitionRun(_QmpPair):
         self.srcb, self.dstb = srcb, dstb
         self.idle = scenario == "partition-idle"
         self.strategy, self.window = strategy, window
-        self.workdir = run_dir() / f"p{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = new_run_dir("p")
         self.outdir = outdir or (self.workdir / "out")
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.console = console

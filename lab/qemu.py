@@ -24,7 +24,7 @@ from typing import Any, ParamSpec, TypeVar
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild
+from migcompat.lab.builds import QemuBuild, check_socket_path
 
 __all__ = ["LabState", "QemuInstance", "StateError", "newest_common_machine", "query_machines"]
 
@@ -135,6 +135,7 @@ class QemuInstance:
         :raises LabError: QEMU exited or QMP did not come up; carries QEMU's stderr verbatim.
         """
         self.state = LabState.STARTING
+        check_socket_path(self.qmp_path)
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
         argv = self.build.argv(*self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off")
@@ -145,6 +146,7 @@ class QemuInstance:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                umask=0o077,  # QMP socket and serial files 0600, whoever can reach the dir
             )
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stderr, "stderr")))
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stdout, "stdout")))
@@ -207,6 +209,8 @@ class QemuInstance:
             if self._proc is not None and self._proc.returncode is not None:
                 raise LabError(f"{self.name}: QEMU exited with status {self._proc.returncode}")
             await asyncio.sleep(0.02)
+        with contextlib.suppress(OSError):
+            os.chmod(self.qmp_path, 0o600)  # in case QEMU ignored the umask
         qmp = QMPClient(self.name)
         # QEMU creates the socket file before listen(); retry briefly.
         for attempt in range(100):

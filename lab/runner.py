@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from migcompat.lab._errors import LabError, LabStalled
-from migcompat.lab.builds import QemuBuild, release_key, run_dir
+from migcompat.lab.builds import QemuBuild, new_run_dir, release_key
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
@@ -212,8 +212,7 @@ class _Run(_QmpPair):
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
-        self.workdir = run_dir() / f"r{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = new_run_dir("r")
         self.outdir = outdir or (self.workdir / "out")
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
