@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import socket
 import struct
@@ -208,6 +209,7 @@ class Proxy:
     :param src_release: source release line; selects the Reader that frames the return path.
     :param clock: the run's time origin (``time.monotonic()``), so times line up with QEMU's.
     :param fwd_cap: bytes of the forward stream kept per connection (``None``: all).
+    :param host: where it listens and connects: a loopback address (anything else is refused).
     """
 
     def __init__(
@@ -219,6 +221,12 @@ class Proxy:
         fwd_cap: int | None = 256 * 1024,
         host: str = "127.0.0.1",
     ) -> None:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise LabError(f"proxy host {host!r}: the lab listens on loopback addresses only")
         self.outdir = outdir
         self.src_release = src_release
         self.clock = time.monotonic() if clock is None else clock

@@ -92,10 +92,19 @@ class RunRecord:
         return asdict(self)
 
 
+#: The only address a lab run binds or connects to (QMP is a unix socket in the private run dir).
+LOOPBACK = "127.0.0.1"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def tcp_uri(port: int) -> str:
+    """The migration URI of a lab port: always on loopback."""
+    return f"tcp:{LOOPBACK}:{port}"
 
 
 def _build_json(b: QemuBuild) -> dict[str, Any]:
@@ -263,7 +272,9 @@ class _Run(_QmpPair):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
+        self.proxy = Proxy(
+            self.outdir, src_release=self.srcb.release, clock=self.clock, host=LOOPBACK
+        )
         self.proxy_port = await self.proxy.listen(self.dst_port)
         self.proxy_port2 = (
             await self.proxy.listen(self.dst_port2) if self.sc.kind == "recover" else None
@@ -298,10 +309,10 @@ class _Run(_QmpPair):
         self.rec.parameters = params
         await self.qmp("src", "migrate-set-parameters", params)
         self.step("migrate-incoming", port=self.dst_port)
-        await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
+        await self.qmp("dst", "migrate-incoming", {"uri": tcp_uri(self.dst_port)})
         self.step("migrate", port=self.proxy_port)
         self.migrate_t = self.now()
-        await self.qmp("src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port}"})
+        await self.qmp("src", "migrate", {"uri": tcp_uri(self.proxy_port)})
 
     async def start_postcopy(self) -> None:
         if not await self.wait_status("src", {"active"}, 20):
@@ -372,12 +383,12 @@ class _Run(_QmpPair):
         self.proxy.cut(reset=False)
         self.proxy.unblock()
         self.step("migrate-recover", port=self.dst_port2)
-        await self.qmp("dst", "migrate-recover", {"uri": f"tcp:127.0.0.1:{self.dst_port2}"})
+        await self.qmp("dst", "migrate-recover", {"uri": tcp_uri(self.dst_port2)})
         await self.wait_status("dst", {"postcopy-recover"}, 5)
         await asyncio.sleep(0.3)
         self.step("migrate-resume", port=self.proxy_port2)
         await self.qmp(
-            "src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port2}", "resume": True}
+            "src", "migrate", {"uri": tcp_uri(self.proxy_port2), "resume": True}
         )
 
     async def settle(self) -> None:
