@@ -51,7 +51,7 @@ from migcompat.lab.builds import QemuBuild, new_run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import _QmpPair
+from migcompat.lab.runner import _QmpPair, end_tasks
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -329,7 +329,8 @@ class _PartitionRun(_QmpPair):
         )  # fmt: skip
         assert self.tcpdump.stderr is not None
         try:
-            said = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+            async with asyncio.timeout(10):
+                said = await self.tcpdump.stderr.readline()
         except TimeoutError:
             said = b""
         self.step("tcpdump", said=said.decode(errors="replace").strip())
@@ -348,13 +349,13 @@ class _PartitionRun(_QmpPair):
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGINT)  # our own child, by PID
         try:
-            await asyncio.wait_for(proc.wait(), 5)
+            async with asyncio.timeout(5):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._dump_task, 5)
+        await asyncio.wait({self._dump_task}, timeout=5)
 
     async def cut(self, pair: VethPair) -> None:
         if not await self.wait_status("src", {"active"}, 30):
@@ -498,10 +499,8 @@ class _PartitionRun(_QmpPair):
                 for side in ("src", "dst"):
                     dropped[side] = await asyncio.to_thread(pair.dropped, side)
             finally:
-                for t in tasks:
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                self.stop_polling()
+                await end_tasks(tasks)
                 await self.stop_tcpdump()
                 for inst in (self.src, self.dst):
                     if inst is not None:

@@ -200,6 +200,7 @@ class _Conn:
     pending: list[tuple[bytes, asyncio.Future[dict[str, Any]]]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
+    rp_eof: bool = False  #: the destination ended the return path (FIN passed on to the source)
 
 
 class Proxy:
@@ -278,6 +279,9 @@ class Proxy:
         c = self.conns[conn]
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         async with c.lock:
+            if c.closed or c.rp_eof:
+                why = "closed" if c.closed else "past its return-path EOF"
+                raise LabError(f"inject: connection {c.index} is {why}")
             if not c.unsent:
                 return self._write_injection(c, data)
             c.pending.append((data, fut))
@@ -309,19 +313,60 @@ class Proxy:
             s.close()
         for c in self.conns:
             self._close_conn(c, reset=False)
+        tasks = [t for c in self.conns for t in c.tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:  # asyncio.wait: lets a cancel of ours through, never raises a task's
+            await asyncio.wait(tasks, timeout=5)
         for c in self.conns:
-            for t in c.tasks:
-                if not t.done():
-                    t.cancel()
-            for t in c.tasks:
-                with contextlib.suppress(BaseException):
-                    await t
             c.fwd_file.close()
             c.rp_file.close()
         self._flowing.set()
         if not self._chunks.closed:
             self._chunks.close()
         return self.summary()
+
+    def state(self) -> dict[str, Any]:
+        """Live state, for a stall report: every pump, every transport, the framer, the queue."""
+
+        def leg(w: asyncio.StreamWriter, r: asyncio.StreamReader) -> dict[str, Any]:
+            t = w.transport
+            proto = getattr(w, "_protocol", None)
+            return {
+                "closing": t.is_closing(),
+                "reading": t.is_reading() if hasattr(t, "is_reading") else None,
+                "write_buffer": t.get_write_buffer_size(),
+                "writing_paused": getattr(proto, "_paused", None),
+                "read_buffer": len(getattr(r, "_buffer", b"")),
+                "at_eof": r.at_eof(),
+            }
+
+        def task(t: asyncio.Task[None]) -> dict[str, Any]:
+            exc = t.exception() if t.done() and not t.cancelled() else None
+            return {
+                "name": t.get_name(), "done": t.done(), "cancelled": t.cancelled(),
+                "exception": repr(exc) if exc else None,
+                "waits_at": [f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack(limit=4)],
+            }  # fmt: skip
+
+        def conn(c: _Conn) -> dict[str, Any]:
+            return {
+                "index": c.index, "closed": c.closed, "fwd_total": c.fwd_total,
+                "rp_from_dst": c.framer.received, "rp_to_src": c.rp_out,
+                "boundary": c.framer.boundary, "unsent": len(c.unsent),
+                "pending_injections": len(c.pending), "lock_held": c.lock.locked(),
+                "passthrough": c.framer.passthrough,
+                "src": leg(c.src_writer, c.src_reader), "dst": leg(c.dst_writer, c.dst_reader),
+                "pumps": [task(t) for t in c.tasks],
+            }  # fmt: skip
+
+        return {
+            "flowing": self._flowing.is_set(),
+            "waiters": len(self._frame_waiters),
+            "frames": len(self.frames),
+            "connections": [conn(c) for c in self.conns],
+            "last_notes": self.notes[-10:],
+        }
 
     def summary(self) -> dict[str, Any]:
         """JSON-able account of what went through."""
@@ -377,8 +422,8 @@ class Proxy:
         )  # fmt: skip
         self.conns.append(c)
         self._note("connect", conn=index, target=target)
-        c.tasks.append(asyncio.create_task(self._pump_fwd(c)))
-        c.tasks.append(asyncio.create_task(self._pump_rp(c)))
+        c.tasks.append(asyncio.create_task(self._pump_fwd(c), name=f"proxy-fwd-{index}"))
+        c.tasks.append(asyncio.create_task(self._pump_rp(c), name=f"proxy-rp-{index}"))
 
     async def _pump_fwd(self, c: _Conn) -> None:
         try:
@@ -401,6 +446,8 @@ class Proxy:
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._note("error", conn=c.index, dir="fwd", error=f"{type(exc).__name__}: {exc}")
             self._propagate_failure(c)
+        except Exception as exc:  # a relay bug: said, and both legs reset, never a silent hang
+            self._crashed(c, "fwd", exc)
 
     async def _pump_rp(self, c: _Conn) -> None:
         try:
@@ -415,6 +462,7 @@ class Proxy:
                         self._send_rp(c, bytes(c.unsent))
                         c.unsent.clear()
                         self._note("eof", conn=c.index, dir="rp")
+                        c.rp_eof = True
                         with contextlib.suppress(OSError):
                             c.src_writer.write_eof()
                         self._fail_pending(c, "return path ended")
@@ -444,6 +492,16 @@ class Proxy:
             self._note("error", conn=c.index, dir="rp", error=f"{type(exc).__name__}: {exc}")
             self._fail_pending(c, str(exc))
             self._propagate_failure(c)
+        except Exception as exc:  # a relay bug: said, and both legs reset, never a silent hang
+            self._crashed(c, "rp", exc)
+
+    def _crashed(self, c: _Conn, direction: str, exc: Exception) -> None:
+        import traceback
+
+        self._note("pump-crashed", conn=c.index, dir=direction, error=repr(exc),
+                   traceback=traceback.format_exc(limit=6))  # fmt: skip
+        self._fail_pending(c, f"the relay's {direction} pump crashed: {exc!r}")
+        self._propagate_failure(c)
 
     def _propagate_failure(self, c: _Conn) -> None:
         """A reset or error on one leg resets the other, as one direct connection would.
@@ -505,7 +563,8 @@ class Proxy:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._frame_waiters.append((cond, fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
             return True
         except TimeoutError:
             return False

@@ -150,7 +150,8 @@ class QemuInstance:
             )
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stderr, "stderr")))
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stdout, "stdout")))
-            await asyncio.wait_for(self._connect(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connect()
         except (OSError, QMPError, TimeoutError, LabError) as exc:
             await self._rollback()
             text = self.stderr_text()
@@ -177,7 +178,10 @@ class QemuInstance:
     async def try_execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any:
         """:meth:`execute`, but ``None`` instead of raising (for best-effort queries at the end)."""
         try:
-            return await asyncio.wait_for(self.execute(cmd, arguments), 5)
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancel that lands as the
+            # reply arrives (cpython gh-86296), which once left the status poller running.
+            async with asyncio.timeout(5):
+                return await self.execute(cmd, arguments)
         except (LabError, TimeoutError):
             return None
 
@@ -193,7 +197,8 @@ class QemuInstance:
             self.state = LabState.STOPPING
             assert self._qmp is not None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._qmp.execute("quit"), 2)
+                async with asyncio.timeout(2):
+                    await self._qmp.execute("quit")
         self.state = LabState.STOPPING
         await self._rollback(grace)
 
@@ -253,23 +258,24 @@ class QemuInstance:
         """Leave nothing behind: disconnect QMP, reap (or kill) our own process."""
         if self._qmp is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._qmp.disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await self._qmp.disconnect()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await proc.wait()
             except TimeoutError:
                 self.log.info("pid %d still alive after %.1fs: SIGKILL", proc.pid, grace)
                 self.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
-        for task in self._tasks:
-            if not task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), 1)
-                except TimeoutError:
-                    task.cancel()
+        live = [t for t in self._tasks if not t.done()]
+        if live:  # the readers end at EOF; give them a second, then cancel
+            await asyncio.wait(live, timeout=1)
+            for task in live:
+                task.cancel()
         self.returncode = proc.returncode if proc else None
         self.state = LabState.STOPPED
         with contextlib.suppress(FileNotFoundError):

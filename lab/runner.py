@@ -107,6 +107,46 @@ def tcp_uri(port: int) -> str:
     return f"tcp:{LOOPBACK}:{port}"
 
 
+async def end_tasks(tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> list[str]:
+    """Cancel ``tasks`` and wait for them, at most ``timeout`` s; name those still running.
+
+    Never ``suppress(CancelledError)`` around ``await task``: that also swallows a cancel of
+    the caller. ``asyncio.wait`` lets a caller's cancel through and never raises a task's.
+    """
+    for t in tasks:
+        t.cancel()
+    live = [t for t in tasks if not t.done()]
+    if live:
+        await asyncio.wait(live, timeout=timeout)
+    return [t.get_name() for t in tasks if not t.done()]
+
+
+def task_stacks() -> list[dict[str, Any]]:
+    """Every task of the running loop with where it waits (for a stall report)."""
+    out = []
+    for t in asyncio.all_tasks():
+        frames = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                  for f in t.get_stack(limit=12)]  # fmt: skip
+        out.append({"task": t.get_name(), "coro": getattr(t.get_coro(), "__qualname__", "?"),
+                    "done": t.done(), "stack": frames})  # fmt: skip
+    return out
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """``path`` holds the whole document or is absent: write a temp file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(doc, indent=2, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
 
@@ -124,6 +164,12 @@ class _QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    #: Set by :meth:`stop_polling`: :meth:`poll` ends at its next turn even if a cancel is lost.
+    _polling_stopped: bool = False
+
+    def stop_polling(self) -> None:
+        """Make :meth:`poll` return at its next turn (a second way out besides ``cancel()``)."""
+        self._polling_stopped = True
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -152,7 +198,8 @@ class _QmpPair:
         inst = self.src if side == "src" else self.dst
         assert inst is not None
         try:
-            return await asyncio.wait_for(inst.execute(cmd, args), 15)
+            async with asyncio.timeout(15):
+                return await inst.execute(cmd, args)
         except (LabError, TimeoutError) as exc:
             err = {
                 "t": self.now(), "side": side, "command": cmd, "arguments": args,
@@ -177,7 +224,7 @@ class _QmpPair:
 
     async def poll(self) -> None:
         """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
-        while True:
+        while not self._polling_stopped:
             for side, inst in (("src", self.src), ("dst", self.dst)):
                 assert inst is not None
                 info = await inst.try_execute("query-migrate")
@@ -294,7 +341,8 @@ class _Run(_QmpPair):
         )  # fmt: skip
         assert self.tcpdump.stderr is not None
         try:
-            line = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+            async with asyncio.timeout(10):
+                line = await self.tcpdump.stderr.readline()
         except TimeoutError:
             line = b""
         self.step("tcpdump", filter=flt, said=line.decode(errors="replace").strip())
@@ -343,7 +391,8 @@ class _Run(_QmpPair):
                 self.step("trigger", trigger=sc.trigger, reached=True)
             if self.proxy.conns:
                 try:
-                    inj = await asyncio.wait_for(self.proxy.inject(sc.frame), 10)
+                    async with asyncio.timeout(10):
+                        inj = await self.proxy.inject(sc.frame)
                     self.step("inject", **inj)
                 except (LabError, TimeoutError) as exc:
                     self.rec.step_errors.append(
@@ -440,7 +489,8 @@ class _Run(_QmpPair):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.tcpdump.pid, signal.SIGINT)
             try:
-                await asyncio.wait_for(self.tcpdump.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self.tcpdump.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.tcpdump.pid, signal.SIGKILL)
@@ -464,14 +514,15 @@ class _Run(_QmpPair):
             if (self.outdir / name).exists():
                 self.rec.files[name.replace(".", "_", 1)] = str(self.outdir / name)
         self.rec.duration = self.now()
-        (self.outdir / "record.json").write_text(json.dumps(self.rec.to_json(), indent=2) + "\n")
         self.rec.files["record"] = str(self.outdir / "record.json")
+        write_json_atomic(self.outdir / "record.json", self.rec.to_json())
 
-    async def run(self) -> RunRecord:
+    async def steps(self) -> None:
+        """Steps 1–5 of the module docstring, without the teardown (see :meth:`finish`)."""
         poller: asyncio.Task[None] | None = None
         try:
             await self.prepare()
-            poller = asyncio.create_task(self.poll())
+            poller = asyncio.create_task(self.poll(), name="status-poller")
             await self.wait_guest()
             await self.migrate()
             await self.start_postcopy()
@@ -480,14 +531,43 @@ class _Run(_QmpPair):
             await asyncio.sleep(0.3)
             await self.collect()
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            self.stop_polling()
+            if poller is not None and await end_tasks([poller]):
+                self.rec.step_errors.append(
+                    {"t": self.now(), "side": "lab", "command": "poll",
+                     "error": "the status poller did not stop when cancelled"}
+                )  # fmt: skip
+
+    async def finish(self) -> None:
+        """Tear down (QEMUs, proxy, tcpdump), write the record, drop the work dir."""
+        try:
             await self.teardown()
+        finally:
             if self.outdir != self.workdir / "out":
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def run(self) -> RunRecord:
+        try:
+            await self.steps()
+        finally:
+            await self.finish()
         return self.rec
+
+    def stall_report(self, budget: float) -> Path:
+        """Dump what the run and the proxy were doing when the budget ran out (a bug report)."""
+        report = {
+            "budget": budget,
+            "t": self.now(),
+            "statuses": self.last,
+            "last_steps": self.rec.steps[-20:],
+            "step_errors": self.rec.step_errors,
+            "proxy": self.proxy.state() if self.proxy is not None else None,
+            "tasks": task_stacks(),
+        }
+        path = self.outdir / "stall-report.json"
+        write_json_atomic(path, report)
+        self.rec.files["stall_report"] = str(path)
+        return path
 
 
 async def run_scenario_async(
@@ -501,6 +581,7 @@ async def run_scenario_async(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    budget: float | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
@@ -510,20 +591,34 @@ async def run_scenario_async(
 
         console = Console(stderr=True)
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
-    # Every step has its own bound; this one catches a run whose steps all wait on a
-    # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
-    budget = 3 * timeout + observe + 120
-    try:
-        if console is None:
-            return await asyncio.wait_for(run.run(), budget)
-        with console.status(f"{src.label} → {dst.label}: {sc.name}") as status:
-            run.status = status
-            return await asyncio.wait_for(run.run(), budget)
-    except TimeoutError:
-        raise LabStalled(
-            f"{src.label} → {dst.label} {sc.name}: no result within {budget:.0f} s; "
-            "both QEMUs torn down (a lab stall, not a QEMU outcome: retry)"
-        ) from None
+    # Every step has its own bound; this one is a safety net. A run that reaches it is a bug
+    # of the lab: its state (the proxy's included) is dumped, then both QEMUs are torn down.
+    budget = 3 * timeout + observe + 120 if budget is None else budget
+    status_cm = (
+        console.status(f"{src.label} → {dst.label}: {sc.name}")
+        if console is not None else contextlib.nullcontext()
+    )  # fmt: skip
+    with status_cm as status:
+        run.status = status
+        steps = asyncio.create_task(run.steps(), name="lab-run")
+        try:
+            done, _ = await asyncio.wait({steps}, timeout=budget)
+        except asyncio.CancelledError:  # ^C (asyncio.run cancels us) or a caller's cancel
+            await end_tasks([steps], 10)
+            await run.finish()
+            raise
+        if not done:
+            report = run.stall_report(budget)
+            left = await end_tasks([steps], 10)
+            await run.finish()
+            raise LabStalled(
+                f"{src.label} → {dst.label} {sc.name}: no result within {budget:.0f} s "
+                f"(a lab bug, not a QEMU outcome; still running: {left or 'nothing'}); both "
+                f"QEMUs torn down; state dumped to {report}"
+            )
+        await run.finish()
+    steps.result()  # a LabError of a step (QEMU did not start) is raised here
+    return run.rec
 
 
 def run_scenario(
@@ -537,12 +632,15 @@ def run_scenario(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    budget: float | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
+    :param budget: overall bound in seconds (default ``3 * timeout + observe + 120``).
     :raises LabError: a build is missing or QEMU could not be started.
+    :raises LabStalled: the budget ran out (a lab bug; ``stall-report.json`` in the outdir).
     """
     from migcompat.lab.builds import find_build
 
@@ -556,7 +654,7 @@ def run_scenario(
         run_scenario_async(
             builds[0], builds[1], scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress,
+            idle=idle, progress=progress, budget=budget,
         )
     )  # fmt: skip
 
