@@ -12,7 +12,7 @@ Public API (stable; other parts of the project depend on it):
 * :class:`LabError`, the one error type (a ``MigcompatError``).
 """
 
-from migcompat.lab._errors import LabError, LabStalled
+from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
 from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
 from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.provision import DEFAULT_SUITES, SUITES, provision, suite_for
@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_SUITES",
     "SUITES",
     "LabError",
+    "LabInterrupted",
     "LabStalled",
     "LabState",
     "Proxy",

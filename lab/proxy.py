@@ -244,6 +244,8 @@ class Proxy:
         outdir.mkdir(parents=True, exist_ok=True)
         self._chunks = open(outdir / "chunks.jsonl", "w")
         self._frame_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        #: Why recording stopped (a full disk), if it did; the relay goes on regardless.
+        self.disk_error: str | None = None
 
     # ------------------------------------------------------------------
     # Section: Public interface
@@ -318,12 +320,18 @@ class Proxy:
             t.cancel()
         if tasks:  # asyncio.wait: lets a cancel of ours through, never raises a task's
             await asyncio.wait(tasks, timeout=5)
-        for c in self.conns:
-            c.fwd_file.close()
-            c.rp_file.close()
+        files = [f for c in self.conns for f in (c.fwd_file, c.rp_file)] + [self._chunks]
+        for f in files:
+            try:
+                f.close()
+            except OSError as exc:
+                self.disk_error = self.disk_error or f"{f.name}: {type(exc).__name__}: {exc}"
         self._flowing.set()
-        if not self._chunks.closed:
-            self._chunks.close()
+        if self.disk_error is not None:
+            # incomplete streams would mislead whoever reads them: absent, and said why
+            for f in files:
+                with contextlib.suppress(OSError):
+                    Path(f.name).unlink()
         return self.summary()
 
     def state(self) -> dict[str, Any]:
@@ -391,6 +399,7 @@ class Proxy:
             "frames": self.frames,
             "injections": self.injections,
             "notes": self.notes,
+            "disk_error": self.disk_error,
         }
 
     # ------------------------------------------------------------------
@@ -400,9 +409,19 @@ class Proxy:
         self.notes.append({"t": self.now(), "what": what, **kw})
 
     def _chunk(self, conn: int, direction: str, offset: int, length: int) -> None:
-        if not self._chunks.closed:
+        if not self._chunks.closed and self.disk_error is None:
             rec = {"t": self.now(), "conn": conn, "dir": direction, "offset": offset, "len": length}
-            self._chunks.write(json.dumps(rec) + "\n")
+            self._record(self._chunks, json.dumps(rec) + "\n")
+
+    def _record(self, f: Any, data: Any) -> None:
+        """Write to a recording; a full disk stops recording (said once), never the relay."""
+        if self.disk_error is not None:
+            return
+        try:
+            f.write(data)
+        except OSError as exc:
+            self.disk_error = f"{getattr(f, 'name', '?')}: {type(exc).__name__}: {exc}"
+            self._note("recording-stopped", error=self.disk_error)
 
     async def _accept(
         self, sr: asyncio.StreamReader, sw: asyncio.StreamWriter, target: int
@@ -439,7 +458,7 @@ class Proxy:
                 self._chunk(c.index, "fwd", c.fwd_total, len(data))
                 if self.fwd_cap is None or c.fwd_total < self.fwd_cap:
                     keep = len(data) if self.fwd_cap is None else self.fwd_cap - c.fwd_total
-                    c.fwd_file.write(data[:keep])
+                    self._record(c.fwd_file, data[:keep])
                 c.fwd_total += len(data)
                 c.dst_writer.write(data)
                 await c.dst_writer.drain()
@@ -518,7 +537,7 @@ class Proxy:
         if not data:
             return
         self._chunk(c.index, "rp", c.rp_out, len(data))
-        c.rp_file.write(data)
+        self._record(c.rp_file, data)
         c.rp_out += len(data)
         c.src_writer.write(data)
 
@@ -531,7 +550,7 @@ class Proxy:
             "hex": data.hex(),
         }
         self._chunk(c.index, "inject", c.rp_out, len(data))
-        c.rp_file.write(data)
+        self._record(c.rp_file, data)
         c.rp_out += len(data)
         c.src_writer.write(data)
         self.injections.append(rec)

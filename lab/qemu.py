@@ -123,6 +123,35 @@ class QemuInstance:
         """Seconds since the run's clock origin (the unit of every timestamp we record)."""
         return round(time.monotonic() - self.clock, 4)
 
+    def fault(self) -> str | None:
+        """What went wrong with a RUNNING instance behind our back, or ``None``.
+
+        Killed by a signal we did not send, or its QMP connection gone. (An exit with a status
+        is QEMU's own outcome, e.g. a destination whose incoming migration failed.)
+        """
+        if self.state is not LabState.RUNNING or self._proc is None:
+            return None
+        rc = self._proc.returncode
+        # killed from outside (SIGABRT or SIGSEGV would be QEMU's own crash: an outcome)
+        if rc is not None and -rc in _EXTERNAL_KILLS and not self.killed:
+            sig = signal.Signals(-rc).name
+            pid = self._proc.pid
+            return f"{self.name}: QEMU {self.build.label} (pid {pid}) was killed by {sig}"
+        qmp = self._qmp
+        if rc is None and qmp is not None and qmp.runstate.name not in ("RUNNING", "CONNECTING"):
+            return (f"{self.name}: the QMP connection to QEMU {self.build.label} "
+                    f"(pid {self._proc.pid}, {self.qmp_path}) was lost")  # fmt: skip
+        return None
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the process to end; its return code, or ``None``."""
+        if self._proc is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._proc.wait()
+        return self._proc.returncode
+
     @property
     def pid(self) -> int | None:
         """QEMU's PID (the only process this instance ever signals)."""
@@ -281,6 +310,9 @@ class QemuInstance:
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
 
+
+#: Signals that end a QEMU from outside (someone or something killed it).
+_EXTERNAL_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 _probe_ids = itertools.count()
 

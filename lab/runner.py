@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migcompat.lab._errors import LabError, LabStalled
+from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
 from migcompat.lab.builds import QemuBuild, new_run_dir, release_key
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
@@ -515,7 +515,17 @@ class _Run(_QmpPair):
                 self.rec.files[name.replace(".", "_", 1)] = str(self.outdir / name)
         self.rec.duration = self.now()
         self.rec.files["record"] = str(self.outdir / "record.json")
-        write_json_atomic(self.outdir / "record.json", self.rec.to_json())
+        try:
+            write_json_atomic(self.outdir / "record.json", self.rec.to_json())
+        except OSError as exc:
+            self.rec.files.pop("record")
+            raise LabError(f"cannot write the run's record {self.outdir / 'record.json'} "
+                           "(none was left behind)", exc=exc) from exc  # fmt: skip
+        disk = self.rec.proxy.get("disk_error")
+        if disk:
+            record = self.outdir / "record.json"
+            raise LabError(f"recording the streams failed ({disk}); the incomplete streams "
+                           f"were removed, the record is {record}")  # fmt: skip
 
     async def steps(self) -> None:
         """Steps 1–5 of the module docstring, without the teardown (see :meth:`finish`)."""
@@ -523,13 +533,7 @@ class _Run(_QmpPair):
         try:
             await self.prepare()
             poller = asyncio.create_task(self.poll(), name="status-poller")
-            await self.wait_guest()
-            await self.migrate()
-            await self.start_postcopy()
-            await self.scenario_action()
-            await self.settle()
-            await asyncio.sleep(0.3)
-            await self.collect()
+            await self.watched(self.body())
         finally:
             self.stop_polling()
             if poller is not None and await end_tasks([poller]):
@@ -537,6 +541,37 @@ class _Run(_QmpPair):
                     {"t": self.now(), "side": "lab", "command": "poll",
                      "error": "the status poller did not stop when cancelled"}
                 )  # fmt: skip
+
+    async def body(self) -> None:
+        await self.wait_guest()
+        await self.migrate()
+        await self.start_postcopy()
+        await self.scenario_action()
+        await self.settle()
+        await asyncio.sleep(0.3)
+        await self.collect()
+
+    async def watched(self, coro: Any) -> None:
+        """Run ``coro``; a QEMU killed behind our back or a lost QMP connection ends it."""
+        task = asyncio.create_task(coro, name="lab-steps")
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    task.result()
+                    return
+                for inst in (self.src, self.dst):
+                    why = inst.fault() if inst is not None else None
+                    if why and inst is not None and "QMP" in why:
+                        # QMP goes first when QEMU dies: wait for the exit, then say which
+                        await inst.wait_exit(1.0)
+                        why = inst.fault() or why
+                    if why:
+                        self.step("fault", error=why)
+                        await end_tasks([task])
+                        raise LabError(f"{why} during the run; the run was stopped")
+        finally:
+            await end_tasks([task])
 
     async def finish(self) -> None:
         """Tear down (QEMUs, proxy, tcpdump), write the record, drop the work dir."""
@@ -650,13 +685,21 @@ def run_scenario(
         if b is None:
             raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
         builds.append(b)
-    return asyncio.run(
-        run_scenario_async(
-            builds[0], builds[1], scenario, machine=machine,
-            outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress, budget=budget,
-        )
-    )  # fmt: skip
+    try:
+        return asyncio.run(
+            run_scenario_async(
+                builds[0], builds[1], scenario, machine=machine,
+                outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
+                idle=idle, progress=progress, budget=budget,
+            )
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, LabInterrupted):
+            raise
+        raise LabInterrupted(
+            f"{builds[0].label} → {builds[1].label}: interrupted (SIGINT); both QEMUs were "
+            "stopped"
+        ) from None
 
 
 def print_record(rec: RunRecord) -> None:
