@@ -298,6 +298,9 @@ async def exchange(load: Load, outdir: Path, *, plain: bool = False) -> Outcome:
             problems.append(f"framer violation: {summary['connections'][0]['violation']}")
         if not plain and len(summary["injections"]) != len(injections):
             problems.append("the relay recorded a different number of injections")
+    if problems and not plain and state is None:
+        state = {"injections": summary["injections"], "notes": summary["notes"][-12:],
+                 "connection": summary["connections"][0]}  # fmt: skip
     return Outcome(not problems, seconds, load.fwd_bytes, len(rp), injections, problems,
                    stalled, state)  # fmt: skip
 
@@ -330,8 +333,11 @@ def _check_rp(
         expected += bytes.fromhex(inj["hex"])
     expected += rp[dst_pos:]
     if hashlib.sha256(expected).digest() != hashlib.sha256(got).digest():
+        at = next((i for i in range(min(len(got), len(expected))) if got[i] != expected[i]),
+                  min(len(got), len(expected)))  # fmt: skip
         problems.append(f"return path: got {len(got)} bytes, expected {len(expected)}; sha256 "
-                        "differs")  # fmt: skip
+                        f"differs from offset {at}: got {bytes(got[at:at + 12]).hex()}, expected "
+                        f"{bytes(expected[at:at + 12]).hex()}")  # fmt: skip
     return problems
 
 

@@ -198,6 +198,7 @@ def _run(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from migcompat.compat._matrix import (
+        MatrixInterrupted,
         build_versions,
         observations_json,
         results_json,
@@ -238,11 +239,15 @@ def _run(args: argparse.Namespace) -> int:
                               highlight=False, markup=True)  # fmt: skip
             bar.update(task, advance=1, description=", ".join(sorted(running)))
 
-        results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
-                            observe=args.observe, keep=args.keep,
-                            run_unpredicted=args.run_unpredicted, retries=args.retries,
-                            on_start=started,
-                            on_done=done)  # fmt: skip
+        interrupted: MatrixInterrupted | None = None
+        try:
+            results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
+                                observe=args.observe, keep=args.keep,
+                                run_unpredicted=args.run_unpredicted, retries=args.retries,
+                                on_start=started,
+                                on_done=done)  # fmt: skip
+        except MatrixInterrupted as exc:  # keep what finished; say what did not run
+            interrupted, results = exc, exc.results
     s = results_summary(results)
     title = "Cross-version matrix: " + ", ".join(rels)
     if args.json:
@@ -263,6 +268,9 @@ def _run(args: argparse.Namespace) -> int:
         f"split brain observed in {s['split_brain']}; "
         f"runs under {out}"
     )
+    if interrupted is not None:
+        err.print(f"[bold red]{interrupted}[/]", highlight=False)
+        return 130
     return 1 if s["mismatch"] or s["error"] else 0
 
 

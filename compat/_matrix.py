@@ -37,7 +37,7 @@ from migcompat.protocol import (
     RemoteViolation,
     catalog,
 )
-from migcompat.protocol._errors import InputError
+from migcompat.protocol._errors import InputError, MigcompatError
 
 from ._tables import UnknownMachine, compat_releases, compat_table
 
@@ -46,6 +46,7 @@ __all__ = [
     "DEFAULT_RELEASES",
     "Cell",
     "CellResult",
+    "MatrixInterrupted",
     "Prediction",
     "build_versions",
     "capabilities",
@@ -796,6 +797,7 @@ def run_cell(
     keep: bool = False,
     hard_timeout: float | None = None,
     run_unpredicted: bool = False,
+    stop: Any = None,
 ) -> CellResult:
     """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
 
@@ -821,7 +823,10 @@ def run_cell(
     cell_dir = Path(outdir) / cell_slug(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout)
+    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout, stop)
+    if status == "stalled":  # a lab bug with its state dumped: reported, never retried
+        return CellResult(pred, "error", [f"lab stall (not retried): {payload}"],
+                          record=str(cell_dir), duration=time.monotonic() - t0)  # fmt: skip
     if status != "ok":
         return CellResult(pred, "error", [f"lab error: {payload}"], record=str(cell_dir),
                           duration=time.monotonic() - t0)  # fmt: skip
@@ -845,17 +850,22 @@ def run_cell(
                       time.monotonic() - t0)  # fmt: skip
 
 
-def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float) -> None:
+def _child(
+    conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float, budget: float
+) -> None:
     """Child process body: new process group, one lab run, the record back through ``conn``."""
     import os
 
     os.setsid()
-    from migcompat.lab import LabError, run_scenario
+    from migcompat.lab import LabError, LabStalled, run_scenario
 
     try:
         rec = run_scenario(cell.source, cell.destination, cell.lab_scenario, cell.machine,
-                           Path(cell_dir), timeout=timeout, observe=observe)  # fmt: skip
+                           Path(cell_dir), timeout=timeout, observe=observe,
+                           budget=budget)  # fmt: skip
         conn.send(("ok", rec.to_json()))
+    except LabStalled as exc:
+        conn.send(("stalled", str(exc)))
     except LabError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # report, not lose, a lab bug
@@ -865,26 +875,43 @@ def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float)
 
 
 def _run_isolated(
-    cell: Cell, cell_dir: Path, timeout: float, observe: float, hard_timeout: float | None
+    cell: Cell, cell_dir: Path, timeout: float, observe: float, hard_timeout: float | None,
+    stop: Any = None,
 ) -> tuple[str, Any]:
+    """One cell in a child process; ``stop`` (a ``threading.Event``) set = ^C: the child gets
+    SIGINT and tears its run down (its QEMUs first), with 30 s before its group is killed."""
     import contextlib
     import multiprocessing
     import os
     import signal
+    import time
 
+    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
+    # the run's own budget fires first, so that a stall is dumped, not just killed
+    budget = max(1.0, limit - 15.0)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, cell, str(cell_dir), timeout, observe),
+    proc = ctx.Process(target=_child, args=(child, cell, str(cell_dir), timeout, observe, budget),
                        daemon=False)  # fmt: skip
     proc.start()
     child.close()
-    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
     result: tuple[str, Any] = ("error", f"no result within {limit:.0f} s: run ended")
-    if parent.poll(limit):
-        try:
-            result = parent.recv()
-        except EOFError:
-            result = ("error", f"the run's process died (exit {proc.exitcode})")
+    end = time.monotonic() + limit
+    interrupted = False
+    while time.monotonic() < end:
+        if parent.poll(0.2):
+            try:
+                result = parent.recv()
+            except EOFError:
+                result = ("error", f"the run's process died (exit {proc.exitcode})")
+            break
+        if stop is not None and stop.is_set() and not interrupted:
+            interrupted = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)
+            end = min(end, time.monotonic() + 30)
+    if interrupted and result[0] == "error" and "no result" in str(result[1]):
+        result = ("error", "interrupted (SIGINT)")
     proc.join(10)
     if proc.is_alive() or result[0] != "ok":
         # Its process group holds only what this run started (QEMUs, tcpdump): end it by id.
@@ -910,21 +937,31 @@ def run_cells(
 ) -> list[CellResult]:
     """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
 
-    A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
-    run again up to ``retries`` times; a mismatch never is.
+    A cell whose lab run fails (``error``: QEMU did not start) is run again up to ``retries``
+    times; a mismatch never is, nor a lab stall (a bug report, with the run's state dumped).
+
+    :raises MatrixInterrupted: ^C: the cells running were stopped (their QEMUs first);
+        it carries the finished cells' results and the ids of the cells that did not run.
     """
+    import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    def one(p: Prediction) -> CellResult:
+    stop = threading.Event()
+
+    def one(p: Prediction) -> CellResult | None:
+        if stop.is_set():
+            return None
         if on_start:
             on_start(p)
         errors: list[str] = []
         for _attempt in range(1 + max(0, retries)):
             r = run_cell(
                 p, outdir, timeout=timeout, observe=observe, keep=keep,
-                run_unpredicted=run_unpredicted,
+                run_unpredicted=run_unpredicted, stop=stop,
             )  # fmt: skip
-            if r.outcome != "error":
+            if stop.is_set() and r.outcome == "error":
+                return None  # stopped half-way: no result
+            if r.outcome != "error" or r.reasons[0].startswith("lab stall"):
                 break
             errors += r.reasons  # a lab failure is no observation: run the cell again
         if errors and r.outcome != "error":
@@ -933,8 +970,36 @@ def run_cells(
             on_done(r)
         return r
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, preds))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = [pool.submit(one, p) for p in preds]
+    try:
+        results = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)  # the running cells end their runs (SIGINT to each child)
+        got = [None if f.cancelled() or f.exception() else f.result() for f in futures]
+        raise MatrixInterrupted(
+            [r for r in got if r is not None],
+            [p.cell.id for p, r in zip(preds, got, strict=True) if r is None],
+        ) from None
+    pool.shutdown()
+    return [r for r in results if r is not None]
+
+
+class MatrixInterrupted(MigcompatError, KeyboardInterrupt):
+    """^C during :func:`run_cells`: ``results`` (finished cells), ``not_run`` (cell ids)."""
+
+    exit_code = 130
+
+    def __init__(self, results: list[CellResult], not_run: list[str]) -> None:
+        super().__init__(
+            f"interrupted (SIGINT): {len(results)} cell(s) finished, {len(not_run)} did not "
+            f"run: {', '.join(not_run) or 'none'}"
+        )
+        self.results = results
+        self.not_run = not_run
 
 
 def observations_json(
