@@ -565,7 +565,7 @@ class _Run(_QmpPair):
                     if why and inst is not None and "QMP" in why:
                         # QMP goes first when QEMU dies: wait for the exit, then say which
                         await inst.wait_exit(1.0)
-                        why = inst.fault() or why
+                        why = inst.fault()  # None: QEMU exited by itself (an outcome)
                     if why:
                         self.step("fault", error=why)
                         await end_tasks([task])
