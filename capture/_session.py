@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import os
-import re
 import struct
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -60,6 +59,7 @@ from migcompat.protocol import (
     VmDescription,
     VmEof,
     known_releases,
+    machine_version,
     parse_release,
     stream_catalog,
 )
@@ -406,7 +406,7 @@ class CaptureDecoder:
                 None,
                 "connection",
                 "note",
-                "forward-unseen",
+                "forward-unseen",  # type: ignore[arg-type]  # as offset: a bug, for branch capture
                 note="the forward stream's start is not in the capture; the reverse "
                 "direction starts with whole return-path frames",
             )
@@ -1246,9 +1246,6 @@ def _run(
     return report
 
 
-_MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
-
-
 def _auto_release(
     path: str,
     kind: str,
@@ -1268,9 +1265,9 @@ def _auto_release(
     rep = _run(path, kind, probe, None, progress)
     floor: Release | None = None
     for mig in rep.migrations:
-        m = _MACHINE_VERSION.search(mig.machine_type or "")
-        if m:
-            floor = max(floor or lines[0], Release(f"{m.group(1)}.{m.group(2)}"))
+        version = machine_version(mig.machine_type or "")
+        if version is not None:
+            floor = max(floor or lines[0], version)
     seen = Counter[str]()
     for mig in rep.migrations:
         seen.update(mig.commands)

@@ -28,13 +28,26 @@ from pathlib import Path
 from typing import Any
 
 from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
-from migcompat.lab.builds import QemuBuild, new_run_dir, release_key
+from migcompat.lab.builds import QemuBuild, new_run_dir, release_key, require_build
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
 from migcompat.lab.scenarios import Scenario, parse_scenario
 
-__all__ = ["SETTLED", "RunRecord", "print_record", "run_scenario", "run_scenario_async"]
+__all__ = [
+    "LOOPBACK",
+    "SETTLED",
+    "QmpPair",
+    "RunRecord",
+    "end_tasks",
+    "print_record",
+    "progress_console",
+    "run_scenario",
+    "run_scenario_async",
+    "task_stacks",
+    "tcp_uri",
+    "write_json_atomic",
+]
 
 
 def __dir__() -> list[str]:
@@ -151,7 +164,16 @@ def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
 
 
-class _QmpPair:
+def progress_console(progress: bool) -> Any:
+    """A rich console on stderr for a run's live status line, or None without ``progress``."""
+    if not progress:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class QmpPair:
     """What every lab run does with its two QEMUs: the clock, the step log, QMP calls
     (errors kept verbatim), waiting for the guest, and status polling."""
 
@@ -164,6 +186,7 @@ class _QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    workdir: Path
     #: Set by :meth:`stop_polling`: :meth:`poll` ends at its next turn even if a cancel is lost.
     _polling_stopped: bool = False
 
@@ -252,7 +275,7 @@ class _QmpPair:
 
 
 
-class _Run(_QmpPair):
+class _Run(QmpPair):
     """State of one run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(
@@ -620,11 +643,7 @@ async def run_scenario_async(
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    console = progress_console(progress)
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
     # Every step has its own bound; this one is a safety net. A run that reaches it is a bug
     # of the lab: its state (the proxy's included) is dumped, then both QEMUs are torn down.
@@ -677,14 +696,7 @@ def run_scenario(
     :raises LabError: a build is missing or QEMU could not be started.
     :raises LabStalled: the budget ran out (a lab bug; ``stall-report.json`` in the outdir).
     """
-    from migcompat.lab.builds import find_build
-
-    builds = []
-    for rel in (src_release, dst_release):
-        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
-        if b is None:
-            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
-        builds.append(b)
+    builds = [require_build(src_release), require_build(dst_release)]
     try:
         return asyncio.run(
             run_scenario_async(
