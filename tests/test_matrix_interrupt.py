@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from migcompat.compat import _matrix as matrix
 from migcompat.compat import predict_matrix
+from migcompat.lab import matrix
 
 
 def test_sigint_keeps_finished_cells_and_names_the_rest(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from migcompat.lab import LabError, LabInterrupted, Proxy, installed_builds, runner
+from migcompat.lab.builds import roots_dir
 from migcompat.lab.runner import write_json_atomic
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
@@ -34,7 +35,13 @@ def _alive(pid: int) -> bool:
 
 
 def _mounts() -> list[str]:
-    return Path("/proc/self/mountinfo").read_text().splitlines()
+    """Mounts of ours that a lab run could leave: on a root or under a temp dir.
+
+    (Other mounts come and go on a shared machine: other people's network namespaces.)
+    """
+    roots = str(roots_dir())
+    return [ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+            if roots in ln or " /tmp/" in ln]  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import pytest
 
 from migcompat.lab.builds import QemuBuild
 from migcompat.lab.qemu import LabState, QemuInstance
-from migcompat.lab.runner import _QmpPair
+from migcompat.lab.runner import QmpPair
 
 
 class _FakeQMP:
@@ -45,10 +45,10 @@ class _Rec:
         self.steps: list[dict[str, Any]] = []
 
 
-def _pair(tmp_path: Path) -> tuple[_QmpPair, _FakeQMP]:
+def _pair(tmp_path: Path) -> tuple[QmpPair, _FakeQMP]:
     build = QemuBuild(release="10.0", version_text="QEMU emulator version 10.0.0", binary="/x")
     qmp = _FakeQMP()
-    pair = _QmpPair()
+    pair = QmpPair()
     insts = []
     for name in ("src", "dst"):
         inst = QemuInstance(build, name, tmp_path, [])
