@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from migcompat.lab import (
 )
 from migcompat.protocol import InputError, Release
 
+from ._io import output_format
 from ._matrix_report import (
     gitlab_ci,
     predictions_markdown,
@@ -53,7 +55,8 @@ examples:
 scenarios: plain, switchover-ack (inject 00 07 00 00 once postcopy is active),
 keepalive-proposal (inject 00 08 00 00), blackhole-idle, recover,
 resume-ack-outside-recovery, recv-bitmap-outside-recovery, or any lab spec inject:TYPE[:LEN[:HEX]].
-A cell id is SRC->DST/MACHINE/SCENARIO. Exit status of `run`: 0 all pass (or skipped),
+A cell id is SRC->DST/MACHINE/SCENARIO. Exit status of `run`: 0 all pass (or skipped; with
+--require-run, or CI=true, every cell skipped is 1),
 1 any mismatch or lab error, 2 bad input.
 """
 
@@ -106,6 +109,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fmt = p.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="JSON output")
     fmt.add_argument("--markdown", action="store_true", help="Markdown table")
+    fmt.add_argument(
+        "--format",
+        choices=("table", "plain", "json", "markdown"),
+        help="table (the default on a terminal), plain lines (the default in a pipe), json "
+        "(as --json) or markdown (as --markdown)",
+    )
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("run", help="run cells on the lab and compare with the prediction")
@@ -150,6 +159,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="run cells the model cannot predict yet, to observe them (reported as 'observed')",
     )
+    req = p.add_mutually_exclusive_group()
+    req.add_argument(
+        "--require-run",
+        dest="require_run",
+        action="store_true",
+        default=None,
+        help="fail (exit 1) when no cell ran, e.g. no lab build is there: every cell "
+        "skipped. The default when the environment has CI=true",
+    )
+    req.add_argument(
+        "--allow-nothing-run",
+        dest="require_run",
+        action="store_false",
+        help="exit 0 even when every cell was skipped (the default outside CI)",
+    )
     p.set_defaults(func=_run)
 
     p = sub.add_parser("emit", help="emit the matrix for another tool")
@@ -172,18 +196,49 @@ def _predictions(args: argparse.Namespace) -> list[Prediction]:
     if getattr(args, "cell", None):
         return predict_cells(args.cell)
     scenarios = list(known_scenarios()) if args.scenarios == ["all"] else args.scenarios
-    return predict_matrix(args.releases, scenarios, machines=args.machines)
+    return predict_matrix(_modelled(args.releases), scenarios, machines=args.machines)
+
+
+def _modelled(releases: list[str]) -> list[str]:
+    """Lab build names (``10.0.13+keepalive-v2``) as the release their tables model."""
+    from migcompat.lab import find_build
+
+    out = []
+    for r in releases:
+        b = find_build(r)
+        if b is None or not b.is_lab_build or b.release != r:
+            out.append(r)
+            continue
+        if b.model is None:
+            raise InputError(f"lab build {r} cannot be predicted: its return path is "
+                             f"{b.protocol_release}, but its source lacks that overlay's compat "
+                             "entries, so no release's tables model it")
+        print(f"matrix: lab build {r} predicted as {b.model} (its own source's tables)",
+              file=sys.stderr)
+        out.append(b.model)
+    return out
 
 
 def _predict(args: argparse.Namespace) -> int:
     preds = _predictions(args)
-    if args.json:
+    fmt = args.format or (
+        "json" if args.json else "markdown" if args.markdown else output_format(args)
+    )
+    if fmt == "json":
         print(json.dumps([p.to_json() for p in preds], indent=2))
-    elif args.markdown:
+    elif fmt == "markdown":
         sys.stdout.write(predictions_markdown(preds))
     else:
-        print_predictions(preds)
+        print_predictions(preds, fmt)
     return 0
+
+
+def _require_run(args: argparse.Namespace) -> bool:
+    """``--require-run``, ``--allow-nothing-run``, else on in CI (``CI=true``, as GitLab,
+    GitHub and most CI systems set it)."""
+    if args.require_run is not None:
+        return bool(args.require_run)
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
 
 def _write(target: str, text: str) -> None:
@@ -239,11 +294,25 @@ def _run(args: argparse.Namespace) -> int:
         sys.stdout.write(observations_json(results))
     elif args.record_observations:
         record_observations(results, Path(args.record_observations))
-    Console(stderr=True).print(summary_line(results, out))
+    Console(stderr=True, soft_wrap=True).print(summary_line(results, out))
     if interrupted is not None:
-        Console(stderr=True).print(f"[bold red]{interrupted}[/]", highlight=False)
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]{interrupted}[/]", highlight=False)
         return 130
-    return 1 if any(r.outcome in ("mismatch", "error") for r in results) else 0
+    if any(r.outcome in ("mismatch", "error") for r in results):
+        return 1
+    ran = [r for r in results if r.outcome != "skipped"]
+    if not ran and _require_run(args):
+        why = sorted({reason for r in results for reason in r.reasons})
+        print(
+            f"migcompat matrix run: nothing ran ({len(results)} cell(s) skipped"
+            + (f": {'; '.join(why[:3])}" if why else "")
+            + "); failing because "
+            + ("--require-run was given" if args.require_run else "CI=true")
+            + " (--allow-nothing-run to accept it)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def _emit(args: argparse.Namespace) -> int:

@@ -24,6 +24,8 @@ from migcompat.compat import (
 )
 from migcompat.protocol import InputError, Release
 
+from ._io import print_rows
+
 __all__ = [
     "gitlab_ci",
     "model_legend",
@@ -262,47 +264,64 @@ def gitlab_ci(
 # -- the terminal -----------------------------------------------------------------------
 
 
-def print_predictions(preds: Sequence[Prediction]) -> None:
-    """The predictions as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"predicted matrix ({len(preds)} cells)")
-    columns = ("cell", "source", "source error (exact)", "destination", "runstates s/d")
-    for col in (*columns, "split brain"):
-        t.add_column(col, overflow="fold")
+def print_predictions(preds: Sequence[Prediction], fmt: str = "table") -> None:
+    """The predictions as rows: a table on a terminal, plain lines otherwise (cell ids,
+    QEMU texts and statuses whole, whatever the width)."""
+    rows: list[tuple[str, ...]] = []
     for p in preds:
         if p.unpredicted:
-            t.add_row(p.cell.id, "[dim]not predicted[/]", p.unpredicted, "", "", "")
+            rows.append((p.cell.id, "not predicted", p.unpredicted, "", "", ""))
             continue
-        sb = {"always": "[bold red]SPLIT-BRAIN[/]", "possible": "[red]possible[/]"}.get(
-            p.split_brain, "no"
-        )
-        t.add_row(
+        sb = {"always": "SPLIT-BRAIN", "possible": "possible"}.get(p.split_brain, "no")
+        rows.append((
             p.cell.id,
             p.src_status or "",
             p.src_error or "—",
             " | ".join(sorted(p.dst_statuses)),
             _runstates(p, " ; "),
             sb,
-        )
-    Console().print(t)
+        ))  # fmt: skip
+    print_rows(
+        ("cell", "source", "source error (exact)", "destination", "runstates s/d", "split brain"),
+        rows,
+        fmt=fmt,
+        title=f"predicted matrix ({len(preds)} cells)",
+        styles={
+            "split brain": {"SPLIT-BRAIN": "bold red", "possible": "red"}.get,
+            "source": lambda v: "dim" if v == "not predicted" else None,
+        },
+    )
 
 
 @contextmanager
 def run_progress(
     total: int,
 ) -> Iterator[tuple[Callable[[Prediction], None], Callable[[CellResult], None]]]:
-    """A progress bar on stderr; yields the ``on_start`` / ``on_done`` hooks of ``run_cells``."""
+    """One line per finished cell on stderr, and a progress bar there when it is a terminal;
+    yields the ``on_start`` / ``on_done`` hooks of ``run_cells``."""
+    import sys
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     running: set[str] = set()
+
+    def line(r: CellResult) -> str:
+        colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
+        sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
+        why = f" — {escape('; '.join(r.reasons))}" if r.reasons else ""
+        return f"[{colour}]{r.outcome:8}[/] {escape(r.prediction.cell.id)}{sb}{why}"
+
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    if not sys.stderr.isatty():
+        yield (lambda p: None), (lambda r: console.print(line(r)))
+        return
     columns = (TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(
         *columns,
         TextColumn("{task.description}"),
-        console=Console(stderr=True),
+        console=console,
         transient=False,
     ) as bar:
         task = bar.add_task("", total=total)
@@ -313,11 +332,7 @@ def run_progress(
 
         def done(r: CellResult) -> None:
             running.discard(r.prediction.cell.id)
-            colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
-            sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
-            why = f" — {'; '.join(r.reasons)}" if r.reasons else ""
-            line = f"[{colour}]{r.outcome:8}[/] {r.prediction.cell.id}{sb}{why}"
-            bar.console.print(line, highlight=False, markup=True)
+            bar.console.print(line(r))
             bar.update(task, advance=1, description=", ".join(sorted(running)))
 
         yield started, done

@@ -8,12 +8,14 @@ lives in private modules (``_tables``, ``_properties``, ``_keepalive``, ``_behav
 """
 
 from ._behaviour import Observation, observations, observed_rejection
+from ._compat_patch import MACHINE_C, compat_patch
 from ._keepalive import (
     LINUX_TCP_DEFAULTS,
     Fact,
     KeepaliveDecision,
     PeriodRefused,
     TcpKeepaliveAdvice,
+    check_keepalive_options,
     decide_keepalive,
     tcp_keepalive,
 )
@@ -74,6 +76,7 @@ __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
     "LINUX_TCP_DEFAULTS",
+    "MACHINE_C",
     "Cell",
     "CellResult",
     "CompatEntry",
@@ -95,8 +98,10 @@ __all__ = [
     "TcpSettings",
     "UnknownMachine",
     "capabilities",
+    "check_keepalive_options",
     "common_machines",
     "compare",
+    "compat_patch",
     "compat_releases",
     "compat_table",
     "core_scenarios",

@@ -16,7 +16,13 @@ Public API (stable; other parts of the project depend on it):
 """
 
 from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
-from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
+from migcompat.lab.builds import (
+    QemuBuild,
+    find_build,
+    installed_builds,
+    provision_hint,
+    register_user_build,
+)
 from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.host import read_tcp_sysctls
 from migcompat.lab.matrix import (
@@ -52,6 +58,7 @@ __all__ = [
     "observations_json",
     "parse_scenario",
     "provision",
+    "provision_hint",
     "read_tcp_sysctls",
     "record_observations",
     "register_user_build",

@@ -24,7 +24,7 @@ from typing import Any
 
 from migcompat.compat import Cell, CellResult, Prediction, compare
 from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
-from migcompat.lab.builds import find_build
+from migcompat.lab.builds import find_build, provision_hint
 from migcompat.lab.runner import RunRecord, run_scenario
 
 __all__ = [
@@ -108,7 +108,7 @@ def run_cell(
     for rel in (cell.source, cell.destination):
         if find_build(rel) is None:
             return CellResult(
-                pred, "skipped", [f"no QEMU build for {rel}: run `migcompat lab provision {rel}`"]
+                pred, "skipped", [f"no QEMU build for {rel}: {provision_hint(rel)}"]
             )
     cell_dir = Path(outdir) / cell_slug(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)

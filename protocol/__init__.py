@@ -17,6 +17,7 @@ from ._catalog import (
 )
 from ._cformat import c_format
 from ._construct_engine import ConstructReader
+from ._context import SourceContext, parse_capabilities, parse_ram_blocks
 from ._errors import (
     CatalogError,
     InputError,
@@ -55,11 +56,17 @@ from ._forward import (
     VmEof,
 )
 from ._grammar import build_frame, frame_grammar, parse_frame
-from ._reader import RamBlock, Reader, machine_version
+from ._reader import (
+    RamBlock,
+    Reader,
+    legacy_switchover_ack,
+    machine_version,
+    switchover_acks_expected,
+)
 from ._releases import Release, parse_release
 from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
-from ._stream import ENGINES, StreamVerdict, check_stream
+from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
@@ -102,6 +109,7 @@ __all__ = (
     "Scenario",
     "SectionHeader",
     "Shut",
+    "SourceContext",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
@@ -111,17 +119,22 @@ __all__ = (
     "build_frame",
     "c_format",
     "catalog",
+    "check_in_context",
     "check_stream",
     "frame_grammar",
     "known_releases",
+    "legacy_switchover_ack",
     "machine_version",
     "make_frame",
     "overlays",
+    "parse_capabilities",
     "parse_frame",
+    "parse_ram_blocks",
     "parse_release",
     "parse_scenario",
     "resolve_line",
     "stream_catalog",
+    "switchover_acks_expected",
 )
 
 
