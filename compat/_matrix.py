@@ -522,6 +522,8 @@ class CellResult:
     observed: dict[str, Any] = field(default_factory=dict)
     record: str | None = None
     duration: float = 0.0
+    #: Why earlier attempts of this cell failed (lab errors), when the run was retried.
+    retried_after: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""
