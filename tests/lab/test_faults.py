@@ -257,3 +257,61 @@ def test_lab_interrupted_is_both_a_lab_error_and_a_keyboard_interrupt():
     exc = LabInterrupted("x")
     assert isinstance(exc, LabError) and isinstance(exc, KeyboardInterrupt)
     assert exc.exit_code == 130
+
+
+@pytest.mark.qemu
+def test_sigint_during_a_matrix_run(tmp_path):
+    """^C after the first cell: it is kept and reported, the rest named, no QEMU left."""
+    build = _build()
+    out, report = tmp_path / "runs", tmp_path / "report.json"
+    env = dict(os.environ, MIGCOMPAT_LAB_RUN_DIR=str(tmp_path / "run"))
+    mounts = _mounts()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "migcompat", "matrix", "run", "--releases", build.release,
+         "--scenarios", "plain,cut,recover", "--jobs", "1", "--out", str(out),
+         "--json", str(report), "--timeout", "40"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    seen: set[int] = set()
+    try:
+        end = time.monotonic() + 240
+        while time.monotonic() < end and not list(out.glob("*/matrix-cell.json")):
+            seen.update(_descendants(child.pid))
+            time.sleep(0.2)
+        assert list(out.glob("*/matrix-cell.json")), "no cell finished"
+        time.sleep(5)  # the second cell is running
+        seen.update(_descendants(child.pid))
+        child.send_signal(signal.SIGINT)
+        _o, err = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, err
+    assert "interrupted (SIGINT)" in err and "did not run:" in err, err
+    doc = json.loads(report.read_text())
+    assert json.dumps(doc).count("pass") + json.dumps(doc).count("mismatch") >= 1
+    assert len(list(out.glob("*/matrix-cell.json"))) == 1  # none for the stopped cell
+    cmd = {p: _cmdline(p) for p in seen}
+    end = time.monotonic() + 5  # a helper (multiprocessing's resource tracker) may exit late
+    while time.monotonic() < end and [p for p in cmd if _alive(p)]:
+        time.sleep(0.1)
+    left = {p: c for p, c in cmd.items() if c and _alive(p) and _cmdline(p) == c}
+    assert not left, f"processes of the matrix run still alive: {left}"
+    assert _mounts() == mounts
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        for c in _children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
