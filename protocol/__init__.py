@@ -64,13 +64,14 @@ from ._reader import (
     switchover_acks_expected,
 )
 from ._releases import Release, parse_release
-from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
+from ._scenario import MOMENTS, SCENARIO_KINDS, Scenario, Step, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
     "ENGINES",
+    "MOMENTS",
     "NEED_DATA",
     "SCENARIO_KINDS",
     "STOPPED",
@@ -110,6 +111,7 @@ __all__ = (
     "SectionHeader",
     "Shut",
     "SourceContext",
+    "Step",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
