@@ -127,6 +127,33 @@ class HalfStream:
             self.peer_ack = off
             yield from self._check_ack(ts, packet)
 
+    def in_order(self, seq: int, payload: bytes, ts: float, packet: int) -> Data | None:
+        """The common case in one call: a whole segment at the next expected offset with
+        nothing waiting behind a gap is delivered at once (``None``: use :meth:`segment`)."""
+        if self.isn is None or self._ooo:
+            return None
+        rel = (seq - self.isn) % _MOD
+        if rel != self.next % _MOD or not payload:
+            return None
+        off = self.next
+        self.last_ts = ts
+        n = len(payload)
+        self.next = off + n
+        self.delivered += n
+        return Data(off, payload, ts, packet)
+
+    def ack_only(self, ackno: int) -> bool:
+        """:meth:`ack` without a generator: True when pieces became deliverable (then
+        :meth:`ack` must be iterated with the same number)."""
+        if self.isn is None:
+            return False
+        off = self._off(ackno)
+        if off > self.peer_ack and off - self.next < _HALF:
+            if self._ooo and off > self.next and off >= min(self._ooo):
+                return True
+            self.peer_ack = off
+        return False
+
     def finish(self, ts: float, packet: int) -> Iterator[Data | Hole]:
         """The capture ended: whatever still waits behind a gap is delivered after a hole."""
         while self._ooo:

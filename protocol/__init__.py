@@ -55,7 +55,7 @@ from ._forward import (
     VmEof,
 )
 from ._grammar import build_frame, frame_grammar, parse_frame
-from ._reader import RamBlock, Reader
+from ._reader import RamBlock, Reader, machine_version
 from ._releases import Release, parse_release
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_stream
@@ -111,6 +111,7 @@ __all__ = (
     "check_stream",
     "frame_grammar",
     "known_releases",
+    "machine_version",
     "overlays",
     "parse_frame",
     "parse_release",
