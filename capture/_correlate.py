@@ -63,8 +63,8 @@ class Migration:
     #: The source rejected a return-path frame (time, stream offset, text).
     rejected: tuple[float, int, str] | None = None
     split_brain: str | None = None
-    #: What the bytes cannot tell (QMP states, the other side's view).
-    wire_notes: list[str] = field(default_factory=list)
+    #: When a main channel closed before completion (postcopy running or not).
+    closed_early: tuple[float, bool] | None = None
 
     # -- pages --------------------------------------------------------------------------
     def mark_seen(self, block: str, addr: int) -> None:
@@ -207,15 +207,19 @@ class Migration:
     def close(self, ts: float) -> None:
         if self.done:
             return
-        if self.postcopy:
-            self.state(ts, "postcopy-paused")
-            note = (
+        self.state(ts, "postcopy-paused" if self.postcopy else "connection-lost")
+        if self.closed_early is None:
+            self.closed_early = (ts, self.postcopy)
+
+    @property
+    def wire_notes(self) -> list[str]:
+        """What the bytes cannot tell (QMP states, the other side's view)."""
+        if self.closed_early is None or self.done:
+            return []
+        if self.closed_early[1]:
+            return [
                 "main channel closed during postcopy before completion: shown as "
                 "postcopy-paused, but a pcap sees bytes, not QMP states — the source may "
-                "have failed (and resumed the guest) and the destination completed"
-            )
-        else:
-            self.state(ts, "connection-lost")
-            note = "main channel closed before completion (the QMP states are not on the wire)"
-        if note not in self.wire_notes:
-            self.wire_notes.append(note)
+                "have failed (and resumed the guest) while the destination completed"
+            ]
+        return ["main channel closed before completion (the QMP states are not on the wire)"]

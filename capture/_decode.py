@@ -177,6 +177,13 @@ class ConnectionInfo:
         return {str(r): x.summary() for r, x in self.rp.checks.items()}
 
     @property
+    def candidates_rejected(self) -> list[str]:
+        """Releases the source can still be (by the bound) that reject this return path."""
+        if self.rp is None:
+            return []
+        return [str(r) for r, x in self.rp.candidates.items() if x.verdict.rejection is not None]
+
+    @property
     def checks_rejected(self) -> bool:
         return self.rp is not None and any(
             x.verdict.rejection is not None for x in self.rp.checks.values()
@@ -205,15 +212,18 @@ class CaptureDecoder:
         options: Any,
         bound: ReleaseBound,
         on_record: Callable[[Record], None] | None,
+        pinned: Release | None = None,
     ) -> None:
         self.report = report
         self.opt = options
         self.bound = bound
+        #: The release line the source is known to be (``--source``, a lab record).
+        self.pinned = pinned
         self.on_record = on_record
         self.emitting = on_record is not None
         #: The forward stream's grammar (MIG_CMD ids are only ever added: the newest
         #: release's table reads every older stream).
-        self.release: Release = bound.pinned or bound.lines[-1]
+        self.release: Release = pinned or bound.lines[-1]
         self.stream_cat = stream_catalog(self.release)
         self.conns: dict[str, ConnectionInfo] = report.connections
         self._fwd: dict[str, ForwardReader | None] = {}
@@ -273,6 +283,8 @@ class CaptureDecoder:
                 high=str(b.high), evidence=ev.text(),
             )
         )  # fmt: skip
+        if self.pinned is not None:
+            return
         allowed = b.candidates()
         for info in self.conns.values():
             if info.rp is None:
@@ -292,8 +304,11 @@ class CaptureDecoder:
                     )
                 )  # fmt: skip
 
+    def _candidates(self) -> tuple[Release, ...]:
+        return (self.pinned,) if self.pinned is not None else self.bound.candidates()
+
     def _new_rp(self) -> ReturnPath:
-        return ReturnPath(self.bound.candidates(), self.opt.check_against)
+        return ReturnPath(self._candidates(), self.opt.check_against)
 
     # -- connections --------------------------------------------------------------------------
     def open(self, info: ConnectionInfo) -> None:
@@ -391,7 +406,7 @@ class CaptureDecoder:
                 backs = [p for dd, p in self._pending[info.id] if dd == d and isinstance(p, Data)]
                 tried = min(tried, len(backs))
                 for p in backs[:_SYNC_TRIES]:
-                    if try_sync(self.bound.candidates()[-1], bytes(p.data)) is not None:
+                    if try_sync(self._candidates()[-1], bytes(p.data)) is not None:
                         self.set_role(info, "main-rp-only", d == "s2c", self._last_ts)
                         return True
             if tried >= _SYNC_TRIES or self._last_ts - info.first_ts > _CLASSIFY_SECONDS:
@@ -633,8 +648,7 @@ class CaptureDecoder:
                     SectionRecord(t=t, conn=cid, dir="fwd", name="CONFIGURATION",
                                   offset=ev.offset, payload={"machine_type": ev.idstr})
                 )  # fmt: skip
-                if self.bound.pinned is None:
-                    self._evidence(self.bound.machine(ts, ev.idstr), ts)
+                self._evidence(self.bound.machine(ts, ev.idstr), ts)
                 return
             if mig is not None:
                 mig.sections[ev.section_id] = ev.idstr
@@ -676,10 +690,9 @@ class CaptureDecoder:
                             "destination to load the device state before postcopy-active",
                         )
                     )  # fmt: skip
-            if self.bound.pinned is None:
-                self._evidence(self.bound.command(ts, ev.name), ts)
-                if ev.short_name == "PING" and fields.get("value") == POSTCOPY_DEVICE_PING:
-                    self._evidence(self.bound.device_ping(ts, "PING"), ts)
+            self._evidence(self.bound.command(ts, ev.name), ts)
+            if ev.short_name == "PING" and fields.get("value") == POSTCOPY_DEVICE_PING:
+                self._evidence(self.bound.device_ping(ts, "PING"), ts)
             self.emit(
                 ForwardCommandRecord(t=t, conn=cid, dir="fwd", name=ev.name, offset=ev.offset,
                                      length=ev.length, depth=ev.depth, payload=fields)
@@ -844,7 +857,6 @@ class CaptureDecoder:
                 mig.request(ts, block, ev.start)
                 if (
                     mig.request_count == 1
-                    and self.bound.pinned is None
                     and info.role == "main"
                     and rs.whole
                     and mig.device_pong_ts is None
@@ -879,8 +891,7 @@ class CaptureDecoder:
                            offset=offset, meaning=meaning,
                            rtt_ms=None if rtt is None else round(rtt * 1e3, 3))
         )  # fmt: skip
-        if self.bound.pinned is None:
-            self._evidence(self.bound.device_ping(ts, "PONG"), ts)
+        self._evidence(self.bound.device_ping(ts, "PONG"), ts)
 
     def _rp_unread(
         self, info: ConnectionInfo, mig: Migration | None, rs: ReturnPath, ev: Message, ts: float

@@ -53,13 +53,10 @@ class Evidence(msgspec.Struct, frozen=True, kw_only=True):
 class ReleaseBound:
     """The release lines a source can be, narrowed as evidence arrives."""
 
-    def __init__(self, pinned: Release | None = None) -> None:
+    def __init__(self) -> None:
         self.lines = known_releases()
         self.low: Release = self.lines[0]
         self.high: Release = self.lines[-1]
-        self.pinned = pinned
-        if pinned is not None:
-            self.low = self.high = pinned
         self.evidence: list[Evidence] = []
         self.contradiction: str | None = None
         cat = stream_catalog(self.lines[-1])
@@ -115,6 +112,9 @@ class ReleaseBound:
     # -- reading ---------------------------------------------------------------------
     def candidates(self) -> tuple[Release, ...]:
         return tuple(r for r in self.lines if self.low <= r <= self.high)
+
+    def contains(self, release: Release) -> bool:
+        return self.low <= release <= self.high
 
     @property
     def exact(self) -> bool:

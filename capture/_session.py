@@ -95,6 +95,8 @@ class CaptureReport:
     problems: list[str] = field(default_factory=list)
     metadata_source: str | None = None
     bound: ReleaseBound | None = None
+    #: The release line read with when it was given (``--source``, a lab record).
+    pinned: Release | None = None
     #: Readings inside the bound that disagree with the one shown (still ambiguous).
     ambiguous: dict[str, list[str]] = field(default_factory=dict)
     #: What the lab recorded beside the capture (final QMP statuses), if anything.
@@ -110,9 +112,11 @@ class CaptureReport:
 
     @property
     def rejected(self) -> bool:
-        """The source, or a ``--check-against`` release, rejects some return path."""
+        """The source (or, while the bound leaves it open, a release it can be, or a
+        ``--check-against`` release) rejects some return path."""
         return any(
-            c.rejection is not None or c.checks_rejected for c in self.connections.values()
+            c.rejection is not None or c.checks_rejected or c.candidates_rejected
+            for c in self.connections.values()
         )
 
 
@@ -327,11 +331,11 @@ def decode_capture(
     if options.source is None and meta_rel is not None:
         options.source, options.source_basis = parse_release(meta_rel), meta["_file"]  # type: ignore[index]
     pinned = resolve_line(options.source) if options.source is not None else None
-    bound = ReleaseBound(pinned=pinned)
+    bound = ReleaseBound()
     report = CaptureReport(
         path=path, kind=kind, source=options.source, source_basis=options.source_basis
     )
-    report.bound = bound
+    report.bound, report.pinned = bound, pinned
     report.metadata_source = meta_rel
     if meta is not None:
         st = meta.get("final_migrate") or {}
@@ -340,7 +344,7 @@ def decode_capture(
             for side in ("src", "dst")
             if (st.get(side) or {}).get("status")
         } or None
-    dec = CaptureDecoder(report, options, bound, on_record)
+    dec = CaptureDecoder(report, options, bound, on_record, pinned)
     if kind == "raw":
         skipped = _run_raw(path, dec, report)
     else:

@@ -140,8 +140,9 @@ def _migration(m: Migration, report: CaptureReport) -> dict[str, Any]:
 
 def _bound(report: CaptureReport) -> dict[str, Any] | None:
     b = report.bound
-    if b is None or b.pinned is not None:
+    if b is None:
         return None
+    pinned = report.pinned
     return {
         "low": str(b.low),
         "high": str(b.high),
@@ -151,7 +152,9 @@ def _bound(report: CaptureReport) -> dict[str, Any] | None:
             for e in b.evidence
         ],
         "contradiction": b.contradiction,
-        "read_as": str(report.source) if report.source else None,
+        "read_as": str(pinned or b.high),
+        "given": None if pinned is None else {"release": str(pinned), "basis": report.source_basis,
+                                              "inside_bound": b.contains(pinned)},
         "ambiguous": report.ambiguous,
     }
 

@@ -252,7 +252,13 @@ def _print_summary(s: dict[str, Any]) -> None:
     b = s["release_bound"]
     if b:
         w(f"  bound from the wire: {b['text']}; read as {b['read_as']}")
-        w(" (the newest release inside the bound)\n" if b["low"] != b["high"] else "\n")
+        g = b["given"]
+        if g is None:
+            w(" (the newest release inside the bound)\n" if b["low"] != b["high"] else "\n")
+        elif g["inside_bound"]:
+            w(f" ({g['basis']}, inside the bound)\n")
+        else:
+            w(f" ({g['basis']}) — OUTSIDE the bound: the wire contradicts it\n")
         for e in b["evidence"]:
             side = f"≥ {e['low']}" if e["low"] else f"≤ {e['high']}"
             w(f"    {e['t']:.3f} s  {e['what']} ⇒ {side}\n")
@@ -362,9 +368,9 @@ def _print_summary(s: dict[str, Any]) -> None:
             w("\n")
         pd = m["postcopy_device"]
         if pd["ping_t"] is not None or pd["pong_t"] is not None:
-            ping = "-" if pd["ping_t"] is None else f"{pd['ping_t']:.3f} s"
-            pong = "-" if pd["pong_t"] is None else f"{pd['pong_t']:.3f} s"
-            w(f"  postcopy-device (10.2+): PING 0x42 at {ping}, PONG 0x42 at {pong}")
+            ping = "not in the capture" if pd["ping_t"] is None else f"at {pd['ping_t']:.3f} s"
+            pong = "not in the capture" if pd["pong_t"] is None else f"at {pd['pong_t']:.3f} s"
+            w(f"  postcopy-device (10.2+): PING 0x42 {ping}, PONG 0x42 {pong}")
             if pd["pong_read_by_source"] is False:
                 w(" (on the wire after the source stopped reading)")
             w("\n")
