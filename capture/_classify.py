@@ -46,6 +46,7 @@ def role_of(head: bytes, cat: StreamCatalog) -> str | None:
         flags = word & 0xFFF
         n = head[8]
         name = head[9 : 9 + n]
-        if flags in (0x02, 0x08) and 0 < n and len(name) == n and all(0x20 <= b < 0x7F for b in name):
+        printable = all(0x20 <= b < 0x7F for b in name)
+        if flags in (0x02, 0x08) and 0 < n and len(name) == n and printable:
             return "postcopy-preempt"
     return None

@@ -233,6 +233,7 @@ class CaptureDecoder:
         self._open_holes: dict[tuple[str, str], dict[str, Any]] = {}
         self._batch: dict[str, _Batch] = {}
         self._batch_owner: ConnectionInfo | None = None
+        self._cur = _Batch()
         self._last_ts = 0.0
         self._held: list[tuple[float, int, Record]] = []
         self._seq = itertools.count()
@@ -252,7 +253,7 @@ class CaptureDecoder:
         wm = now
         for h in self._open_holes.values():
             wm = min(wm, h["ts"])
-        for cid, pend in self._pending.items():
+        for pend in self._pending.values():
             if pend:
                 wm = min(wm, pend[0][1].ts)
         for b in self._batch.values():
@@ -434,6 +435,27 @@ class CaptureDecoder:
                     size -= len(p.data)
 
     # -- pieces -----------------------------------------------------------------------------
+    def data(
+        self, info: ConnectionInfo, c2s: bool, off: int, payload: Any, ts: float, packet: int
+    ) -> None:
+        """In-order bytes of a direction: :meth:`piece` without building a :class:`Data`
+        when they are more forward bytes of the connection being batched (the hot path)."""
+        if self._batch_owner is info and c2s == info.fwd_is_c2s:
+            self._last_ts = ts
+            n = len(payload)
+            info.bytes["fwd"] += n
+            b = self._cur
+            b.parts.append(payload)
+            b.ends.append(off + n)
+            b.tss.append(ts)
+            b.size += n
+            if b.size >= _BATCH_BYTES:
+                self._flush_batch()
+            if self._held:
+                self.release_held(ts)
+            return
+        self.piece(info, "c2s" if c2s else "s2c", Data(off, payload, ts, packet))
+
     def piece(self, info: ConnectionInfo, d: str, p: Data | Hole) -> None:
         """A reassembled piece of direction ``d`` (``c2s``/``s2c``) of a connection."""
         self._last_ts = p.ts
@@ -540,6 +562,7 @@ class CaptureDecoder:
         b = self._batch.get(info.id)
         if b is None:
             b = self._batch[info.id] = _Batch()
+        self._cur = b
         if not b.parts:
             b.first_ts = p.ts
         b.parts.append(p.data)
@@ -562,8 +585,7 @@ class CaptureDecoder:
         b.parts, b.ends, b.tss, b.size = [], [], [], 0
         if rd is None:
             return
-        for part in parts:
-            rd.receive_data(part)
+        rd.receive_data(b"".join(parts))
         self._drain_fwd(info, rd, (ends, tss), tss[-1])
 
     def _drain_fwd(
@@ -576,11 +598,25 @@ class CaptureDecoder:
         mig = self.migration_of(info)
         ends, tss = times if times is not None else ((), ())
         last = len(tss) - 1
+        # Pages are most of the events: counted here; a time is looked up only for a page
+        # someone asked for, or when pages are listed.
+        plain_pages = mig is not None and not (self.opt.pages and self.emitting)
+        seen = mig.mark_seen if mig is not None else None
+        requests = mig.requests if mig is not None else {}
+        pages = 0
         try:
             while True:
                 ev = rd.next_event()
                 if ev is NEED_DATA or ev is STOPPED:
                     break
+                if (
+                    plain_pages
+                    and type(ev) is RamPage
+                    and (not requests or (ev.block, ev.addr) not in requests)
+                ):
+                    pages += 1
+                    seen(ev.block, ev.addr)  # type: ignore[misc]
+                    continue
                 t = ts
                 if times is not None:
                     # The time of the packet that carried the event's first byte.
@@ -598,6 +634,10 @@ class CaptureDecoder:
             if mig is not None and mig.fwd_blind_from is None:
                 mig.fwd_blind_from = ts
             return
+        finally:
+            if pages:
+                info.pages += pages
+                mig.pages_walked += pages  # type: ignore[union-attr]
         if rd.stopped and self._fwd.get(info.id) is rd:
             info.fwd_decoded = rd.offset
             self._fwd[info.id] = None

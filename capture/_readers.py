@@ -57,7 +57,7 @@ _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 _ETH_IP4_TCP = struct.Struct(">12xHBxHxxHxB2x4s4sHHIIBB")
 _FAST_MIN = _ETH_IP4_TCP.size  # 14 + 20 + 14
 #: Drop mapped pages behind the read position every this many bytes.
-_DROP_EVERY = 32 << 20
+_DROP_EVERY = 8 << 20
 _STDIN_CHUNK = 1 << 20
 
 
@@ -123,23 +123,27 @@ def _walk(
     buf: Any,
     pos: int,
     end: int,
-    index: int,
     order: str,
     unit: float,
     linktype: int,
-    mv: memoryview,
     state: dict[str, Any],
 ) -> Iterator[Segment]:
-    """Yield the segments of every whole record in ``buf[pos:end]``; ``state`` gets the
-    position and index reached (``pos``, ``index``)."""
-    rec = struct.Struct(order + "IIII")
-    unpack_rec = rec.unpack_from
+    """Yield the segments of every whole record in ``buf[pos:end]``.
+
+    ``state`` carries ``index`` (records so far) in and ``pos``/``index`` out, the
+    ``unusable`` callback, and optionally ``checkpoint(pos)`` (called every 4096
+    records) and ``on_close()`` (called when the walk ends, however it ends).
+    """
+    unpack_rec = struct.Struct(order + "IIII").unpack_from
     fast = linktype == 1
     unpack_fast = _ETH_IP4_TCP.unpack_from
     unusable = state["unusable"]
+    checkpoint = state.get("checkpoint")
+    mv = memoryview(buf)
+    index = state["index"]
     try:
         while pos + 16 <= end:
-            sec, frac, incl, orig = unpack_rec(buf, pos)
+            sec, frac, incl, _orig = unpack_rec(buf, pos)
             start = pos + 16
             stop = start + incl
             if stop > end:
@@ -152,14 +156,17 @@ def _walk(
                 )
                 if et == 0x0800 and vihl == 0x45 and proto == 6 and not frag & 0x3FFF:
                     hl = 34 + ((doff >> 4) << 2)
-                    if (doff >> 4) >= 5 and total >= 40:
+                    if doff >= 0x50 and total >= 40:
                         wire = total + 14 - hl
-                        if wire < 0:
-                            wire = 0
-                        cut = min(total + 14, incl)
-                        payload = mv[start + hl : start + cut] if cut > hl else b""
+                        cut = total + 14 if total + 14 < incl else incl
+                        if wire <= 0:
+                            wire, payload = 0, b""
+                        else:
+                            payload = mv[start + hl : start + cut] if cut > hl else b""
                         yield (index, ts, src, sport, dst, dport, seq, ack, flags, payload, wire)
                         index += 1
+                        if checkpoint is not None and not index & 0xFFF:
+                            checkpoint(pos)
                         continue
                 elif et == 0x0800 and proto != 6 and (vihl >> 4) == 4:
                     index += 1
@@ -171,6 +178,10 @@ def _walk(
             index += 1
     finally:
         state["pos"], state["index"] = pos, index
+        mv.release()
+        on_close = state.get("on_close")
+        if on_close is not None:
+            on_close()
 
 
 def _tail(left: int, index: int, problems: list[str]) -> None:
@@ -197,6 +208,8 @@ class _Dropper:
     def __call__(self, pos: int) -> None:
         upto = pos & ~(mmap.PAGESIZE - 1)
         if upto - self.done >= _DROP_EVERY:
+            # Read-only file pages: dropping them only unmaps them from this process
+            # (a later access, e.g. a payload still held, faults them back in).
             self.mm.madvise(mmap.MADV_DONTNEED, self.done, upto - self.done)
             self.done = upto
 
@@ -207,47 +220,48 @@ def _pcap_mmap(
     unusable: Callable[[str], None],
     progress: Any,
     counts: dict[str, int],
+    done: Callable[[], None],
 ) -> Iterator[Segment]:
+    """One walk over a read-only mapping of the whole file (pages dropped behind it)."""
     try:
-        f = open(path, "rb")  # closed in the finally below
+        f = open(path, "rb")  # closed by the walk's on_close (or below)
     except OSError as exc:
         raise InputError(f"{path}: {exc.strerror or exc}") from None
-    with f:
+    try:
         size = os.fstat(f.fileno()).st_size
         order, unit, linktype = _pcap_header(f.read(24), path)
         if size == 24:
-            return
+            f.close()
+            done()
+            return iter(())
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-        mm.madvise(mmap.MADV_SEQUENTIAL)
-        drop = _Dropper(mm)
-        state: dict[str, Any] = {"unusable": unusable, "pos": 24, "index": 0}
-        pos, index = 24, 0
-        mv = memoryview(mm)
+    except BaseException:
+        f.close()
+        raise
+    mm.madvise(mmap.MADV_SEQUENTIAL)
+    drop = _Dropper(mm)
+    state: dict[str, Any] = {"unusable": unusable, "pos": 24, "index": 0}
+
+    def checkpoint(pos: int) -> None:
+        drop(pos)
+        if progress is not None:
+            progress(pos)
+
+    def on_close() -> None:
+        pos = state["pos"]
+        counts["packets"] = state["index"]
+        _tail(size - pos, state["index"], problems)
+        if progress is not None:
+            progress(pos)
         try:
-            # Windows of _DROP_EVERY bytes: between them, progress and page dropping.
-            while True:
-                stop = min(size, pos + _DROP_EVERY)
-                yield from _walk(mm, pos, stop, index, order, unit, linktype, mv, state)
-                if state["pos"] == pos and stop < size:
-                    # A record longer than a window: walk it against the file's end.
-                    yield from _walk(mm, pos, size, index, order, unit, linktype, mv, state)
-                    if state["pos"] == pos:
-                        break
-                pos, index = state["pos"], state["index"]
-                drop(pos)
-                if progress is not None:
-                    progress(pos)
-                if stop >= size or pos >= size:
-                    break
-        finally:
-            pos = state["pos"]
-            counts["packets"] = state["index"]
-            _tail(size - pos, state["index"], problems)
-            mv.release()
-            try:
-                mm.close()
-            except BufferError:
-                pass  # a payload view is still referenced; the mapping goes with it
+            mm.close()
+        except BufferError:
+            pass  # a payload view is still referenced; the mapping goes with it
+        f.close()
+        done()
+
+    state["checkpoint"], state["on_close"] = checkpoint, on_close
+    return _walk(mm, 24, size, order, unit, linktype, state)
 
 
 def _pcap_stream(
@@ -265,18 +279,16 @@ def _pcap_stream(
         head += more
     order, unit, linktype = _pcap_header(head, "stdin")
     buf = head[24:]
-    index = 0
     state: dict[str, Any] = {"unusable": unusable, "pos": 0, "index": 0}
     while True:
         chunk = f.read(_STDIN_CHUNK)
         if chunk:
             buf = buf + chunk if buf else chunk
-        mv = memoryview(buf)
-        yield from _walk(buf, 0, len(buf), index, order, unit, linktype, mv, state)
-        index = counts["packets"] = state["index"]
+        yield from _walk(buf, 0, len(buf), order, unit, linktype, state)
+        counts["packets"] = state["index"]
         buf = buf[state["pos"] :]
         if not chunk:
-            _tail(len(buf), index, problems)
+            _tail(len(buf), state["index"], problems)
             return
 
 
@@ -411,6 +423,27 @@ def segments(
         if sum(unusable.values()) <= 5:
             problems.append(text)
 
+    def done() -> None:
+        for sym, count in unusable.items():
+            if count > 1:
+                problems.append(f"{count} packets: {sym}")
+
+    if kind == "pcap":
+        # Returned, not yielded from: the walk is the only generator on the hot path.
+        return _pcap_mmap(path, problems, note, progress, counts, done)
+    return _other_segments(path, kind, problems, progress, stdin, counts, note, done)
+
+
+def _other_segments(
+    path: str,
+    kind: str,
+    problems: list[str],
+    progress: Callable[[int], None] | None,
+    stdin: BinaryIO | None,
+    counts: dict[str, int],
+    note: Callable[[str], None],
+    done: Callable[[], None],
+) -> Iterator[Segment]:
     try:
         if kind == "stdin":
             f = stdin if stdin is not None else sys.stdin.buffer
@@ -427,8 +460,6 @@ def segments(
                 raise InputError(
                     f"stdin: not a pcap or pcapng stream (starts with {head.hex() or 'nothing'})"
                 )
-        elif kind == "pcap":
-            yield from _pcap_mmap(path, problems, note, progress, counts)
         else:
             for pkt in iter_packets(path, problems=problems, on_progress=progress):
                 counts["packets"] += 1
@@ -436,9 +467,7 @@ def segments(
                 if s is not None:
                     yield s
     finally:
-        for sym, count in unusable.items():
-            if count > 1:
-                problems.append(f"{count} packets: {sym}")
+        done()
 
 
 # -- lab recordings ------------------------------------------------------------------------------

@@ -164,6 +164,7 @@ def _run_segments(
     next_id = 0
     last_ts: float | None = None
     piece = dec.piece
+    data = dec.data
     for seg in segs:
         index, ts, src, sport, dst, dport, seq, ack, flags, payload, wire = seg
         if last_ts is None:
@@ -175,22 +176,30 @@ def _run_segments(
         if hit is not None and not flags & (_SYN | _FIN | _RST):
             # The hot path: an established connection, no SYN/FIN/RST.
             conn, c2s = hit
-            if wire:
-                half = conn.c2s if c2s else conn.s2c
-                if wire == len(payload):
-                    p = half.in_order(seq, payload, ts, index)
-                    if p is not None:
-                        piece(conn.info, "c2s" if c2s else "s2c", p)
-                        if flags & _ACK:
-                            other = conn.s2c if c2s else conn.c2s
-                            if other.ack_only(ack):
-                                for q in other.ack(ack, ts, index):
-                                    piece(conn.info, "s2c" if c2s else "c2s", q)
-                        continue
-            elif flags & _ACK:
+            if flags & _ACK:
                 other = conn.s2c if c2s else conn.c2s
-                if not other.ack_only(ack):
+                if other._ooo:
+                    if other.ack_only(ack):
+                        hit = None  # bytes became deliverable: the general path below
+                else:
+                    other.raw_ack = ack  # settled by the next call that needs it
+            if hit is not None:
+                if not wire:
                     continue
+                half = conn.c2s if c2s else conn.s2c
+                isn = half.isn
+                if (
+                    isn is not None
+                    and wire == len(payload)
+                    and not half._ooo
+                    and (seq - isn) & 0xFFFFFFFF == half.next & 0xFFFFFFFF
+                ):
+                    off = half.next
+                    half.next = off + wire
+                    half.delivered += wire
+                    data(conn.info, c2s, off, payload, ts, index)
+                    continue
+            hit = table.get(key)
         if key in ignored:
             continue
         if hit is not None and hit[0].closed and flags & _SYN and not flags & _ACK:

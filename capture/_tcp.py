@@ -65,6 +65,9 @@ class HalfStream:
         self.mid_stream = False
         self.next = 0
         self.peer_ack = 0
+        #: The latest raw acknowledgement number not yet taken into ``peer_ack`` (the
+        #: hot path stores it; every other entry point settles it first).
+        self.raw_ack: int | None = None
         self.fin_at: int | None = None
         self._ooo: dict[int, tuple[bytes, int, float, int]] = {}
         self._ooo_bytes = 0
@@ -96,6 +99,8 @@ class HalfStream:
         packet: int,
     ) -> Iterator[Data | Hole]:
         """Take one segment; yield what becomes deliverable."""
+        if self.raw_ack is not None:
+            self._settle()
         if self.first_ts is None:
             self.first_ts = ts
         self.last_ts = ts
@@ -120,6 +125,8 @@ class HalfStream:
 
     def ack(self, ackno: int, ts: float, packet: int) -> Iterator[Data | Hole]:
         """The reverse direction acknowledged ``ackno`` (for this direction's bytes)."""
+        if self.raw_ack is not None:
+            self._settle()
         if self.isn is None:
             return
         off = self._off(ackno)
@@ -145,6 +152,8 @@ class HalfStream:
     def ack_only(self, ackno: int) -> bool:
         """:meth:`ack` without a generator: True when pieces became deliverable (then
         :meth:`ack` must be iterated with the same number)."""
+        if self.raw_ack is not None:
+            self._settle()
         if self.isn is None:
             return False
         off = self._off(ackno)
@@ -156,6 +165,8 @@ class HalfStream:
 
     def finish(self, ts: float, packet: int) -> Iterator[Data | Hole]:
         """The capture ended: whatever still waits behind a gap is delivered after a hole."""
+        if self.raw_ack is not None:
+            self._settle()
         while self._ooo:
             first = min(self._ooo)
             yield from self._hole(first - self.next, ts, packet, "lost")
@@ -167,6 +178,14 @@ class HalfStream:
             yield from self._hole(acked - self.next, ts, packet, "lost")
 
     # -- machinery ----------------------------------------------------------------
+    def _settle(self) -> None:
+        ackno, self.raw_ack = self.raw_ack, None
+        if self.isn is None or ackno is None:
+            return
+        off = self._off(ackno)
+        if off > self.peer_ack and off - self.next < _HALF:
+            self.peer_ack = off
+
     def _place(
         self, off: int, payload: bytes, wire_len: int, ts: float, packet: int
     ) -> Iterator[Data | Hole]:
