@@ -58,6 +58,7 @@ _ETH_IP4_TCP = struct.Struct(">12xHBxHxxHxB2x4s4sHHIIBB")
 _FAST_MIN = _ETH_IP4_TCP.size  # 14 + 20 + 14
 #: Drop mapped pages behind the read position every this many bytes.
 _DROP_EVERY = 8 << 20
+_DROP_LAG = 2 << 20
 _STDIN_CHUNK = 1 << 20
 
 
@@ -199,18 +200,23 @@ def _tail(left: int, index: int, problems: list[str]) -> None:
 
 
 class _Dropper:
-    """Drops the mapped pages behind the read position (RSS stays flat on big files)."""
+    """Drops the mapped pages behind the read position (RSS stays flat on big files).
+
+    Read-only file pages: dropping them only unmaps them from this process; a later
+    access (a payload still waiting in a forward batch, an out-of-order buffer) faults
+    them back in. So the drop lags the read position by :data:`_DROP_LAG`, and each drop
+    covers the previous window again to take back such stragglers.
+    """
 
     def __init__(self, mm: mmap.mmap) -> None:
         self.mm = mm
         self.done = 0
 
     def __call__(self, pos: int) -> None:
-        upto = pos & ~(mmap.PAGESIZE - 1)
+        upto = max(0, pos - _DROP_LAG) & ~(mmap.PAGESIZE - 1)
         if upto - self.done >= _DROP_EVERY:
-            # Read-only file pages: dropping them only unmaps them from this process
-            # (a later access, e.g. a payload still held, faults them back in).
-            self.mm.madvise(mmap.MADV_DONTNEED, self.done, upto - self.done)
+            start = max(0, self.done - _DROP_EVERY)
+            self.mm.madvise(mmap.MADV_DONTNEED, start, upto - start)
             self.done = upto
 
 
