@@ -58,6 +58,7 @@ _ETH_IP4_TCP = struct.Struct(">12xHBxHxxHxB2x4s4sHHIIBB")
 _FAST_MIN = _ETH_IP4_TCP.size  # 14 + 20 + 14
 #: Drop mapped pages behind the read position every this many bytes.
 _DROP_EVERY = 8 << 20
+_CHECK_EVERY = 2 << 20
 _DROP_LAG = 2 << 20
 _STDIN_CHUNK = 1 << 20
 
@@ -132,8 +133,9 @@ def _walk(
     """Yield the segments of every whole record in ``buf[pos:end]``.
 
     ``state`` carries ``index`` (records so far) in and ``pos``/``index`` out, the
-    ``unusable`` callback, and optionally ``checkpoint(pos)`` (called every 4096
-    records) and ``on_close()`` (called when the walk ends, however it ends).
+    ``unusable`` callback, and optionally ``checkpoint(pos)`` (called every
+    :data:`_CHECK_EVERY` bytes) and ``on_close()`` (called when the walk ends, however
+    it ends).
     """
     unpack_rec = struct.Struct(order + "IIII").unpack_from
     fast = linktype == 1
@@ -142,6 +144,7 @@ def _walk(
     checkpoint = state.get("checkpoint")
     mv = memoryview(buf)
     index = state["index"]
+    check_at = pos + _CHECK_EVERY if checkpoint is not None else end + 1
     try:
         while pos + 16 <= end:
             sec, frac, incl, _orig = unpack_rec(buf, pos)
@@ -166,8 +169,9 @@ def _walk(
                             payload = mv[start + hl : start + cut] if cut > hl else b""
                         yield (index, ts, src, sport, dst, dport, seq, ack, flags, payload, wire)
                         index += 1
-                        if checkpoint is not None and not index & 0xFFF:
-                            checkpoint(pos)
+                        if pos >= check_at:
+                            checkpoint(pos)  # type: ignore[misc]
+                            check_at = pos + _CHECK_EVERY
                         continue
                 elif et == 0x0800 and proto != 6 and (vihl >> 4) == 4:
                     index += 1
@@ -177,6 +181,9 @@ def _walk(
             if out is not None:
                 yield out
             index += 1
+            if pos >= check_at:
+                checkpoint(pos)  # type: ignore[misc]
+                check_at = pos + _CHECK_EVERY
     finally:
         state["pos"], state["index"] = pos, index
         mv.release()

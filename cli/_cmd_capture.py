@@ -30,17 +30,23 @@ def register(sub: Any) -> None:
             "folder with chunks.jsonl), reassemble both TCP directions, decode the forward "
             "stream's header, sections and MIG_CMD commands and every return-path frame as "
             "the source release reads it, and correlate them (PING→PONG, RECV_BITMAP, "
-            "POSTCOPY_RESUME→RESUME_ACK, page-request latency). Exit 0: decoded; 1: the "
-            "source (or a --check-against release) rejects a return path; 2: bad input."
+            "POSTCOPY_RESUME→RESUME_ACK, page-request latency, 10.2+'s postcopy-device "
+            "PING/PONG 0x42 and the split-brain boundary), in time order. Without a release, "
+            "the source's is bounded from the wire (machine type, MIG_CMD_* first releases, "
+            "postcopy-device) and the newest inside the bound reads the return path. "
+            "Exit 0: decoded; 1: the source (or a release inside the bound, or a "
+            "--check-against release) rejects a return path; 2: bad input (not a capture, "
+            "an unknown release, a filter matching nothing, or a damaged capture: what could "
+            "be read is decoded, the problems go to stderr)."
         ),
     )
-    p.add_argument("path", help="pcap/pcapng file, or a lab recording folder")
+    p.add_argument("path", help="pcap/pcapng file, '-' for stdin, or a lab recording folder")
     p.add_argument(
         "--source",
         default="auto",
         metavar="REL|auto",
         help="source release; auto (default): a lab run's metadata.json/record.json beside "
-        "the capture if any, else the newest release consistent with the capture",
+        "the capture if any, else bounded from the wire (read as the newest inside the bound)",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per event")
