@@ -57,7 +57,7 @@ _REPO = Path(__file__).resolve().parent.parent
 if str(_REPO) not in sys.path:
     sys.path.insert(0, str(_REPO))  # the tests' stream builders
 
-from migcompat._cmd_bench import cpu_model  # noqa: E402
+from migcompat.lab.bench import cpu_model  # noqa: E402
 from tests.capture.builders import command, device_full, header, packaged, ping, pstr, rp  # noqa: E402
 
 __all__ = ["GenStats", "generate_capture", "main", "naive_loop"]

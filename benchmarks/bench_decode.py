@@ -4,7 +4,7 @@
     python benchmarks/bench_decode.py --frames 1010000     # the issue's 1.01 M-frame stream
     python benchmarks/bench_decode.py --json --save benchmarks/results
 
-The same code as ``migcompat bench`` (``migcompat._cmd_bench``); see its docstring for
+The same code as ``migcompat bench`` (:mod:`migcompat.lab.bench`); see its docstring for
 what is measured and how. Results committed from real runs: ``benchmarks/results/``,
 summarised in ``docs/performance.md``.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 
-from migcompat._cmd_bench import main
+from migcompat.lab.bench import main
 
 __all__ = ["main"]
 

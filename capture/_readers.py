@@ -163,6 +163,7 @@ def _walk(
                     if doff >= 0x50 and total >= 40:
                         wire = total + 14 - hl
                         cut = total + 14 if total + 14 < incl else incl
+                        payload: memoryview | bytes
                         if wire <= 0:
                             wire, payload = 0, b""
                         else:

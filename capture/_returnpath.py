@@ -104,6 +104,8 @@ class Reading:
     def summary(self) -> dict[str, object]:
         v = self.verdict
         rej = v.rejection
+        offset: int | None
+        error: str | None
         if rej is not None:
             offset, error = self.base + rej.offset, rej.qemu_error
         elif self.state == "incomplete":

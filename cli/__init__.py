@@ -1,15 +1,12 @@
-"""qemu-migcompat: QEMU live-migration return path, release by release.
+"""The command line, ``migcompat`` (import name ``migcompat.cli``).
 
-The import namespace is ``migcompat``; its subpackages live in the repository's
-top-level folders (``protocol/``, ``compat/``, ``lab/``, ``capture/``) and this
-package (``cli/``) holds the thin command line.
+Each subcommand is a ``_cmd_<name>.py`` module that parses its arguments, makes one
+library call and prints; :func:`main` (in ``_main.py``) dispatches to them.
 """
 
-from migcompat.protocol._errors import MigcompatError
+from ._main import build_parser, main
 
-__all__ = ["MigcompatError", "__version__"]
-
-__version__ = "0.1.0"
+__all__ = ["build_parser", "main"]
 
 
 def __dir__() -> list[str]:

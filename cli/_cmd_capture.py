@@ -7,8 +7,9 @@ import os
 import sys
 from typing import Any
 
-from migcompat._io import print_json
 from migcompat.protocol import InputError, catalog, parse_release
+
+from ._io import print_json
 
 __all__ = ["register"]
 
@@ -82,7 +83,7 @@ def register(sub: Any) -> None:
 
 
 def _releases(values: list[str]) -> tuple[Any, ...]:
-    from migcompat._io import parse_releases
+    from ._io import parse_releases
 
     out: list[Any] = []
     for v in values:

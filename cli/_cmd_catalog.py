@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.protocol import (
     Release,
     RpCatalog,
@@ -14,6 +13,8 @@ from migcompat.protocol import (
     parse_release,
     stream_catalog,
 )
+
+from ._io import console, print_json
 
 __all__ = ["register"]
 

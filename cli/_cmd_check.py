@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import (
+from migcompat.protocol import check_stream
+
+from ._io import (
     add_engine_argument,
     console,
     iter_chunks,
@@ -13,7 +15,6 @@ from migcompat._io import (
     parse_releases,
     print_json,
 )
-from migcompat.protocol import check_stream
 
 __all__ = ["register"]
 

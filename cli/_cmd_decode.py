@@ -6,7 +6,6 @@ import argparse
 import sys
 from typing import Any
 
-from migcompat._io import add_engine_argument, iter_chunks, open_check, print_json
 from migcompat.protocol import (
     EndOfStream,
     Event,
@@ -16,6 +15,8 @@ from migcompat.protocol import (
     check_stream,
     parse_release,
 )
+
+from ._io import add_engine_argument, iter_chunks, open_check, print_json
 
 __all__ = ["register"]
 

@@ -1,22 +1,17 @@
 """``migcompat fuzz``: the model's fuzzing properties as a command, and differential fuzzing
 against a real source (``--real``).
 
-Model mode runs the oracles of :mod:`migcompat.protocol.strategies` with hypothesis for one
+Model mode runs the properties of :mod:`migcompat.protocol.fuzzing` with hypothesis for one
 source release (or overlay): the MAX rule, predicted verdicts over whole streams (every
 invalid-frame class, exact text, offsets), grammar == reader on mutated streams, the stop
 position, and chunking. A counterexample is shrunk and written to ``fixtures/fuzz/`` as a
 JSON file that ``tests/test_fuzz_regressions.py`` replays.
 
-``--real`` draws frames of the classes a live source can be tested with, injects them into
-the return path of a real migration from a lab build of that release (several accepted
-frames share one migration; each rejected frame needs its own), and compares what the real
-source did — final status, exact error text in ``error-desc`` or stderr — with the model's
-verdict on the return path as the source received it (``rp.bin``, read with the guest's
-RAM). An injected SHUT ends the return path without a rejection; what the migration does
-next is not the reader's to predict, so only texts are compared for it (see
-:func:`model_verdict`). Names are compared as a UTF-8 reader sees QEMU's raw bytes. Every
-disagreement is saved (capture, record, case) under ``fixtures/fuzz/real/`` and fails the
-run; a lab failure or hang is "inconclusive", not a disagreement.
+``--real`` (:mod:`migcompat.lab.fuzz_real`) injects frames into real migrations from a lab
+build of the release and compares what the real source did with the model's verdict
+(:func:`migcompat.protocol.fuzzing.compare`). Every disagreement is saved (capture, record,
+case) under ``fixtures/fuzz/real/`` and fails the run; a lab failure or hang is
+"inconclusive", not a disagreement.
 
 Exit 0: no counterexample / disagreement; 1: found one; 2: bad input or no lab.
 """
@@ -24,252 +19,34 @@ Exit 0: no counterexample / disagreement; 1: found one; 2: bad input or no lab.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import hashlib
 import json
 import os
-import re
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cache
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from migcompat._io import console, print_json
-from migcompat.protocol import (
-    InputError,
-    Message,
-    Reader,
-    Release,
-    RemoteViolation,
-    Shut,
-    build_frame,
-    catalog,
-    parse_release,
+from migcompat.protocol import InputError, Release, catalog, parse_release
+from migcompat.protocol.fuzzing import (
+    DEFAULT_EXAMPLES,
+    PROPERTY_NAMES,
+    PropertyResult,
+    counterexample,
+    run_properties,
 )
 
-__all__ = [
-    "REAL_RAM",
-    "Property",
-    "PropertyResult",
-    "default_fixture_dir",
-    "model_verdict",
-    "properties",
-    "real_outcome",
-    "register",
-    "replay",
-    "run_property",
-]
+from ._io import console, print_json
+
+__all__ = ["default_fixture_dir", "register"]
+
+#: ``--examples`` default of ``--real`` (``migcompat.lab.fuzz_real.DEFAULT_REAL_EXAMPLES``;
+#: written here too so that ``--help`` does not import the lab).
+DEFAULT_REAL_EXAMPLES = 8
 
 
 def __dir__() -> list[str]:
     return list(__all__)
-
-
-#: Examples per property when ``--examples`` is not given (2 shared cores: modest).
-DEFAULT_EXAMPLES = 100
-#: Frames per ``--real`` run when ``--examples`` is not given (each migration is ~10 s).
-DEFAULT_REAL_EXAMPLES = 8
-#: Accepted frames injected together ahead of one frame in a single migration.
-REAL_BATCH = 4
-#: Wall-clock limit of one real migration (the lab's own timeout is 60 s after migrate).
-REAL_CASE_TIMEOUT = 150.0
-
-#: The RAM the lab's guest has that return-path frames can name (``lab/runner.py``: 128 MiB,
-#: q35; page requests only ever name ``pc.ram``). Other blocks (ROMs, BIOS) are left out:
-#: generated names are random, so they never hit one by chance.
-REAL_RAM: Mapping[str, int] = {"pc.ram": 128 << 20}
-
-
-# -- properties -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Property:
-    """One fuzzing property: a strategy per release, the oracle, and a JSON form of inputs."""
-
-    name: str
-    doc: str
-    strategy: Callable[[Release], Any]
-    check: Callable[[Release, Any], None]
-    encode: Callable[[Any], dict[str, Any]]
-    decode: Callable[[Release, Mapping[str, Any]], Any]
-
-
-def _ram(obj: Mapping[str, Any]) -> dict[str, int] | None:
-    ram = obj.get("ram")
-    return {str(k): int(v) for k, v in ram.items()} if ram is not None else None
-
-
-def _properties() -> dict[str, Property]:
-    from hypothesis import strategies as st
-
-    from migcompat.protocol import strategies as rps
-
-    with_ram = rps.ram_blocks()
-
-    def streams_with_and_without_ram(rel: Release) -> Any:
-        return st.one_of(
-            rps.streams(rel),
-            with_ram.flatmap(lambda ram: rps.streams(rel, ram=ram, max_frames=6)),
-        )
-
-    def mutated_maybe_ram(rel: Release) -> Any:
-        return st.one_of(
-            rps.mutated_streams(rel).map(lambda d: (d, None)),
-            with_ram.flatmap(lambda ram: rps.mutated_streams(rel, ram=ram).map(lambda d: (d, ram))),
-        )
-
-    props = [
-        Property(
-            "max-rule",
-            "type 0 and every type >= MIG_RP_MSG_MAX rejected where the header starts, exact text",
-            rps.max_rule_cases,
-            lambda rel, v: rps.check_max_rule(rel, *v),
-            lambda v: {"prefix": v[0].hex(), "type": v[1], "length": v[2]},
-            lambda rel, o: (bytes.fromhex(o["prefix"]), int(o["type"]), int(o["length"])),
-        ),
-        Property(
-            "predicted-streams",
-            "streams ending in every invalid class: verdict, exact text, offset, stop position",
-            streams_with_and_without_ram,
-            lambda rel, s: rps.check_sample(s),
-            lambda s: s.to_json(),
-            lambda rel, o: rps.FrameSample.from_json(o),
-        ),
-        Property(
-            "grammar-vs-model",
-            "construct grammar == reader, frame by frame, on mutated streams and blobs",
-            rps.mutated_streams,
-            lambda rel, d: rps.check_grammar_agrees(rel, d),
-            lambda d: {"data": d.hex()},
-            lambda rel, o: bytes.fromhex(o["data"]),
-        ),
-        Property(
-            "stop-position",
-            "the first rejection's offset and stopped_at are where the source stops reading",
-            mutated_maybe_ram,
-            lambda rel, v: rps.check_stop_position(rel, v[0], v[1]),
-            lambda v: {"data": v[0].hex(), "ram": v[1]},
-            lambda rel, o: (bytes.fromhex(o["data"]), _ram(o)),
-        ),
-        Property(
-            "chunking",
-            "any split of a mutated stream gives the same events and verdict",
-            lambda rel: st.tuples(
-                rps.mutated_streams(rel), st.lists(st.integers(0, 4096), max_size=6)
-            ),
-            lambda rel, v: rps.check_chunking(rel, v[0], v[1]),
-            lambda v: {"data": v[0].hex(), "cuts": v[1]},
-            lambda rel, o: (bytes.fromhex(o["data"]), [int(c) for c in o["cuts"]]),
-        ),
-    ]
-    return {p.name: p for p in props}
-
-
-@cache
-def properties() -> dict[str, Property]:
-    """Property name → :class:`Property` (built on first use: importing hypothesis is not free)."""
-    return _properties()
-
-
-_PROPERTY_NAMES = ("max-rule", "predicted-streams", "grammar-vs-model", "stop-position", "chunking")
-
-
-@dataclass
-class PropertyResult:
-    """What one property run found."""
-
-    name: str
-    release: Release
-    examples: int = 0
-    seconds: float = 0.0
-    failure: dict[str, Any] | None = None
-    fixture: str | None = None
-
-    @property
-    def rate(self) -> float:
-        """Examples per second."""
-        return self.examples / self.seconds if self.seconds else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "property": self.name,
-            "source": str(self.release),
-            "examples": self.examples,
-            "seconds": round(self.seconds, 3),
-            "examples_per_second": round(self.rate, 1),
-            "result": "counterexample" if self.failure else "passed",
-            "counterexample": self.failure,
-            "fixture": self.fixture,
-        }
-
-
-def run_property(
-    prop: Property,
-    release: Release,
-    *,
-    examples: int,
-    seed: int,
-    on_example: Callable[[], None] | None = None,
-) -> PropertyResult:
-    """Run ``prop`` for ``release`` with hypothesis: ``examples`` examples from ``seed``.
-
-    The failure (if any) is the shrunk counterexample, encoded with ``prop.encode``.
-    """
-    from hypothesis import HealthCheck, Phase, Verbosity, given, settings
-    from hypothesis import seed as hseed
-
-    result = PropertyResult(prop.name, release)
-    last_failure: list[tuple[Any, BaseException]] = []
-
-    def body(value: Any) -> None:
-        result.examples += 1
-        if on_example is not None:
-            on_example()
-        try:
-            prop.check(release, value)
-        except Exception as exc:
-            last_failure[:] = [(value, exc)]
-            raise
-
-    test = hseed(seed)(
-        settings(
-            max_examples=examples,
-            database=None,
-            deadline=None,
-            derandomize=False,
-            report_multiple_bugs=False,
-            suppress_health_check=list(HealthCheck),
-            verbosity=Verbosity.quiet,
-            phases=(Phase.explicit, Phase.generate, Phase.shrink),
-            print_blob=False,
-        )(given(prop.strategy(release))(body))
-    )
-    start = time.perf_counter()
-    try:
-        test()
-    except Exception as exc:
-        if not last_failure:
-            raise  # hypothesis itself failed (e.g. an unsatisfiable strategy): a bug
-        value, err = last_failure[0]
-        result.failure = {
-            "input": prop.encode(value),
-            "error": f"{type(err).__name__}: {err}",
-            "hypothesis": type(exc).__name__,
-        }
-    result.seconds = time.perf_counter() - start
-    return result
-
-
-def replay(record: Mapping[str, Any]) -> None:
-    """Re-run the property of a saved counterexample (raises as the property does)."""
-    prop = properties()[record["property"]]
-    rel = parse_release(record["release"])
-    prop.check(rel, prop.decode(rel, record["input"]))
 
 
 def default_fixture_dir() -> Path:
@@ -281,26 +58,12 @@ def default_fixture_dir() -> Path:
 
 
 def _save_counterexample(out: Path, res: PropertyResult, seed: int, examples: int) -> Path:
-    assert res.failure is not None
-    body = json.dumps(res.failure["input"], sort_keys=True)
-    digest = hashlib.sha256(f"{res.name}{res.release}{body}".encode()).hexdigest()[:10]
-    path = out / f"{res.name}-{res.release}-{digest}.json"
+    found_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    stem, record = counterexample(res, seed=seed, examples=examples, found_at=found_at)
+    path = out / f"{stem}.json"
     out.mkdir(parents=True, exist_ok=True)
-    record = {
-        "schema": 1,
-        "property": res.name,
-        "release": str(res.release),
-        "input": res.failure["input"],
-        "error": res.failure["error"],
-        "found_by": f"migcompat fuzz --source {res.release} --seed {seed} --examples {examples}",
-        "found_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "replay": "pytest tests/test_fuzz_regressions.py -k " + path.stem,
-    }
     path.write_text(json.dumps(record, indent=2) + "\n")
     return path
-
-
-# -- the command ---------------------------------------------------------------------------
 
 
 def register(sub: Any) -> None:
@@ -331,9 +94,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--property",
         action="append",
-        choices=_PROPERTY_NAMES,
+        choices=PROPERTY_NAMES,
         metavar="NAME",
-        help=f"only this property (repeatable): {', '.join(_PROPERTY_NAMES)}",
+        help=f"only this property (repeatable): {', '.join(PROPERTY_NAMES)}",
     )
     p.add_argument("--fixtures", metavar="DIR", help="where counterexamples go (fixtures/fuzz)")
     p.add_argument("--real", action="store_true", help="compare with a real source (the lab)")
@@ -359,10 +122,8 @@ def run(args: argparse.Namespace) -> int:
     if args.real:
         return _run_real(args, release, seed, out)
     examples = args.examples or DEFAULT_EXAMPLES
-    names = args.property or list(_PROPERTY_NAMES)
-    show = not args.json and sys.stderr.isatty()
-    results: list[PropertyResult] = []
-    if show:
+    names = args.property or list(PROPERTY_NAMES)
+    if not args.json and sys.stderr.isatty():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -374,28 +135,29 @@ def run(args: argparse.Namespace) -> int:
             console=Console(stderr=True),
             transient=True,
         ) as progress:
-            for name in names:
-                task = progress.add_task(name, total=examples, rate="")
-                t0 = time.perf_counter()
-                done = [0]
+            tasks: dict[str, Any] = {}
 
-                def tick(task: Any = task, t0: float = t0, done: list[int] = done) -> None:
-                    done[0] += 1
-                    dt = time.perf_counter() - t0
-                    progress.update(
-                        task,
-                        completed=min(done[0], examples),
-                        rate=f"{done[0] / dt:.0f}" if dt else "",
-                    )
-
-                results.append(
-                    run_property(
-                        properties()[name], release, examples=examples, seed=seed, on_example=tick
-                    )
+            def tick(name: str) -> None:
+                if name not in tasks:
+                    tasks[name] = [progress.add_task(name, total=examples, rate=""), 0,
+                                   time.perf_counter()]  # fmt: skip
+                task = tasks[name]
+                task[1] += 1
+                dt = time.perf_counter() - task[2]
+                progress.update(
+                    task[0],
+                    completed=min(task[1], examples),
+                    rate=f"{task[1] / dt:.0f}" if dt else "",
                 )
+
+            results = run_properties(
+                release, names, examples=examples, seed=seed, clock=time.perf_counter,
+                on_example=tick,
+            )  # fmt: skip
     else:
-        for name in names:
-            results.append(run_property(properties()[name], release, examples=examples, seed=seed))
+        results = run_properties(
+            release, names, examples=examples, seed=seed, clock=time.perf_counter
+        )
     for res in results:
         if res.failure is not None:
             res.fixture = str(_save_counterexample(out, res, seed, examples))
@@ -436,250 +198,9 @@ def _report(
 
 # -- --real: differential fuzzing against a real source -------------------------------------
 
-#: Invalid kinds a live source in postcopy-active cannot be compared on, and why.
-REAL_EXCLUDED = {
-    "truncated": "a live return path keeps delivering the destination's bytes behind the cut",
-    "recv-bitmap-bad-size": "names a real block: the source first checks it is in "
-    "postcopy-recover ('Reload bitmap in incorrect state'), which the Reader does not model",
-    "recv-bitmap-bad-end-mark": "same: a real block name hits the migration-state check first",
-}
-
-
-@dataclass(frozen=True)
-class _Sample:
-    kind: str
-    data: bytes
-
-
-@dataclass
-class RealCase:
-    """Frames injected in one real migration, and what the model and QEMU made of them."""
-
-    frames: list[tuple[str, bytes]]
-    model: dict[str, Any] = field(default_factory=dict)
-    real: dict[str, Any] = field(default_factory=dict)
-    agree: bool | None = None
-    why: str = ""
-    outdir: str = ""
-
-    @property
-    def blob(self) -> bytes:
-        return b"".join(d for _, d in self.frames)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "frames": [{"kind": k, "hex": d.hex()} for k, d in self.frames],
-            "model": self.model,
-            "real": self.real,
-            "agree": self.agree,
-            "why": self.why,
-        }
-
-
-def model_verdict(
-    release: Release | str,
-    rp: bytes,
-    ram: Mapping[str, int] | None,
-    injected: tuple[int, int] | None = None,
-) -> dict[str, Any]:
-    """The Reader's verdict on a whole return path as the source received it.
-
-    ``rejected`` (with QEMU's text), ``accepted``, or ``stopped``: a SHUT inside the
-    ``injected`` range ended the return path early. What the migration does after that is
-    the migration thread's business, not the reader's (7.2 pauses postcopy with "Detected
-    IO failure", 10.0+ completes), so only texts are compared for it; a non-zero
-    ``sibling_error`` makes QEMU print the catalog's ``shut_error`` text.
-    """
-    cat = catalog(release)
-    r = Reader(release, ram_blocks=ram)
-    if rp:
-        r.receive_data(rp)
-    r.receive_data(b"")
-    frames = 0
-    last: Message | None = None
-    try:
-        for ev in r.events():
-            if isinstance(ev, Message):
-                frames += 1
-                last = ev
-    except RemoteViolation as exc:
-        return {
-            "verdict": "rejected",
-            "error": exc.qemu_error,
-            "offset": exc.offset,
-            "type": exc.message_type,
-            "frames": frames,
-        }
-    out: dict[str, Any] = {
-        "verdict": "accepted", "error": None, "offset": None, "type": None, "frames": frames,
-    }  # fmt: skip
-    if isinstance(last, Shut) and injected and injected[0] <= last.offset < injected[1]:
-        out.update(verdict="stopped", offset=last.offset, type=last.type_id)
-        if last.sibling_error and "shut_error" in cat.errors:
-            out["error"] = cat.format_error("shut_error", last.sibling_error)
-    return out
-
-
-def _text_patterns(release: Release | str) -> list[re.Pattern[str]]:
-    """Every error text of the release's return-path reader, as a regex (C conversions: any)."""
-    spec = re.compile(r"%[-+ 0#]*\d*(?:\.\d+)?(?:hh|h|ll|l|z|j|t|L)?[diouxXsc]")
-    out = []
-    for fmt in catalog(release).errors.values():
-        parts = spec.split(fmt)
-        out.append(re.compile(".*?".join(re.escape(x) for x in parts), re.DOTALL))
-    return out
-
-
-def real_outcome(rec: Any) -> dict[str, Any]:
-    """What the real source did in a lab run: final status, its error texts, verdict."""
-    statuses = rec.status_sequence("src")
-    final = (rec.final_migrate.get("src") or {}).get("status") or (
-        statuses[-1] if statuses else None
-    )
-    texts = []
-    for line in rec.stderr_lines("src"):
-        _, sep, rest = line.partition(": ")
-        texts.append(rest if sep and line.split(":")[0].startswith("qemu-system") else line)
-    desc = rec.error_desc.get("src")
-    if final in ("failed", "postcopy-paused"):
-        verdict = "rejected"
-    elif final == "completed":
-        verdict = "accepted"
-    else:
-        verdict = "undecided"
-    return {
-        "verdict": verdict,
-        "status": final,
-        "statuses": statuses,
-        "error_desc": desc,
-        "stderr": texts,
-        "version": rec.src.get("version_text"),
-    }
-
-
-def _as_seen(text: str | None) -> str | None:
-    """QEMU prints a block name's raw bytes; the lab reads stderr (and QMP) as UTF-8."""
-    if text is None:
-        return None
-    return text.encode("latin-1", errors="replace").decode("utf-8", errors="replace")
-
-
-def _compare(
-    model: Mapping[str, Any], real: Mapping[str, Any], release: Release | str
-) -> tuple[bool | None, str]:
-    texts = [t for t in [real.get("error_desc"), *real.get("stderr", [])] if t]
-    model = {**model, "error": _as_seen(model.get("error"))}
-    if model["verdict"] == "stopped":
-        if model["error"] is not None and model["error"] not in texts:
-            return False, f"SHUT: expected {model['error']!r}, the source said {texts!r}"
-        pats = _text_patterns(release)
-        other = [t for t in texts if t != model["error"] and any(p.fullmatch(t) for p in pats)]
-        if other:
-            return False, f"SHUT ended the return path, yet the source rejected: {other!r}"
-        return True, ""
-    if real["verdict"] == "undecided":
-        return None, f"the real source did not settle (status {real['status']})"
-    if model["verdict"] != real["verdict"]:
-        said = "; ".join(texts) or "nothing"
-        return False, f"model {model['verdict']}, real source {real['verdict']} (said: {said})"
-    if model["verdict"] == "rejected" and model["error"] is not None:
-        if model["error"] not in texts:
-            return False, (
-                f"both reject, but the model's text {model['error']!r} is neither error-desc "
-                f"{real['error_desc']!r} nor a stderr line {real['stderr']!r}"
-            )
-    return True, ""
-
-
-def _real_pools(release: Release, per_kind: int, seed: int) -> dict[str, list[tuple[str, bytes]]]:
-    """Frames per class, drawn with hypothesis (generation only: no real run is shrunk)."""
-    from hypothesis import HealthCheck, Phase, given, settings
-    from hypothesis import seed as hseed
-    from hypothesis import strategies as st
-
-    from migcompat.protocol import strategies as rps
-
-    ram = dict(REAL_RAM)
-    classes: dict[str, Any] = {
-        # RECV_BITMAP naming a real block needs postcopy-recover (see REAL_EXCLUDED).
-        "valid": rps.valid_frames(release, shut=False, ram=ram).filter(
-            lambda s: s.kind != "valid:RECV_BITMAP"
-        ),
-        "shut": st.one_of(st.just(0), st.integers(0, 2**32 - 1)).map(
-            lambda v: _Sample("valid:SHUT", build_frame(release, "SHUT", sibling_error=v))
-        ),
-    }
-    for kind in rps.kinds_for(release):
-        if kind not in REAL_EXCLUDED:
-            classes[kind] = rps.invalid_frames(release, kind, ram=ram)
-    pools: dict[str, list[tuple[str, bytes]]] = {}
-    for name, strategy in classes.items():
-        got: list[tuple[str, bytes]] = []
-        hseed(seed)(
-            settings(
-                max_examples=per_kind * 3,
-                database=None,
-                deadline=None,
-                phases=(Phase.generate,),
-                suppress_health_check=list(HealthCheck),
-            )(given(strategy)(_collector(got, per_kind, None if name == "valid" else name)))
-        )()
-        pools[name] = got
-    return pools
-
-
-def _collector(
-    got: list[tuple[str, bytes]], limit: int, label: str | None
-) -> Callable[[Any], None]:
-    def collect(sample: Any) -> None:
-        if len(got) < limit and all(d != sample.data for _, d in got):
-            got.append((label or sample.kind, sample.data))
-
-    return collect
-
-
-def _plan(pools: dict[str, list[tuple[str, bytes]]], n: int) -> list[RealCase]:
-    """``n`` frames in migrations: each rejected (or SHUT) frame last in its own migration,
-    accepted ones batched ahead of them, classes round-robin so every class is covered."""
-    order = [k for k in pools if k != "valid"]
-    tails: list[tuple[str, bytes]] = []
-    valid = list(pools.get("valid", []))
-    i = 0
-    budget = n
-    while budget > 0 and any(pools[k] for k in order):
-        k = order[i % len(order)]
-        i += 1
-        if pools[k]:
-            tails.append(pools[k].pop(0))
-            budget -= 1
-        if budget > 0 and valid and i % 2 == 0:
-            budget -= 1
-            tails.append(valid.pop(0))
-    cases: list[RealCase] = []
-    pending: list[tuple[str, bytes]] = []
-    for kind, data in tails:
-        if kind.startswith("valid:"):
-            pending.append((kind, data))
-            if len(pending) >= REAL_BATCH:
-                cases.append(RealCase(pending))
-                pending = []
-            continue
-        cases.append(RealCase([*pending, (kind, data)]))
-        pending = []
-    if pending:
-        cases.append(RealCase(pending))
-    return cases
-
-
-async def _one_run(runner: Any, build: Any, sc: Any, outdir: Path) -> Any:
-    """One lab run, cancelled (the lab tears its QEMUs down) if it outlives its own timeout."""
-    return await asyncio.wait_for(
-        runner(build, build, sc, outdir=outdir, timeout=60.0, observe=4.0), REAL_CASE_TIMEOUT
-    )
-
 
 def _print_case(
-    args: argparse.Namespace, c: Any, release: Release, n: int, total: int, case: RealCase
+    args: argparse.Namespace, c: Any, release: Release, n: int, total: int, case: Any
 ) -> None:
     if args.json:
         print_json(
@@ -702,112 +223,36 @@ def _print_case(
 
 
 def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) -> int:
-    try:
-        from migcompat.lab import (
-            LabError,
-            Scenario,
-            find_build,
-            installed_builds,
-            run_scenario_async,
-            save_fixture,
-        )
-    except ImportError as exc:  # pragma: no cover - the lab is part of this package
-        raise InputError(
-            f"--real needs the lab (migcompat.lab), which is not usable: {exc}"
-        ) from None
-    build = find_build(str(release))
-    if build is None:
-        have = ", ".join(b.release for b in installed_builds()) or "none"
-        hint = (
-            f"register a patched build: `migcompat lab provision --qemu {release}=/path/to/"
-            "qemu-system-x86_64`"
-            if release.overlay
-            else f"run `migcompat lab provision {release.line}`"
-        )
-        raise InputError(f"--real: no lab build of QEMU {release} (provisioned: {have}); {hint}")
-    n = args.examples or DEFAULT_REAL_EXAMPLES
-    from migcompat.protocol import strategies as rps
+    from migcompat.lab.fuzz_real import REAL_EXCLUDED, run_real
 
-    kinds = [k for k in rps.kinds_for(release) if k not in REAL_EXCLUDED]
-    per_kind = max(1, -(-n // (len(kinds) + 1))) + 1
-    cases = _plan(_real_pools(release, per_kind, seed), n)
     c = console()
-    if not args.json:
+    total: list[int] = []
+
+    def start(build: str, cases: list[Any]) -> None:
+        total.append(len(cases))
+        if args.json:
+            return
         c.print(
             f"--real: {sum(len(k.frames) for k in cases)} frames in {len(cases)} real migrations "
-            f"from {build.version_text} (seed {seed})",
+            f"from {build} (seed {seed})",
             markup=False,
         )
         for kind, why in REAL_EXCLUDED.items():
             c.print(f"  [dim]not injected: {kind} ({why})[/]")
-    disagreements = inconclusive = 0
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="migcompat-fuzz-") as tmp:
-        for n_case, case in enumerate(cases):
-            outdir = Path(tmp) / f"case{n_case}"
-            sc = Scenario(name=f"fuzz:{case.blob[:8].hex()}", kind="inject", frame=case.blob)
-            rec, lab_error = None, ""
-            for attempt in range(2):  # a lab hiccup (QEMU not starting) is retried once
-                try:
-                    rec = asyncio.run(_one_run(run_scenario_async, build, sc, outdir))
-                    break
-                except LabError as exc:
-                    lab_error = f"{exc}" + (" (after a retry)" if attempt else "")
-                except TimeoutError:
-                    lab_error = f"the lab run hung for {REAL_CASE_TIMEOUT:.0f} s and was cancelled"
-                    break
-            if rec is None:
-                case.agree, case.why = None, f"the lab failed: {lab_error}"
-                case.real = {"verdict": "undecided"}
-                inconclusive += 1
-                _print_case(args, c, release, n_case, len(cases), case)
-                continue
-            rp_path = Path(rec.files.get("rp_bin", outdir / "rp.bin"))
-            rp = rp_path.read_bytes() if rp_path.exists() else b""
-            inj = rec.proxy.get("injections", [])
-            if (
-                not inj
-                or rp[inj[0]["src_offset"] : inj[0]["src_offset"] + len(case.blob)] != case.blob
-            ):
-                case.agree, case.why = None, "the frames were not injected (see record.json)"
-                case.real = {"verdict": "undecided", "step_errors": rec.step_errors}
-            else:
-                at = inj[0]["src_offset"]
-                case.model = model_verdict(release, rp, REAL_RAM, (at, at + len(case.blob)))
-                case.real = real_outcome(rec)
-                case.agree, case.why = _compare(case.model, case.real, release)
-            if case.agree is False:
-                disagreements += 1
-                digest = hashlib.sha256(case.blob).hexdigest()[:10]
-                fdir = out / "real" / f"{release}-{digest}"
-                save_fixture(outdir, fdir)
-                (fdir / "case.json").write_text(
-                    json.dumps({"schema": 1, "release": str(release), "ram": dict(REAL_RAM),
-                                "injected": [at, at + len(case.blob)], **case.to_json()},
-                               indent=2) + "\n"
-                )  # fmt: skip
-                case.outdir = str(fdir)
-            elif case.agree is None:
-                inconclusive += 1
-            _print_case(args, c, release, n_case, len(cases), case)
-    dt = time.perf_counter() - t0
-    frames = sum(len(k.frames) for k in cases)
-    summary = {
-        "source": str(release),
-        "build": build.version_text,
-        "seed": seed,
-        "frames": frames,
-        "migrations": len(cases),
-        "disagreements": disagreements,
-        "inconclusive": inconclusive,
-        "seconds": round(dt, 1),
-        "frames_per_second": round(frames / dt, 3) if dt else 0,
-    }
+
+    def done(n: int, case: Any) -> None:
+        _print_case(args, c, release, n, total[0], case)
+
+    summary = run_real(
+        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done
+    )
+    frames, dt = summary["frames"], summary["seconds"]
+    disagreements, inconclusive = summary["disagreements"], summary["inconclusive"]
     if args.json:
         print_json({"summary": summary})
     else:
         c.print(
-            f"{frames} frames, {len(cases)} migrations, {dt:.0f} s "
+            f"{frames} frames, {summary['migrations']} migrations, {dt:.0f} s "
             f"({frames / dt if dt else 0:.2f} frames/s): {disagreements} disagreement(s), "
             f"{inconclusive} inconclusive",
             markup=False,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.compat import decide_keepalive, tcp_keepalive
+from migcompat.lab import read_tcp_sysctls
 from migcompat.protocol import InputError
+
+from ._io import console, print_json
 
 __all__ = ["register"]
 
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     d = decide_keepalive(args.source, args.destination, args.machine, args.period,
                          args.proposal, tcp=False)
     tcp = tcp_keepalive(d.source, d.destination.line, args.idle, args.interval, args.count,
-                        source_at_least=d.source_bound)
+                        source_at_least=d.source_bound, sysctls=read_tcp_sysctls())
     if args.json:
         out = d.to_json()
         out["tcp_keepalive"] = tcp.to_json()

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from migcompat.lab import (
     DEFAULT_SUITES,
@@ -16,6 +17,8 @@ from migcompat.lab import (
     register_user_build,
     suite_for,
 )
+
+from ._io import sysctl_overrides
 
 __all__ = ["register"]
 
@@ -216,11 +219,10 @@ def _run(args: argparse.Namespace) -> int:
             raise LabError(
                 f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
             )
+    assert src is not None and dst is not None
     scenario = args.scenario
     if scenario.startswith("partition-"):
-        from migcompat._cmd_partition import lab_run
-
-        return lab_run(args, src, dst)
+        return _run_partition(args, src, dst)
     record = run_scenario(
         src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,
@@ -233,4 +235,20 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(record.to_json(), indent=2))
     else:
         print_record(record)
+    return 0
+
+
+def _run_partition(args: argparse.Namespace, src: Any, dst: Any) -> int:
+    """``migcompat lab run --scenario partition-…``: run it, print the summary or JSON."""
+    from migcompat.lab.partition import print_partition, run_partition
+
+    rec = run_partition(
+        src, dst, args.scenario, strategy=args.keepalive, window=args.window,
+        machine=args.machine, outdir=args.out, progress=not args.json,
+        sysctls=sysctl_overrides(getattr(args, "sysctl", None)),
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(rec.to_json(), indent=2))
+    else:
+        print_partition(rec)
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import console, print_json
 from migcompat.compat import (
     EffectiveProperty,
     compat_table,
@@ -13,6 +12,8 @@ from migcompat.compat import (
     effective_properties,
 )
 from migcompat.protocol import Release
+
+from ._io import console, print_json
 
 __all__ = ["register"]
 

@@ -7,9 +7,27 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
+from migcompat.compat import (
+    DEFAULT_RELEASES,
+    Prediction,
+    known_scenarios,
+    predict_cells,
+    predict_matrix,
+)
+from migcompat.lab import build_versions, observations_json, record_observations, run_cells
 from migcompat.protocol import InputError, Release
+
+from ._matrix_report import (
+    gitlab_ci,
+    predictions_markdown,
+    print_predictions,
+    results_json,
+    results_junit,
+    results_markdown,
+    run_progress,
+    summary_line,
+)
 
 __all__ = ["register"]
 
@@ -39,21 +57,27 @@ def _csv(text: str) -> list[str]:
 
 
 def _selection(p: argparse.ArgumentParser) -> None:
-    from migcompat.compat._matrix import DEFAULT_RELEASES
-
     p.add_argument(
-        "--releases", type=_csv, default=list(DEFAULT_RELEASES), metavar="R,R,…",
+        "--releases",
+        type=_csv,
+        default=list(DEFAULT_RELEASES),
+        metavar="R,R,…",
         help=f"release lines (all ordered pairs, incl. same-version; default "
         f"{','.join(DEFAULT_RELEASES)})",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--scenarios", type=_csv, default=None, metavar="S,S,…",
+        "--scenarios",
+        type=_csv,
+        default=None,
+        metavar="S,S,…",
         help="scenarios (default: the core ones); 'all' for every named one",
-    )  # fmt: skip
+    )
     p.add_argument(
-        "--machines", default="newest", metavar="newest|all|M,M",
+        "--machines",
+        default="newest",
+        metavar="newest|all|M,M",
         help="machine types per pair: the newest both register (default), all, or a list",
-    )  # fmt: skip
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -80,11 +104,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("run", help="run cells on the lab and compare with the prediction")
     _selection(p)
-    p.add_argument("--cell", action="append", default=[], metavar="ID",
-                   help="run only this cell (SRC->DST/MACHINE/SCENARIO); repeatable")  # fmt: skip
+    p.add_argument(
+        "--cell",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="run only this cell (SRC->DST/MACHINE/SCENARIO); repeatable",
+    )
     p.add_argument("--jobs", type=int, default=1, help="cells at a time (default 1; 2 cores: ≤ 2)")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
-                   help="run directories (default ./matrix-runs/<time>)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="run directories (default ./matrix-runs/<time>)",
+    )
     p.add_argument("--keep", action="store_true", help="keep captures of passing cells too")
     p.add_argument("--json", metavar="FILE", help="write the JSON report ('-' = stdout)")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown report ('-' = stdout)")
@@ -95,8 +129,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="merge what each cell showed into FILE (compat/data/matrix-observed.json)",
     )
     p.add_argument("--timeout", type=float, default=60.0, help="per-cell outcome timeout (s)")
-    p.add_argument("--observe", type=float, default=5.0,
-                   help="seconds to watch after the source settles")  # fmt: skip
+    p.add_argument(
+        "--observe", type=float, default=5.0, help="seconds to watch after the source settles"
+    )
     p.add_argument("--dry-run", action="store_true", help="list the cells that would run")
     p.add_argument(
         "--retries",
@@ -127,61 +162,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.set_defaults(func=lambda args: (m.print_help(sys.stderr), 2)[1])
 
 
-def _scenarios(args: argparse.Namespace) -> list[str] | None:
-    from migcompat.compat._matrix import known_scenarios
-
-    if args.scenarios == ["all"]:
-        return list(known_scenarios())
-    return args.scenarios
-
-
-def _predictions(args: argparse.Namespace) -> list[Any]:
-    from migcompat.compat._matrix import common_machines, parse_cell_id, predict, predict_matrix
-
-    cells = getattr(args, "cell", None)
-    if cells:
-        out = []
-        for text in cells:
-            cell = parse_cell_id(text)
-            if cell.machine not in common_machines(cell.source, cell.destination,
-                                                   cell.machine.rsplit("-", 1)[0]):  # fmt: skip
-                raise InputError(
-                    f"{cell.machine} is not registered by both {cell.source} and {cell.destination}"
-                )
-            out.append(predict(cell))
-        return out
-    return predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+def _predictions(args: argparse.Namespace) -> list[Prediction]:
+    if getattr(args, "cell", None):
+        return predict_cells(args.cell)
+    scenarios = list(known_scenarios()) if args.scenarios == ["all"] else args.scenarios
+    return predict_matrix(args.releases, scenarios, machines=args.machines)
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from migcompat.compat._matrix import predictions_markdown
-
     preds = _predictions(args)
     if args.json:
         print(json.dumps([p.to_json() for p in preds], indent=2))
-        return 0
-    if args.markdown:
+    elif args.markdown:
         sys.stdout.write(predictions_markdown(preds))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"predicted matrix ({len(preds)} cells)")
-    for col in ("cell", "source", "source error (exact)", "destination", "runstates s/d",
-                "split brain"):  # fmt: skip
-        t.add_column(col, overflow="fold")
-    for p in preds:
-        if p.unpredicted:
-            t.add_row(p.cell.id, "[dim]not predicted[/]", p.unpredicted, "", "", "")
-            continue
-        sb = {"always": "[bold red]SPLIT-BRAIN[/]", "possible": "[red]possible[/]"}.get(
-            p.split_brain, "no"
-        )
-        t.add_row(
-            p.cell.id, p.src_status or "", p.src_error or "—", " | ".join(sorted(p.dst_statuses)),
-            f"{'/'.join(sorted(p.src_runstates))} ; {'/'.join(sorted(p.dst_runstates))}", sb,
-        )  # fmt: skip
-    Console().print(t)
+    else:
+        print_predictions(preds)
     return 0
 
 
@@ -195,22 +190,10 @@ def _write(target: str, text: str) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from migcompat.compat._matrix import (
-        build_versions,
-        observations_json,
-        results_json,
-        results_junit,
-        results_markdown,
-        results_summary,
-        run_cells,
-    )
 
     if not 1 <= args.jobs <= 8:
         raise InputError("--jobs must be between 1 and 8 (2 is sensible on 2 cores)")
     preds = _predictions(args)
-    err = Console(stderr=True)
     if args.dry_run:
         for p in preds:
             print(p.cell.id + (f"  (skipped: {p.unpredicted})" if p.unpredicted else ""))
@@ -218,58 +201,40 @@ def _run(args: argparse.Namespace) -> int:
     out = args.out or Path("matrix-runs") / time.strftime("%Y%m%d-%H%M%S")
     rels = sorted({r for p in preds for r in (p.cell.source, p.cell.destination)}, key=Release)
     versions = build_versions(rels)
-    running: set[str] = set()
-    with Progress(
-        TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=err, transient=False,
-    ) as bar:  # fmt: skip
-        task = bar.add_task("", total=len(preds))
-
-        def started(p: Any) -> None:
-            running.add(p.cell.id)
-            bar.update(task, description=", ".join(sorted(running)))
-
-        def done(r: Any) -> None:
-            running.discard(r.prediction.cell.id)
-            colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
-            sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
-            bar.console.print(f"[{colour}]{r.outcome:8}[/] {r.prediction.cell.id}{sb}"
-                              + (f" — {'; '.join(r.reasons)}" if r.reasons else ""),
-                              highlight=False, markup=True)  # fmt: skip
-            bar.update(task, advance=1, description=", ".join(sorted(running)))
-
-        results = run_cells(preds, out, jobs=args.jobs, timeout=args.timeout,
-                            observe=args.observe, keep=args.keep,
-                            run_unpredicted=args.run_unpredicted, retries=args.retries,
-                            on_start=started,
-                            on_done=done)  # fmt: skip
-    s = results_summary(results)
-    title = "Cross-version matrix: " + ", ".join(rels)
+    with run_progress(len(preds)) as (started, done):
+        results = run_cells(
+            preds,
+            out,
+            jobs=args.jobs,
+            timeout=args.timeout,
+            observe=args.observe,
+            keep=args.keep,
+            run_unpredicted=args.run_unpredicted,
+            retries=args.retries,
+            on_start=started,
+            on_done=done,
+        )
     if args.json:
         _write(args.json, results_json(results, versions))
     if args.markdown:
+        title = "Cross-version matrix: " + ", ".join(rels)
         command = "migcompat " + " ".join(sys.argv[1:])
-        _write(args.markdown, results_markdown(results, versions=versions, title=title,
-                                               command=command))  # fmt: skip
+        _write(
+            args.markdown,
+            results_markdown(results, versions=versions, title=title, command=command),
+        )
     if args.junit:
         _write(args.junit, results_junit(results))
-    if args.record_observations:
-        path = Path(args.record_observations)
-        previous = json.loads(path.read_text()) if path.exists() else None
-        _write(args.record_observations, observations_json(results, previous))
-    err.print(
-        f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
-        f"{s['error']} error, {s['observed']} observed without prediction[/] of {s['total']}; "
-        f"split brain observed in {s['split_brain']}; "
-        f"runs under {out}"
-    )
-    return 1 if s["mismatch"] or s["error"] else 0
+    if args.record_observations == "-":
+        sys.stdout.write(observations_json(results))
+    elif args.record_observations:
+        record_observations(results, Path(args.record_observations))
+    Console(stderr=True).print(summary_line(results, out))
+    return 1 if any(r.outcome in ("mismatch", "error") for r in results) else 0
 
 
 def _emit(args: argparse.Namespace) -> int:
-    from migcompat.compat._matrix import gitlab_ci, predict_matrix
-
-    preds = predict_matrix(args.releases, _scenarios(args), machines=args.machines)
+    preds = _predictions(args)
     cells = [p.cell for p in preds if not p.unpredicted]
     sys.stdout.write(
         gitlab_ci(

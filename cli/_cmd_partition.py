@@ -1,20 +1,16 @@
-"""``migcompat partition``: when does each side notice a silent partition during postcopy.
-
-Also the ``lab run --scenario partition-*`` entry (:func:`lab_run`), so that the lab's command
-module only needs a two-line hook.
-"""
+"""``migcompat partition``: when does each side notice a silent partition during postcopy."""
 
 from __future__ import annotations
 
 import argparse
-import json
-from dataclasses import replace
 from typing import Any
 
-from migcompat._io import console, print_json
-from migcompat.compat import StrategyError, TcpSettings, predict_partition
+from migcompat.compat import LINUX_TCP_DEFAULTS, StrategyError, TcpSettings, predict_partition
+from migcompat.lab import read_tcp_sysctls
 
-__all__ = ["lab_run", "register"]
+from ._io import console, print_json
+
+__all__ = ["register"]
 
 
 def __dir__() -> list[str]:
@@ -78,28 +74,21 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-#: ``--sysctl`` keys (``/proc/sys/net/ipv4`` names) and the TcpSettings field each sets.
-_SYSCTLS = {
-    "tcp_keepalive_time": "keepalive_time",
-    "tcp_keepalive_intvl": "keepalive_intvl",
-    "tcp_keepalive_probes": "keepalive_probes",
-    "tcp_retries2": "retries2",
-}
-
-
 def _settings(items: list[str]) -> TcpSettings:
     """This kernel's settings with the user's ``KEY=VALUE`` overrides."""
-    st = TcpSettings.from_proc()
+    values = read_tcp_sysctls()
     for item in items:
         key, sep, val = item.partition("=")
-        if not sep or key.strip() not in _SYSCTLS:
-            raise StrategyError(f"--sysctl {item!r}: expected KEY=VALUE with KEY one of "
-                                + ", ".join(_SYSCTLS))  # fmt: skip
+        if not sep or key.strip() not in LINUX_TCP_DEFAULTS:
+            raise StrategyError(
+                f"--sysctl {item!r}: expected KEY=VALUE with KEY one of "
+                + ", ".join(LINUX_TCP_DEFAULTS)
+            )
         try:
-            st = replace(st, **{_SYSCTLS[key.strip()]: int(val)})
+            values[key.strip()] = int(val)
         except ValueError:
             raise StrategyError(f"--sysctl {item!r}: not an integer") from None
-    return st
+    return TcpSettings.from_sysctls(values)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,29 +113,4 @@ def run(args: argparse.Namespace) -> int:
         con.print(f"{side.role} {side.release}: postcopy-paused {when} ({side.mechanism})")
         for f in side.facts:
             con.print(f"  - {f.text}" + (f"  [dim]({f.source})[/]" if f.source else ""))
-    return 0
-
-
-def lab_run(args: argparse.Namespace, src: Any, dst: Any) -> int:
-    """``migcompat lab run --scenario partition-…``: run it, print the summary or JSON."""
-    from migcompat.lab.partition import print_partition, run_partition
-
-    overrides: dict[str, int] = {}
-    for item in getattr(args, "sysctl", None) or []:
-        key, sep, val = item.partition("=")
-        if not sep or key.strip() not in _SYSCTLS or not val.strip().isdigit():
-            raise StrategyError(
-                f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
-                + ", ".join(_SYSCTLS)
-                + ", VALUE a non-negative integer"
-            )
-        overrides[key.strip()] = int(val)
-    rec = run_partition(
-        src, dst, args.scenario, strategy=args.keepalive, window=args.window,
-        machine=args.machine, outdir=args.out, progress=not args.json, sysctls=overrides,
-    )  # fmt: skip
-    if args.json:
-        print(json.dumps(rec.to_json(), indent=2))
-    else:
-        print_partition(rec)
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat._io import print_json
 from migcompat.protocol import catalog, parse_release, resolve_line
+
+from ._io import print_json
 
 __all__ = ["register"]
 

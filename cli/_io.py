@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from migcompat.compat import LINUX_TCP_DEFAULTS, StrategyError
 from migcompat.protocol import ENGINES, InputError, Release, parse_release
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "open_check",
     "parse_releases",
     "print_json",
+    "sysctl_overrides",
 ]
 
 CHUNK = 1 << 20
@@ -112,3 +114,19 @@ def add_engine_argument(p: argparse.ArgumentParser) -> None:
         "construct (the declarative grammar, the reference; stricter on one RECV_BITMAP "
         "case QEMU accepts, see docs/performance.md)",
     )
+
+
+def sysctl_overrides(items: list[str] | None) -> dict[str, int]:
+    """``--sysctl KEY=VALUE`` items of ``lab run`` as ``{KEY: VALUE}`` (non-negative integers;
+    KEY a ``/proc/sys/net/ipv4`` name of :data:`~migcompat.compat.LINUX_TCP_DEFAULTS`)."""
+    overrides: dict[str, int] = {}
+    for item in items or []:
+        key, sep, val = item.partition("=")
+        if not sep or key.strip() not in LINUX_TCP_DEFAULTS or not val.strip().isdigit():
+            raise StrategyError(
+                f"--sysctl {item!r}: expected KEY=VALUE, KEY one of "
+                + ", ".join(LINUX_TCP_DEFAULTS)
+                + ", VALUE a non-negative integer"
+            )
+        overrides[key.strip()] = int(val)
+    return overrides

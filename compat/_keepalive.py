@@ -24,17 +24,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from migcompat.protocol import Release, catalog, known_releases, overlays, resolve_line
-from migcompat.protocol._errors import InputError, InvalidRelease
+from migcompat.protocol import (
+    InputError,
+    InvalidRelease,
+    Release,
+    catalog,
+    known_releases,
+    overlays,
+    resolve_line,
+)
 
 from ._behaviour import Observation, observations, observed_rejection
 from ._properties import overlay_compat_entries
 from ._tables import CompatTable, MachineType, UnknownMachine, compat_releases, compat_table
 
 __all__ = [
+    "LINUX_TCP_DEFAULTS",
     "Fact",
     "KeepaliveDecision",
     "PeriodRefused",
@@ -67,20 +74,14 @@ class Fact:
 # Section: TCP keep-alive (what landed instead)
 # ---------------------------------------------------------------------------------------
 
-#: Linux's built-in defaults (net/ipv4 sysctls) when /proc cannot be read; used only for a
-#: side that enables keep-alive without the idle/interval/count knobs.
-LINUX_KEEPALIVE_DEFAULTS = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75,
-                            "tcp_keepalive_probes": 9}
-
-
-def _host_sysctls() -> dict[str, int]:
-    out = dict(LINUX_KEEPALIVE_DEFAULTS)
-    for key in out:
-        try:
-            out[key] = int(Path(f"/proc/sys/net/ipv4/{key}").read_text().strip())
-        except (OSError, ValueError):
-            pass
-    return out
+#: Linux's built-in ``net.ipv4`` TCP sysctls (also what a new network namespace starts
+#: with): what a prediction assumes for every key the caller does not pass.
+LINUX_TCP_DEFAULTS = {
+    "tcp_keepalive_time": 7200,
+    "tcp_keepalive_intvl": 75,
+    "tcp_keepalive_probes": 9,
+    "tcp_retries2": 15,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,11 +138,15 @@ def _release_evidence(rel: Release, tables: Mapping[str, CompatTable]) -> Mappin
 def tcp_keepalive(source: Release | str | None, destination: Release | str,
                   idle: int = 5, interval: int = 2, count: int = 3,
                   host: str = "DEST_HOST", port: int = 4444,
-                  source_at_least: Release | None = None) -> TcpKeepaliveAdvice:
+                  source_at_least: Release | None = None,
+                  sysctls: Mapping[str, int] | None = None) -> TcpKeepaliveAdvice:
     """Which side of a pair can enable TCP keep-alive on the migration socket, and how.
 
     Facts come from ``qapi/sockets.json`` (``since`` notes, including "not supported for
     listening sockets until 10.1") and ``util/qemu-sockets.c`` of the extracted trees.
+
+    :param sysctls: the host's ``tcp_keepalive_*`` sysctls (:data:`LINUX_TCP_DEFAULTS` for
+        missing keys); they bound detection on a side that lacks the idle/interval/count knobs.
     """
     for v, n in ((idle, "idle"), (interval, "interval"), (count, "count")):
         if not isinstance(v, int) or v < 0 or v > 0xFFFFFFFF:
@@ -153,7 +158,7 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
     ka_since = Release(ka["since"]) if ka.get("since") else None
     listen_since = Release(ka["listening_since"]) if ka.get("listening_since") else None
     qapi = f"qapi/sockets.json:{ka.get('doc_line')} ({ka.get('tree')})"
-    sysctl = _host_sysctls()
+    sysctl = {**LINUX_TCP_DEFAULTS, **(sysctls or {})}
     opts = f"keep-alive-idle={idle},keep-alive-interval={interval},keep-alive-count={count}"
     newest_ch = compat_table().socket_keepalive.get("channels", {})
     ch_since = Release(newest_ch["since"]) if newest_ch.get("since") else None
@@ -355,16 +360,17 @@ def _resolve_machine(name: str, dest: Release, facts: list[Fact]) -> MachineType
     if mt.family not in newest.by_family:
         raise UnknownMachine(f"no machine family {mt.family!r} in any extracted tree "
                              f"(families: {', '.join(sorted(newest.by_family))})")
+    lifecycle = newest.lifecycle or {}  # set whenever state is
     if state == "deleted":
         raise UnknownMachine(
             f"{mt} is not registered by {line}: predicted by the versioned-machine lifecycle "
-            f"of {newest.qemu_version} ({newest.lifecycle['file']}:{newest.lifecycle['line']}: "
-            f"deleted after {newest.lifecycle['deletion_major']} years)")
+            f"of {newest.qemu_version} ({lifecycle['file']}:{lifecycle['line']}: "
+            f"deleted after {lifecycle['deletion_major']} years)")
     if state is not None:
         facts.append(Fact(
             f"{mt} in {line}: {state}, predicted by the versioned-machine lifecycle of "
             f"{newest.qemu_version} (no extracted tree of {line})",
-            f"{newest.lifecycle['file']}:{newest.lifecycle['line']}"))
+            f"{lifecycle['file']}:{lifecycle['line']}"))
     else:
         facts.append(Fact(f"registration of {mt} in {line} not checked: no extracted tree of "
                           f"{line} (have {', '.join(map(str, compat_releases()))})"))
@@ -379,6 +385,7 @@ def decide_keepalive(
     proposal: str | None = None,
     *,
     tcp: bool = True,
+    sysctls: Mapping[str, int] | None = None,
 ) -> KeepaliveDecision:
     """Decide whether the destination would send KEEPALIVE and whether the source takes it.
 
@@ -387,6 +394,7 @@ def decide_keepalive(
         ``proposal`` applies the keepalive proposal to it.
     :param machine: machine type or alias, as given to ``-machine``.
     :param period: an explicit ``postcopy-rp-keepalive-period`` (ms), if set.
+    :param sysctls: the host's TCP sysctls, for the TCP keep-alive advice (``tcp``).
     :raises InputError: bad release, machine type or period (the CLI exits 2).
     """
     facts: list[Fact] = []
@@ -534,7 +542,9 @@ def decide_keepalive(
                 missing.append(f"{ln}: not yet observed (no lab run injected type {ka_type} "
                                f"into a {ln} source)")
         observed = tuple(obs)
-    advice = tcp_keepalive(src, dest.line, source_at_least=bound) if tcp else None
+    advice = (
+        tcp_keepalive(src, dest.line, source_at_least=bound, sysctls=sysctls) if tcp else None
+    )
     return KeepaliveDecision(
         source=src, source_bound=bound, destination=dest, machine=mt.name,
         requested_machine=machine, proposal=ovl_name, parameter=pname, period=eff,

@@ -21,25 +21,25 @@ from __future__ import annotations
 import json
 import re
 import struct
-import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 from migcompat.protocol import (
+    InputError,
     InvalidRelease,
     RamBlock,
     Reader,
     Release,
     RemoteViolation,
     catalog,
+    known_releases,
+    parse_scenario,
 )
-from migcompat.protocol._errors import InputError
 
-from ._tables import UnknownMachine, compat_releases, compat_table
+from ._tables import MachineType, UnknownMachine, compat_releases, compat_table
 
 __all__ = [
     "DEFAULT_FAMILY",
@@ -47,29 +47,21 @@ __all__ = [
     "Cell",
     "CellResult",
     "Prediction",
-    "build_versions",
     "capabilities",
-    "cell_slug",
     "common_machines",
     "compare",
     "core_scenarios",
-    "gitlab_ci",
     "known_scenarios",
     "machines_for",
     "matrix_cells",
-    "observations_json",
-    "observed_summary",
+    "matrix_model",
+    "observed_runs_per_rule",
     "parse_cell_id",
     "predict",
+    "predict_cells",
     "predict_matrix",
-    "predictions_markdown",
     "recorded_observations",
-    "results_json",
-    "results_junit",
-    "results_markdown",
     "results_summary",
-    "run_cell",
-    "run_cells",
 ]
 
 
@@ -82,8 +74,6 @@ DEFAULT_RELEASES: tuple[str, ...] = ("7.2", "10.0", "11.1")
 #: Machine family of the matrix (the lab's guest is x86 q35).
 DEFAULT_FAMILY = "pc-q35"
 
-_QEMU_PREFIX = re.compile(r"^qemu-system-[\w-]+: ")
-
 
 @cache
 def _model() -> Mapping[str, Any]:
@@ -92,6 +82,11 @@ def _model() -> Mapping[str, Any]:
     if data.get("schema") != 1:
         raise InputError(f"compat/data/matrix.json: schema {data.get('schema')!r} is not 1")
     return data
+
+
+def matrix_model() -> Mapping[str, Any]:
+    """``compat/data/matrix.json``: scenarios, semantic rules and outcome rules (read-only)."""
+    return _model()
 
 
 def _scenario_table() -> dict[str, Mapping[str, Any]]:
@@ -139,28 +134,21 @@ def machines_for(release: str, family: str = DEFAULT_FAMILY) -> tuple[tuple[str,
     names = [m.name for m in base.registered(family)]
     if tables[-1].line == rel:
         return tuple(names), f"compat table {base.filename}"
-    kept = [
-        n for n in names
-        if base.lifecycle_state(Release(n.rsplit("-", 1)[1]), rel) != "deleted"
-    ]  # fmt: skip
-    from migcompat.protocol import known_releases
-
+    kept = [n for n in names if base.lifecycle_state(MachineType(n).version, rel) != "deleted"]
     newer = [r for r in known_releases() if tables[-1].line < r <= rel]
     kept += [f"{family}-{r}" for r in newer if f"{family}-{r}" not in kept]
-    why = (f"inferred: no compat table for {rel}; {base.filename} minus lifecycle deletions "
-           f"plus {', '.join(str(r) for r in newer)}")  # fmt: skip
+    why = (
+        f"inferred: no compat table for {rel}; {base.filename} minus lifecycle deletions "
+        f"plus {', '.join(str(r) for r in newer)}"
+    )
     return tuple(kept), why
-
-
-def _version_key(machine: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in machine.rsplit("-", 1)[1].split("."))
 
 
 def common_machines(src: str, dst: str, family: str = DEFAULT_FAMILY) -> tuple[str, ...]:
     """Machine types both releases register, oldest first."""
     a, _ = machines_for(src, family)
     b, _ = machines_for(dst, family)
-    return tuple(sorted(set(a) & set(b), key=_version_key))
+    return tuple(sorted(set(a) & set(b), key=lambda n: MachineType(n).version))
 
 
 # -- cells and predictions ---------------------------------------------------------
@@ -366,8 +354,6 @@ def _scenario_event(lab: str) -> tuple[str, str | None]:
 
 def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
     """The prediction of one cell (never raises for a well-formed cell: unknowns say why)."""
-    from migcompat.lab import parse_scenario
-
     src = Release(cell.source)
     lab = cell.lab_scenario
     kind, phase = _scenario_event(lab)
@@ -389,19 +375,39 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
         event = kind
     rule = _outcome_rule(event, phase, src)
     base: dict[str, Any] = {
-        "cell": cell, "event": event, "phase": phase, "verdict": verdict, "src_error": error,
-        "machine_basis": machine_basis, "notes": tuple(notes),
-    }  # fmt: skip
-    if rule is None or "unobserved" in (rule or {}) or unmodelled:
-        reason = unmodelled or (rule or {}).get("unobserved") or (
-            f"no observed outcome rule for event {event!r} at {phase or 'any phase'} "
-            f"on a {src.line} source")  # fmt: skip
+        "cell": cell,
+        "event": event,
+        "phase": phase,
+        "verdict": verdict,
+        "src_error": error,
+        "machine_basis": machine_basis,
+        "notes": tuple(notes),
+    }
+    if rule is None or "unobserved" in rule or unmodelled:
+        known = rule or {}
+        reason = (
+            unmodelled
+            or known.get("unobserved")
+            or (
+                f"no observed outcome rule for event {event!r} at {phase or 'any phase'} "
+                f"on a {src.line} source"
+            )
+        )
+        empty: frozenset[str] = frozenset()
         return Prediction(
-            **base, src_status=None, error_channel=None, src_error_desc=None, src_stderr=(),
-            dst_statuses=frozenset(), src_runstates=frozenset(), dst_runstates=frozenset(),
-            rule=(rule or {}).get("id", "none"), evidence=tuple((rule or {}).get("evidence", ())),
-            basis=(rule or {}).get("basis", ""), unpredicted=reason,
-        )  # fmt: skip
+            **base,
+            src_status=None,
+            error_channel=None,
+            src_error_desc=None,
+            src_stderr=(),
+            dst_statuses=empty,
+            src_runstates=empty,
+            dst_runstates=empty,
+            rule=known.get("id", "none"),
+            evidence=tuple(known.get("evidence", ())),
+            basis=known.get("basis", ""),
+            unpredicted=reason,
+        )
     channel = rule.get("error_channel") if error else None
     if error and channel == "error-desc":
         desc: str | None = error
@@ -471,6 +477,23 @@ def predict_matrix(
     ]
 
 
+def predict_cells(cell_ids: Iterable[str]) -> list[Prediction]:
+    """Predictions of cells named by id (``SRC->DST/MACHINE/SCENARIO``).
+
+    :raises InputError: a malformed id, or a machine type one of the two releases lacks.
+    """
+    out = []
+    for text in cell_ids:
+        cell = parse_cell_id(text)
+        family = cell.machine.rsplit("-", 1)[0]
+        if cell.machine not in common_machines(cell.source, cell.destination, family):
+            raise InputError(
+                f"{cell.machine} is not registered by both {cell.source} and {cell.destination}"
+            )
+        out.append(predict(cell))
+    return out
+
+
 # -- comparing with a lab record ------------------------------------------------------
 
 
@@ -501,32 +524,6 @@ class CellResult:
         }
 
 
-def _strip(line: str) -> str:
-    return _QEMU_PREFIX.sub("", line)
-
-
-def observed_summary(rec: Any) -> dict[str, Any]:
-    """The facts of a lab ``RunRecord`` the matrix compares (final status, runstates…)."""
-    out: dict[str, Any] = {}
-    for side in ("src", "dst"):
-        seq = rec.status_sequence(side)
-        final = rec.final_migrate.get(side, {}).get("status") or (seq[-1] if seq else None)
-        out[f"{side}_statuses"] = seq
-        out[f"{side}_status"] = final
-        rs = rec.runstates.get(side) or {}
-        # No answer to query-status at the end: QMP was blocked (the lab then kills it).
-        out[f"{side}_runstate"] = rs.get("status") or "unresponsive"
-        out[f"{side}_running"] = rs.get("running")
-        out[f"{side}_error_desc"] = rec.error_desc.get(side)
-        out[f"{side}_stderr"] = [_strip(x) for x in rec.stderr_lines(side)]
-    out["split_brain"] = bool(rec.split_brain)
-    out["versions"] = {"src": rec.src.get("version_text"), "dst": rec.dst.get("version_text")}
-    out["machine"] = rec.machine
-    out["timed_out"] = rec.timed_out
-    out["step_errors"] = [e.get("qemu_error") or e.get("error") for e in rec.step_errors]
-    return out
-
-
 def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
     """Every way ``obs`` (from :func:`observed_summary`) differs from ``pred`` (empty: pass)."""
     why: list[str] = []
@@ -535,8 +532,9 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
     if obs.get("src_status") != pred.src_status:
         why.append(f"source status {obs.get('src_status')!r}, predicted {pred.src_status!r}")
     if obs.get("dst_status") not in pred.dst_statuses:
-        why.append(f"destination status {obs.get('dst_status')!r} not in "
-                   f"{sorted(pred.dst_statuses)}")  # fmt: skip
+        why.append(
+            f"destination status {obs.get('dst_status')!r} not in {sorted(pred.dst_statuses)}"
+        )
     desc = obs.get("src_error_desc") or None
     if desc != pred.src_error_desc and desc not in pred.error_desc_alternatives:
         why.append(f"source error-desc {desc!r}, predicted {pred.src_error_desc!r}")
@@ -554,414 +552,18 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
     return why
 
 
-# -- reports ---------------------------------------------------------------------
+# -- results ---------------------------------------------------------------------
+
+_OUTCOMES = ("pass", "mismatch", "skipped", "error", "observed")
 
 
 def results_summary(results: Sequence[CellResult]) -> dict[str, int]:
     """Counts per outcome plus observed split-brain cells."""
-    out = {"total": len(results), "pass": 0, "mismatch": 0, "skipped": 0, "error": 0,
-           "observed": 0}  # fmt: skip
+    out = {"total": len(results), **dict.fromkeys(_OUTCOMES, 0)}
     for r in results:
         out[r.outcome] = out.get(r.outcome, 0) + 1
     out["split_brain"] = sum(1 for r in results if r.observed.get("split_brain"))
     return out
-
-
-def _md(text: object) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _sb(pred: Prediction, observed: Mapping[str, Any] | None = None) -> str:
-    if observed and observed.get("split_brain"):
-        return "**SPLIT-BRAIN**"
-    return {"always": "**SPLIT-BRAIN**", "possible": "**SPLIT-BRAIN possible**"}.get(
-        pred.split_brain, "no"
-    )
-
-
-def predictions_markdown(preds: Sequence[Prediction]) -> str:
-    """A Markdown table of predictions."""
-    rows = [
-        "| cell | source status | source error (exact) | destination status | runstates src / dst "
-        "| split brain | rule |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for p in preds:
-        if p.unpredicted:
-            rows.append(
-                f"| `{p.cell.id}` | — | — | — | — | — | not predicted: {_md(p.unpredicted)} |"
-            )
-            continue
-        err = f"`{_md(p.src_error)}` ({p.error_channel})" if p.src_error else "—"
-        rows.append(
-            f"| `{p.cell.id}` | {p.src_status} | {err} | {' / '.join(sorted(p.dst_statuses))} "
-            f"| {'/'.join(sorted(p.src_runstates))} / {'/'.join(sorted(p.dst_runstates))} "
-            f"| {_sb(p)} | {p.rule} |"
-        )
-    return "\n".join(rows) + "\n"
-
-
-def results_markdown(
-    results: Sequence[CellResult],
-    *,
-    versions: Mapping[str, str] | None = None,
-    title: str = "",
-    command: str = "",
-) -> str:
-    """The Markdown report of a run (summary, binary versions, one row per cell)."""
-    s = results_summary(results)
-    lines = [f"# {title or 'Cross-version matrix'}", ""]
-    if command:
-        lines += [f"Command: `{command}`", ""]
-    lines.append(
-        f"**{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
-        f"{s['error']} error** of {s['total']} cells; split brain observed in "
-        f"{s['split_brain']} cells."
-        + (f" {s['observed']} cells had no prediction and were only observed." if s["observed"]
-           else "")
-    )  # fmt: skip
-    lines.append("")
-    if versions:
-        lines += ["| release | `--version` |", "|---|---|"]
-        lines += [
-            f"| {k} | `{_md(v)}` |"
-            for k, v in sorted(versions.items(), key=lambda kv: Release(kv[0]))
-        ]
-        lines.append("")
-    lines += [
-        "| cell | result | source status (pred → seen) | source error | destination (allowed → "
-        "seen) | runstates src / dst | split brain | why |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        p, o = r.prediction, r.observed
-        err = f"`{_md(p.src_error)}`" if p.src_error else "—"
-        if r.outcome == "observed" and o.get("src_error_desc"):
-            err = f"seen: `{_md(o['src_error_desc'])}`"
-        if r.outcome == "skipped":
-            lines.append(f"| `{p.cell.id}` | skipped | | | | | | {_md('; '.join(r.reasons))} |")
-            continue
-        lines.append(
-            f"| `{p.cell.id}` | {r.outcome} | {p.src_status} → {o.get('src_status')} | {err} "
-            f"| {'/'.join(sorted(p.dst_statuses))} → {o.get('dst_status')} "
-            f"| {o.get('src_runstate')} / {o.get('dst_runstate')} | {_sb(p, o)} "
-            f"| {_md('; '.join(r.reasons)) or p.rule} |"
-        )
-    lines += ["", *model_legend()]
-    return "\n".join(lines) + "\n"
-
-
-def model_legend() -> list[str]:
-    """Markdown lines: the scenarios and the outcome rules with the evidence they rest on."""
-    out = ["## Scenarios", "", "| scenario | lab spec | what |", "|---|---|---|"]
-    for sc in _model()["scenarios"]:
-        out.append(f"| `{sc['name']}` | `{sc['lab']}` | {_md(sc['doc'])} |")
-    out += ["", "## Outcome rules (compat/data/matrix.json)", ""]
-    out += ["| rule | sources | phase | basis | evidence |", "|---|---|---|---|---|"]
-    for r in _model()["outcomes"]:
-        rng = f"{r['sources']['from']}–{r['sources']['to']}"
-        if r.get("unobserved"):
-            basis = f"not observed: {r['unobserved']}"
-        else:
-            basis = r.get("basis", "")
-        ev = ", ".join(f"`{Path(e).parent.name}`" for e in r.get("evidence", ()))
-        seen = sum(
-            len(runs)
-            for cell_id, runs in recorded_observations().items()
-            if predict(parse_cell_id(cell_id)).rule == r["id"]
-        )
-        if seen:
-            ev += (", " if ev else "") + f"{seen} runs in `matrix-observed.json`"
-        ev = ev or "—"
-        out.append(f"| `{r['id']}` | {rng} | {r.get('phase') or '—'} | {_md(basis)} | {ev} |")
-    return out
-
-
-def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matrix") -> str:
-    """JUnit XML (one testcase per cell; mismatch = failure, error = error)."""
-    s = results_summary(results)
-    suite = ET.Element(
-        "testsuite", name=name, tests=str(s["total"]), failures=str(s["mismatch"]),
-        errors=str(s["error"]), skipped=str(s["skipped"] + s["observed"]),
-        time=f"{sum(r.duration for r in results):.2f}",
-    )  # fmt: skip
-    for r in results:
-        c = r.prediction.cell
-        case = ET.SubElement(
-            suite, "testcase", classname=f"matrix.{c.source}->{c.destination}", name=c.id,
-            time=f"{r.duration:.2f}",
-        )  # fmt: skip
-        text = "\n".join(r.reasons)
-        if r.outcome == "mismatch":
-            ET.SubElement(case, "failure", message=r.reasons[0] if r.reasons else "").text = text
-        elif r.outcome == "error":
-            ET.SubElement(case, "error", message=r.reasons[0] if r.reasons else "").text = text
-        elif r.outcome in ("skipped", "observed"):
-            ET.SubElement(case, "skipped", message="; ".join(r.reasons))
-        props = ET.SubElement(case, "properties")
-        ET.SubElement(props, "property", name="split_brain_predicted",
-                      value=r.prediction.split_brain)  # fmt: skip
-        ET.SubElement(props, "property", name="split_brain_observed",
-                      value=str(bool(r.observed.get("split_brain"))).lower())  # fmt: skip
-        out = [f"record: {r.record}"] if r.record else []
-        if r.observed.get("split_brain"):
-            out.insert(0, "SPLIT-BRAIN: the guest runs on both hosts")
-        if out:
-            ET.SubElement(case, "system-out").text = "\n".join(out)
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
-
-
-def gitlab_ci(
-    cells: Sequence[Cell],
-    *,
-    job: str = "migcompat-matrix",
-    stage: str = "test",
-    image: str = "debian:trixie",
-    install: str = "python3 -m pip install qemu-migcompat",
-    tags: Sequence[str] = (),
-) -> str:
-    """A GitLab CI job: ``parallel: matrix:`` over the cells, one ``matrix run --cell`` each.
-
-    The job provisions the two builds of its cell; it needs a runner that may
-    ``unshare --mount`` and open ``/dev/userfaultfd`` (privileged, or a shell executor).
-    """
-
-    def q(s: str) -> str:
-        return json.dumps(s)
-
-    releases = sorted({r for c in cells for r in (c.source, c.destination)}, key=Release)
-    lines = [
-        f"# generated by `migcompat matrix emit gitlab-ci` ({len(cells)} cells)",
-        f"{job}:",
-        f"  stage: {stage}",
-        f"  image: {image}",
-        *([f"  tags: [{', '.join(q(t) for t in tags)}]"] if tags else []),
-        "  timeout: 20m",
-        "  # needs unshare --mount and /dev/userfaultfd: a privileged runner",
-        "  before_script:",
-        "    - apt-get update && apt-get install -y --no-install-recommends python3-pip "
-        "python3-venv debootstrap tcpdump gcc",
-        "    - python3 -m venv /opt/venv && export PATH=/opt/venv/bin:$PATH",
-        f"    - {install}",
-        "    - migcompat lab provision $MIGCOMPAT_SRC $MIGCOMPAT_DST",
-        "  script:",
-        '    - migcompat matrix run --cell "$MIGCOMPAT_CELL" --junit "matrix-$CI_JOB_ID.xml" '
-        '--out "matrix-out"',
-        "  artifacts:",
-        "    when: always",
-        "    paths: [matrix-out/]",
-        "    reports:",
-        '      junit: "matrix-*.xml"',
-        "  parallel:",
-        "    matrix:",
-    ]
-    if len(cells) > 200:
-        raise InputError(f"GitLab allows at most 200 jobs per parallel:matrix, got {len(cells)}")
-    for c in cells:
-        lines += [
-            f"      - MIGCOMPAT_CELL: {q(c.id)}",
-            f"        MIGCOMPAT_SRC: {q(c.source)}",
-            f"        MIGCOMPAT_DST: {q(c.destination)}",
-        ]
-    lines.append(f"# releases: {', '.join(releases)}")
-    return "\n".join(lines) + "\n"
-
-
-# -- running cells on the lab -------------------------------------------------------
-
-
-def cell_slug(cell: Cell) -> str:
-    """A file-name-safe form of the cell id."""
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", cell.id.replace("->", "-to-"))
-
-
-def build_versions(releases: Iterable[str]) -> dict[str, str]:
-    """``--version`` text of each provisioned build (missing ones are left out)."""
-    from migcompat.lab import find_build
-
-    out = {}
-    for r in releases:
-        b = find_build(r)
-        if b is not None:
-            out[r] = b.version_text
-    return out
-
-
-def run_cell(
-    pred: Prediction,
-    outdir: Path,
-    *,
-    timeout: float = 60.0,
-    observe: float = 5.0,
-    keep: bool = False,
-    hard_timeout: float | None = None,
-    run_unpredicted: bool = False,
-) -> CellResult:
-    """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
-
-    The run happens in a child process that leads its own process group, so that a run
-    which never returns is ended after ``hard_timeout`` (default ``timeout + observe + 60`` s) with
-    everything it started (its QEMUs, its tcpdump) and reported as an error.
-    A passing cell keeps only its ``record.json`` (unless ``keep``); a mismatch or an
-    error keeps the whole run directory (capture, streams, record).
-    """
-    import shutil
-    import time
-
-    from migcompat.lab import RunRecord, find_build
-
-    cell = pred.cell
-    if pred.unpredicted and not run_unpredicted:
-        return CellResult(pred, "skipped", [f"not predicted: {pred.unpredicted}"])
-    for rel in (cell.source, cell.destination):
-        if find_build(rel) is None:
-            return CellResult(
-                pred, "skipped", [f"no QEMU build for {rel}: run `migcompat lab provision {rel}`"]
-            )
-    cell_dir = Path(outdir) / cell_slug(cell)
-    cell_dir.mkdir(parents=True, exist_ok=True)
-    t0 = time.monotonic()
-    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout)
-    if status != "ok":
-        return CellResult(pred, "error", [f"lab error: {payload}"], record=str(cell_dir),
-                          duration=time.monotonic() - t0)  # fmt: skip
-    rec = RunRecord(**payload)
-    obs = observed_summary(rec)
-    if pred.unpredicted:  # observe first, model afterwards: kept whole, never a mismatch
-        return CellResult(pred, "observed", [f"not predicted: {pred.unpredicted}"], obs,
-                          rec.files.get("record"), time.monotonic() - t0)  # fmt: skip
-    reasons = compare(pred, obs)
-    if rec.timed_out:
-        obs["note"] = "the lab's settle timeout expired"
-    record = rec.files.get("record") or str(cell_dir / "record.json")
-    if not reasons and not keep:
-        for p in cell_dir.iterdir():
-            if p.name != "record.json":
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-    return CellResult(pred, "mismatch" if reasons else "pass", reasons, obs, record,
-                      time.monotonic() - t0)  # fmt: skip
-
-
-def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float) -> None:
-    """Child process body: new process group, one lab run, the record back through ``conn``."""
-    import os
-
-    os.setsid()
-    from migcompat.lab import LabError, run_scenario
-
-    try:
-        rec = run_scenario(cell.source, cell.destination, cell.lab_scenario, cell.machine,
-                           Path(cell_dir), timeout=timeout, observe=observe)  # fmt: skip
-        conn.send(("ok", rec.to_json()))
-    except LabError as exc:
-        conn.send(("error", str(exc)))
-    except Exception as exc:  # report, not lose, a lab bug
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-    finally:
-        conn.close()
-
-
-def _run_isolated(
-    cell: Cell, cell_dir: Path, timeout: float, observe: float, hard_timeout: float | None
-) -> tuple[str, Any]:
-    import contextlib
-    import multiprocessing
-    import os
-    import signal
-
-    ctx = multiprocessing.get_context("spawn")
-    parent, child = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(child, cell, str(cell_dir), timeout, observe),
-                       daemon=False)  # fmt: skip
-    proc.start()
-    child.close()
-    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
-    result: tuple[str, Any] = ("error", f"no result within {limit:.0f} s: run ended")
-    if parent.poll(limit):
-        try:
-            result = parent.recv()
-        except EOFError:
-            result = ("error", f"the run's process died (exit {proc.exitcode})")
-    proc.join(10)
-    if proc.is_alive() or result[0] != "ok":
-        # Its process group holds only what this run started (QEMUs, tcpdump): end it by id.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.join(5)
-    parent.close()
-    return result
-
-
-def run_cells(
-    preds: Sequence[Prediction],
-    outdir: Path,
-    *,
-    jobs: int = 1,
-    timeout: float = 60.0,
-    observe: float = 5.0,
-    keep: bool = False,
-    run_unpredicted: bool = False,
-    retries: int = 1,
-    on_start: Any = None,
-    on_done: Any = None,
-) -> list[CellResult]:
-    """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
-
-    A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
-    run again up to ``retries`` times; a mismatch never is.
-    """
-    from concurrent.futures import ThreadPoolExecutor
-
-    def one(p: Prediction) -> CellResult:
-        if on_start:
-            on_start(p)
-        errors: list[str] = []
-        for _attempt in range(1 + max(0, retries)):
-            r = run_cell(
-                p, outdir, timeout=timeout, observe=observe, keep=keep,
-                run_unpredicted=run_unpredicted,
-            )  # fmt: skip
-            if r.outcome != "error":
-                break
-            errors += r.reasons  # a lab failure is no observation: run the cell again
-        if errors and r.outcome != "error":
-            r.reasons.append(f"retried after: {'; '.join(errors)}")
-        if on_done:
-            on_done(r)
-        return r
-
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, preds))
-
-
-def observations_json(
-    results: Sequence[CellResult], previous: Mapping[str, Any] | None = None
-) -> str:
-    """``compat/data/matrix-observed.json``: what real QEMU did per cell, every run kept.
-
-    Only cells that ran (pass or mismatch) are added, with the facts :func:`compare` reads
-    and the binaries' ``--version`` texts; identical observations are kept once. Several
-    runs of one cell show where timing decides.
-    """
-    cells: dict[str, list[Any]] = {k: list(v) for k, v in (previous or {}).get("cells", {}).items()}
-    for r in results:
-        if r.outcome not in ("pass", "mismatch", "observed"):
-            continue
-        keep = {k: v for k, v in r.observed.items() if k not in ("step_errors", "note")}
-        runs = cells.setdefault(r.prediction.cell.id, [])
-        if keep not in runs:
-            runs.append(keep)
-    doc = {
-        "schema": 2,
-        "about": "Observed outcome of matrix cells on real QEMU, one entry per distinct run, "
-        "merged by `migcompat matrix run --record-observations`; the model (matrix.json) must "
-        "predict every entry (tests/test_matrix.py).",
-        "cells": dict(sorted(cells.items())),
-    }
-    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
 
 
 @cache
@@ -975,11 +577,11 @@ def recorded_observations() -> Mapping[str, tuple[Mapping[str, Any], ...]]:
     return {k: tuple(v) for k, v in cells.items()}
 
 
-def results_json(results: Sequence[CellResult], versions: Mapping[str, str] | None = None) -> str:
-    """The JSON report of a run."""
-    doc = {
-        "summary": results_summary(results),
-        "versions": dict(versions or {}),
-        "cells": [r.to_json() for r in results],
-    }
-    return json.dumps(doc, indent=2) + "\n"
+def observed_runs_per_rule() -> dict[str, int]:
+    """Outcome rule id -> how many committed observations (:func:`recorded_observations`)
+    it predicts."""
+    out: dict[str, int] = {}
+    for cell_id, runs in recorded_observations().items():
+        rule = predict(parse_cell_id(cell_id)).rule
+        out[rule] = out.get(rule, 0) + len(runs)
+    return out

@@ -33,13 +33,11 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-from migcompat.protocol import Release
-from migcompat.protocol._errors import InputError
+from migcompat.protocol import InputError, Release
 
-from ._keepalive import Fact, tcp_keepalive
+from ._keepalive import LINUX_TCP_DEFAULTS, Fact, tcp_keepalive
 
 __all__ = [
     "PartitionPrediction",
@@ -62,9 +60,6 @@ def __dir__() -> list[str]:
 TCP_RTO_MIN_MS = 200
 #: ``TCP_RTO_MAX`` (``include/net/tcp.h``: ``120*HZ``): where exponential back-off stops.
 TCP_RTO_MAX_MS = 120_000
-#: The kernel's built-in sysctl defaults (also what a new network namespace starts with).
-LINUX_DEFAULTS = {"tcp_keepalive_time": 7200, "tcp_keepalive_intvl": 75,
-                  "tcp_keepalive_probes": 9, "tcp_retries2": 15}  # fmt: skip
 #: Largest value QEMU's uint32 keep-alive members and our ms arguments take.
 _UINT32 = 0xFFFFFFFF
 
@@ -75,16 +70,16 @@ class StrategyError(InputError):
 
 @dataclass(frozen=True, slots=True)
 class TcpSettings:
-    """The Linux TCP settings that decide detection time (``/proc/sys/net/ipv4``).
+    """The Linux TCP settings that decide detection time (``net.ipv4`` sysctls).
 
     >>> TcpSettings().keepalive_time
     7200
     """
 
-    keepalive_time: int = 7200
-    keepalive_intvl: int = 75
-    keepalive_probes: int = 9
-    retries2: int = 15
+    keepalive_time: int = LINUX_TCP_DEFAULTS["tcp_keepalive_time"]
+    keepalive_intvl: int = LINUX_TCP_DEFAULTS["tcp_keepalive_intvl"]
+    keepalive_probes: int = LINUX_TCP_DEFAULTS["tcp_keepalive_probes"]
+    retries2: int = LINUX_TCP_DEFAULTS["tcp_retries2"]
     rto_min_ms: int = TCP_RTO_MIN_MS
     rto_max_ms: int = TCP_RTO_MAX_MS
 
@@ -98,28 +93,24 @@ class TcpSettings:
 
     @classmethod
     def from_sysctls(cls, values: Mapping[str, int]) -> TcpSettings:
-        """From ``{"tcp_keepalive_time": …}`` (missing keys: Linux's defaults)."""
-        v = {**LINUX_DEFAULTS, **{k: int(x) for k, x in values.items() if k in LINUX_DEFAULTS}}
-        return cls(v["tcp_keepalive_time"], v["tcp_keepalive_intvl"], v["tcp_keepalive_probes"],
-                   v["tcp_retries2"])  # fmt: skip
+        """From ``{"tcp_keepalive_time": …}`` (missing keys: Linux's defaults).
 
-    @classmethod
-    def from_proc(cls, base: Path = Path("/proc/sys/net/ipv4")) -> TcpSettings:
-        """This (network namespace's) kernel's values; unreadable ones fall back to defaults."""
-        values: dict[str, int] = {}
-        for key in LINUX_DEFAULTS:
-            try:
-                values[key] = int((base / key).read_text().split()[0])
-            except (OSError, ValueError, IndexError):
-                pass
-        return cls.from_sysctls(values)
+        The host's values come from :func:`migcompat.lab.read_tcp_sysctls`. A field is its
+        sysctl's name without ``tcp_``.
+        """
+        v = {k: int(values.get(k, default)) for k, default in LINUX_TCP_DEFAULTS.items()}
+        return cls(**{k.removeprefix("tcp_"): x for k, x in v.items()})
+
+    def sysctls(self) -> dict[str, int]:
+        """The ``net.ipv4`` sysctl form (inverse of :meth:`from_sysctls`)."""
+        return {k: getattr(self, k.removeprefix("tcp_")) for k in LINUX_TCP_DEFAULTS}
 
     def to_json(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def retransmission_timeout_s(retries: int, rto_min_ms: int = TCP_RTO_MIN_MS,
-                             rto_max_ms: int = TCP_RTO_MAX_MS) -> float:  # fmt: skip
+                             rto_max_ms: int = TCP_RTO_MAX_MS) -> float:
     """Linux's ``tcp_model_timeout(sk, retries, TCP_RTO_MIN)``, in seconds.
 
     The connection is dropped at the first retransmission timer tick at least this long after
@@ -140,7 +131,7 @@ def retransmission_timeout_s(retries: int, rto_min_ms: int = TCP_RTO_MIN_MS,
 
 def retransmission_schedule_s(retries: int, rto_ms: float = TCP_RTO_MIN_MS,
                               rto_max_ms: int = TCP_RTO_MAX_MS,
-                              rto_min_ms: int = TCP_RTO_MIN_MS) -> list[float]:  # fmt: skip
+                              rto_min_ms: int = TCP_RTO_MIN_MS) -> list[float]:
     """Times (s after the first send) of each retransmission tick, the last one giving up.
 
     ``rto_ms`` is the connection's RTO before the cut (``srtt + rttvar``, at least
@@ -160,7 +151,7 @@ def retransmission_schedule_s(retries: int, rto_ms: float = TCP_RTO_MIN_MS,
 
 
 def keepalive_timeout_s(idle: int, interval: int, count: int,
-                        user_timeout_ms: int | None = None) -> float:  # fmt: skip
+                        user_timeout_ms: int | None = None) -> float:
     """Seconds after the last segment received until keep-alive resets the connection.
 
     Without a user timeout: ``idle + count * interval``. With one (``tcp_keepalive_timer``):
@@ -184,6 +175,21 @@ def keepalive_timeout_s(idle: int, interval: int, count: int,
 _STRATEGY_RE = re.compile(
     r"none|tcp:(?P<i>\d+),(?P<n>\d+),(?P<c>\d+)|rp-keepalive:(?P<p>\d+)|user-timeout:(?P<u>\d+)"
 )
+_INT_MAX = 0x7FFFFFFF
+#: Strategy part -> (its groups in ``_STRATEGY_RE``, largest value, what the bounds are).
+_STRATEGY_PARTS = {
+    "tcp": (
+        ("i", "n", "c"),
+        _UINT32,
+        "idle, interval and count must be 1 … 4294967295 (0 would mean the system default)",
+    ),
+    "rp-keepalive": (
+        ("p",),
+        _INT_MAX,
+        "the period must be 1 … 2147483647 ms (the proposal refuses values > INT_MAX; 0 is off)",
+    ),
+    "user-timeout": (("u",), _INT_MAX, "TCP_USER_TIMEOUT is 1 … 2147483647 ms (0 means off)"),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +220,8 @@ class Strategy:
         """
         if not isinstance(text, str) or not text.strip():
             raise StrategyError("empty strategy; use none, tcp:IDLE,INTVL,CNT, "
-                                "rp-keepalive:PERIOD_MS or user-timeout:MS")  # fmt: skip
-        tcp = rp = ut = None
+                                "rp-keepalive:PERIOD_MS or user-timeout:MS")
+        got: dict[str, tuple[int, ...]] = {}
         parts = text.strip().split("+")
         for part in parts:
             m = _STRATEGY_RE.fullmatch(part.strip())
@@ -224,35 +230,22 @@ class Strategy:
                     f"strategy {part!r}: expected none, tcp:IDLE,INTVL,CNT (seconds, seconds, "
                     "probes), rp-keepalive:PERIOD_MS or user-timeout:MS"
                 )
-            if m["i"] is not None:
-                if tcp is not None:
-                    raise StrategyError(f"strategy {text!r}: tcp given twice")
-                tcp = (int(m["i"]), int(m["n"]), int(m["c"]))
-                if min(tcp) < 1 or max(tcp) > _UINT32:
-                    raise StrategyError(
-                        f"strategy {part!r}: idle, interval and count must be "
-                        "1 … 4294967295 (0 would mean the system default)"
-                    )
-            elif m["p"] is not None:
-                if rp is not None:
-                    raise StrategyError(f"strategy {text!r}: rp-keepalive given twice")
-                rp = int(m["p"])
-                if not 1 <= rp <= 0x7FFFFFFF:
-                    raise StrategyError(
-                        f"strategy {part!r}: the period must be 1 … 2147483647 "
-                        "ms (the proposal refuses values > INT_MAX; 0 is off)"
-                    )
-            elif m["u"] is not None:
-                if ut is not None:
-                    raise StrategyError(f"strategy {text!r}: user-timeout given twice")
-                ut = int(m["u"])
-                if not 1 <= ut <= 0x7FFFFFFF:
-                    raise StrategyError(
-                        f"strategy {part!r}: TCP_USER_TIMEOUT is 1 … 2147483647 ms (0 means off)"
-                    )
-            elif len(parts) > 1:
-                raise StrategyError(f"strategy {text!r}: none cannot be combined")
-        return cls(tcp=tcp, rp_keepalive_ms=rp, user_timeout_ms=ut)
+            name = next((n for n, (g, *_) in _STRATEGY_PARTS.items() if m[g[0]] is not None), None)
+            if name is None:
+                if len(parts) > 1:
+                    raise StrategyError(f"strategy {text!r}: none cannot be combined")
+                continue
+            groups, upper, bounds = _STRATEGY_PARTS[name]
+            if name in got:
+                raise StrategyError(f"strategy {text!r}: {name} given twice")
+            got[name] = tuple(int(m[g]) for g in groups)
+            if min(got[name]) < 1 or max(got[name]) > upper:
+                raise StrategyError(f"strategy {part!r}: {bounds}")
+        tcp = got.get("tcp")
+        rp, ut = (got.get(k, (None,))[0] for k in ("rp-keepalive", "user-timeout"))
+        return cls(
+            tcp=(tcp[0], tcp[1], tcp[2]) if tcp else None, rp_keepalive_ms=rp, user_timeout_ms=ut
+        )
 
     def __str__(self) -> str:
         parts = []
@@ -300,7 +293,7 @@ class SidePrediction:
                 "mechanism": self.mechanism,
                 "keepalive": list(self.keepalive) if self.keepalive else None,
                 "range_s": list(self.range_s) if self.range_s else None,
-                "facts": [f.to_json() for f in self.facts]}  # fmt: skip
+                "facts": [f.to_json() for f in self.facts]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +309,7 @@ class PartitionPrediction:
     def to_json(self) -> dict[str, Any]:
         return {"strategy": str(self.strategy), "scenario": self.scenario,
                 "settings": self.settings.to_json(), "source": self.source.to_json(),
-                "destination": self.destination.to_json()}  # fmt: skip
+                "destination": self.destination.to_json()}
 
 
 def _release(value: Release | str | None, role: str) -> Release | None:
@@ -326,7 +319,7 @@ def _release(value: Release | str | None, role: str) -> Release | None:
 
 
 def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
-                    facts: list[Fact]) -> tuple[int, int, int] | None:  # fmt: skip
+                    facts: list[Fact]) -> tuple[int, int, int] | None:
     """The keep-alive this side's socket really gets under ``strategy``, with why."""
     if strategy.tcp is None:
         facts.append(Fact(f"{role}: no TCP keep-alive requested"))
@@ -335,7 +328,8 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
         facts.append(Fact(f"{role}: release unknown, assuming it applies nothing"))
         return None
     idle, intvl, cnt = strategy.tcp
-    advice = tcp_keepalive(rel if role == "source" else None, rel, idle, intvl, cnt)
+    source = rel if role == "source" else None
+    advice = tcp_keepalive(source, rel, idle, intvl, cnt, sysctls=st.sysctls())
     side = advice.source if role == "source" else advice.destination
     for f in side.facts:
         if "detected within" not in f.text and "sysctls apply" not in f.text:
@@ -354,7 +348,7 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
                 )
             )
         facts.append(Fact(f"{role} {rel.line}: the keep-alive options are not applied to the "
-                          "migration socket"))  # fmt: skip
+                          "migration socket"))
         return None
     if side.knobs:
         return (idle, intvl, cnt)
@@ -369,12 +363,12 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
     facts.append(Fact(f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
                       f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
                       f"{st.keepalive_intvl}/{st.keepalive_probes} apply",
-                      "/proc/sys/net/ipv4/tcp_keepalive_*"))  # fmt: skip
+                      "/proc/sys/net/ipv4/tcp_keepalive_*"))
     return (st.keepalive_time, st.keepalive_intvl, st.keepalive_probes)
 
 
 def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
-                  writes: str | None, write_delay_s: float) -> SidePrediction:  # fmt: skip
+                  writes: str | None, write_delay_s: float) -> SidePrediction:
     """One side: ``writes`` says what it has to send after the cut (``None``: nothing)."""
     facts: list[Fact] = []
     ka = _side_keepalive(role, rel, strategy, st, facts)
@@ -383,7 +377,7 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
     if writes is not None:
         facts.append(Fact(f"{role} has data to send after the cut ({writes}): it stays "
                           "unacknowledged, so the retransmission timer decides and keep-alive "
-                          "never probes", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
+                          "never probes", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))
         if ut:
             t = write_delay_s + ut / 1000
             facts.append(
@@ -394,30 +388,30 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
                 )
             )
             return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts),
-                                  (round(t, 3), round(t, 3)))  # fmt: skip
+                                  (round(t, 3), round(t, 3)))
         limit = retransmission_timeout_s(st.retries2, st.rto_min_ms, st.rto_max_ms)
         sched = retransmission_schedule_s(st.retries2, st.rto_min_ms, st.rto_max_ms,
-                                          st.rto_min_ms)  # fmt: skip
+                                          st.rto_min_ms)
         facts.append(Fact(f"tcp_retries2 = {st.retries2}: give-up after "
                           f"tcp_model_timeout = {limit:g} s (RTO {st.rto_min_ms} ms doubling to "
                           f"{st.rto_max_ms // 1000} s; {len(sched)} ticks)",
-                          "net/ipv4/tcp_timer.c tcp_model_timeout"))  # fmt: skip
+                          "net/ipv4/tcp_timer.c tcp_model_timeout"))
         last_rto = sched[-1] - (sched[-2] if len(sched) > 1 else 0.0)
         lo = write_delay_s + limit
         return SidePrediction(role, relname, round(write_delay_s + sched[-1], 3),
                               "retransmission", ka, tuple(facts),
-                              (round(lo, 3), round(lo + last_rto, 3)))  # fmt: skip
+                              (round(lo, 3), round(lo + last_rto, 3)))
     facts.append(Fact(f"{role} has nothing to send after the cut: only keep-alive can notice"))
     if ka is None:
         if ut:
             facts.append(Fact("TCP_USER_TIMEOUT alone does nothing on a socket with nothing "
-                              "outstanding and no keep-alive"))  # fmt: skip
+                              "outstanding and no keep-alive"))
         return SidePrediction(role, relname, None, "never", None, tuple(facts))
     t = keepalive_timeout_s(*ka, user_timeout_ms=ut)
     facts.append(Fact(f"keep-alive {ka[0]} s idle + {ka[2]} probes × {ka[1]} s"
                       + (f" with TCP_USER_TIMEOUT {ut} ms" if ut else "")
                       + f" = {t:g} s after the last segment received (≈ the cut while the peer "
-                      "was sending)", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))  # fmt: skip
+                      "was sending)", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))
     return SidePrediction(role, relname, t, "keepalive", ka, tuple(facts), (t, t))
 
 
@@ -434,7 +428,8 @@ def predict_partition(
 
     :param scenario: ``idle`` (destination started with ``-S``: no page requests) or
         ``active`` (the guest runs on the destination and faults: page requests in flight).
-    :param settings: TCP sysctls where the sockets live (default: this kernel's).
+    :param settings: TCP sysctls where the sockets live (default: Linux's built-in ones;
+        the host's come from :func:`migcompat.lab.read_tcp_sysctls`).
     :param source_sending: the source still has pages to push (postcopy not yet complete).
     :raises StrategyError: bad strategy or settings.
     :raises InvalidRelease: a release string that names no release.
@@ -443,7 +438,7 @@ def predict_partition(
     if scenario not in ("idle", "active"):
         raise StrategyError(f"scenario {scenario!r}: expected idle or active")
     if settings is None:
-        st = TcpSettings.from_proc()
+        st = TcpSettings()
     elif isinstance(settings, TcpSettings):
         st = settings
     else:
@@ -462,4 +457,4 @@ def predict_partition(
         source=_predict_side("source", src, strat, st, src_writes, 0.0),
         destination=_predict_side("destination", dst, strat, st, dst_writes, delay),
         strategy=strat, scenario=scenario, settings=st,
-    )  # fmt: skip
+    )

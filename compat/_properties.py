@@ -18,8 +18,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from migcompat.protocol import Release, known_releases, overlays
-from migcompat.protocol._errors import InputError
+from migcompat.protocol import InputError, Release, known_releases, overlays
 
 from ._tables import CompatEntry, CompatTable, MachineInfo, compat_table
 
@@ -50,22 +49,11 @@ def versioned_array(name: str) -> tuple[str, Release] | None:
 
 
 @dataclass(frozen=True, slots=True)
-class EffectiveProperty:
+class EffectiveProperty(CompatEntry):
     """A compat property that is in force for a machine type, and where it came from."""
 
-    driver: str
-    property: str
-    value: str
-    optional: bool
-    array: str
-    file: str
-    line: int
     #: Earlier entries for the same driver+property that this one overrode.
     overrides: tuple[CompatEntry, ...] = ()
-
-    @property
-    def provenance(self) -> str:
-        return f"{self.file}:{self.line}" if self.line else self.file
 
     def to_json(self) -> dict[str, object]:
         return {

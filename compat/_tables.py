@@ -3,11 +3,13 @@
 Each file is written by ``tools/extract_compat.py`` from one (Debian-patched) QEMU source
 tree and carries provenance (file:line) for every row plus the tarball's sha256. They are
 loaded once, validated as a whole (every problem reported together in an
-``ExceptionGroup``) and exposed read-only (style anchor 8).
+``ExceptionGroup``) and exposed read-only: the tables are data, and
+the code only reads them.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
 import re
 from collections.abc import Mapping
@@ -17,8 +19,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any
 
-from migcompat.protocol import Release
-from migcompat.protocol._errors import CatalogError, InputError, InvalidRelease
+from migcompat.protocol import CatalogError, InputError, InvalidRelease, Release
 
 __all__ = [
     "CompatEntry",
@@ -56,6 +57,7 @@ class MachineType:
     """
 
     __slots__ = ("_hash", "family", "name", "version")
+    _hash: int
 
     family: str
     name: str
@@ -123,11 +125,12 @@ class CompatEntry:
     file: str
     line: int
 
-    @property
+    # ``builtins.``: the field ``property`` above shadows the name for type checkers.
+    @builtins.property
     def key(self) -> tuple[str, str]:
         return (self.driver, self.property)
 
-    @property
+    @builtins.property
     def provenance(self) -> str:
         return f"{self.file}:{self.line}" if self.line else self.file
 
@@ -328,7 +331,7 @@ def compat_table(release: Release | str | None = None) -> CompatTable:
     """
     tables = _tables()
     if release is None:
-        return tables[next(reversed(tables))]
+        return tables[list(tables)[-1]]
     try:
         rel = release if isinstance(release, Release) else Release(str(release))
     except InvalidRelease:

@@ -9,12 +9,23 @@ Public API (stable; other parts of the project depend on it):
 * the relay — :class:`Proxy`;
 * scenarios — :func:`run_scenario` returning a :class:`RunRecord`, :func:`parse_scenario`,
   :func:`save_fixture`;
+* the matrix — :func:`run_cell` / :func:`run_cells` (a predicted cell run and compared),
+  :func:`build_versions`, :func:`observations_json` / :func:`record_observations`;
+* the host — :func:`read_tcp_sysctls` (the TCP sysctls that compat's predictions take);
 * :class:`LabError`, the one error type (a ``MigcompatError``).
 """
 
 from migcompat.lab._errors import LabError, LabStalled
 from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
 from migcompat.lab.fixtures import save_fixture
+from migcompat.lab.host import read_tcp_sysctls
+from migcompat.lab.matrix import (
+    build_versions,
+    observations_json,
+    record_observations,
+    run_cell,
+    run_cells,
+)
 from migcompat.lab.provision import DEFAULT_SUITES, SUITES, provision, suite_for
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import LabState, QemuInstance
@@ -32,11 +43,17 @@ __all__ = [
     "QemuInstance",
     "RunRecord",
     "Scenario",
+    "build_versions",
     "find_build",
     "installed_builds",
+    "observations_json",
     "parse_scenario",
     "provision",
+    "read_tcp_sysctls",
+    "record_observations",
     "register_user_build",
+    "run_cell",
+    "run_cells",
     "run_scenario",
     "run_scenario_async",
     "save_fixture",

@@ -1,8 +1,8 @@
-"""The lab's one error type (style anchor 5: ``LabError(exc=…)`` wraps the cause)."""
+"""The lab's one error type (``LabError(exc=…)`` wraps the cause, so nothing is lost)."""
 
 from __future__ import annotations
 
-from migcompat.protocol._errors import MigcompatError
+from migcompat.protocol import MigcompatError
 
 __all__ = ["LabError", "LabStalled"]
 

@@ -35,6 +35,7 @@ __all__ = [
     "register_user_build",
     "release_from_version",
     "release_key",
+    "require_build",
     "roots_dir",
     "run_dir",
     "user_builds_file",
@@ -196,7 +197,7 @@ def _read_marker(root: Path) -> dict[str, object] | None:
 
 
 def _provisioned_builds() -> list[QemuBuild]:
-    builds = []
+    builds: list[QemuBuild] = []
     base = roots_dir()
     if not base.is_dir():
         return builds
@@ -281,3 +282,16 @@ def find_build(release: str) -> QemuBuild | None:
         if same:
             return max(same, key=lambda b: release_key(b.release))
     return None
+
+
+def require_build(release: str | QemuBuild) -> QemuBuild:
+    """:func:`find_build`, or the build itself when given one.
+
+    :raises LabError: no such build (the message says how to provision it).
+    """
+    if isinstance(release, QemuBuild):
+        return release
+    b = find_build(release)
+    if b is None:
+        raise LabError(f"no QEMU build for {release!r}: run `migcompat lab provision {release}`")
+    return b

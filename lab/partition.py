@@ -47,11 +47,11 @@ from migcompat.compat import (
     retransmission_schedule_s,
 )
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, run_dir
+from migcompat.lab.builds import QemuBuild, require_build, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import _QmpPair
+from migcompat.lab.runner import QmpPair, progress_console
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -142,7 +142,7 @@ def keepalive_uri_options(strategy: Strategy) -> str:
         return ""
     idle, intvl, cnt = strategy.tcp
     return (f",keep-alive=on,keep-alive-idle={idle},keep-alive-interval={intvl},"
-            f"keep-alive-count={cnt}")  # fmt: skip
+            f"keep-alive-count={cnt}")
 
 
 def check_side(pred: SidePrediction, measured: float | None, window: float) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def check_side(pred: SidePrediction, measured: float | None, window: float) -> d
     if measured is None:
         ok = p is None or (lo is not None and lo > window)
         why = ("not detected within the window; predicted "
-               + ("never" if p is None else f"{p:g} s ({pred.mechanism})"))  # fmt: skip
+               + ("never" if p is None else f"{p:g} s ({pred.mechanism})"))
     elif p is None or lo is None or hi is None:
         ok, why = False, f"detected after {measured:g} s; predicted never"
     else:
@@ -170,7 +170,7 @@ def check_side(pred: SidePrediction, measured: float | None, window: float) -> d
         why = f"measured {measured:g} s, predicted {span} ({pred.mechanism}), tolerance {tol:g} s"
     return {"verdict": "agrees" if ok else "disagrees", "why": why, "predicted_s": p,
             "range_s": [lo, hi] if p is not None else None, "measured_s": measured,
-            "mechanism": pred.mechanism}  # fmt: skip
+            "mechanism": pred.mechanism}
 
 
 _TCPDUMP = re.compile(
@@ -217,15 +217,15 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
     return out
 
 
-class _PartitionRun(_QmpPair):
+class _PartitionRun(QmpPair):
     """One run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(self, srcb: QemuBuild, dstb: QemuBuild, scenario: str, strategy: Strategy,
                  window: float, outdir: Path | None, machine: str | None,
-                 console: Any, sysctls: dict[str, int] | None = None) -> None:  # fmt: skip
+                 console: Any, sysctls: dict[str, int] | None = None) -> None:
         if scenario not in PARTITION_SCENARIOS:
             raise LabError(f"unknown partition scenario {scenario!r}; known: "
-                           + ", ".join(PARTITION_SCENARIOS))  # fmt: skip
+                           + ", ".join(PARTITION_SCENARIOS))
         if strategy.rp_keepalive_ms or strategy.user_timeout_ms:
             raise LabError(
                 f"strategy {strategy}: no QEMU release can set it; the lab runs "
@@ -247,7 +247,7 @@ class _PartitionRun(_QmpPair):
             scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
             dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
             sysctl_overrides=dict(sysctls or {}),
-        )  # fmt: skip
+        )
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.src: QemuInstance | None = None
         self.dst: QemuInstance | None = None
@@ -263,25 +263,25 @@ class _PartitionRun(_QmpPair):
         if not self.rec.machine:
             self.step("query-machines")
             a, b = await asyncio.gather(query_machines(self.srcb, self.workdir),
-                                        query_machines(self.dstb, self.workdir))  # fmt: skip
+                                        query_machines(self.dstb, self.workdir))
             self.rec.machine = newest_common_machine(a, b)
         for side in ("src", "dst"):
             for key, value in self.rec.sysctl_overrides.items():
                 pair.set_sysctl(side, key, value)
             self.rec.sysctls[side] = pair.sysctls(side)
         common = ["-machine", self.rec.machine, "-accel", "tcg", "-m", RAM, "-nodefaults",
-                  "-display", "none", "-net", "none", "-kernel", str(kernel)]  # fmt: skip
+                  "-display", "none", "-net", "none", "-kernel", str(kernel)]
         self.dst = QemuInstance(
             pair.build(self.dstb, "dst"), "dst", self.workdir,
             [*common, "-serial", f"file:{self.workdir}/dst.serial", "-name", "dst",
              "-incoming", "defer", *(["-S"] if self.idle else [])],
             clock=self.clock,
-        )  # fmt: skip
+        )
         self.src = QemuInstance(
             pair.build(self.srcb, "src"), "src", self.workdir,
             [*common, "-serial", f"file:{self.workdir}/src.serial", "-name", "src"],
             clock=self.clock,
-        )  # fmt: skip
+        )
         self.step("start")
         for r in await asyncio.gather(self.dst.start(), self.src.start(), return_exceptions=True):
             if isinstance(r, BaseException):
@@ -291,7 +291,7 @@ class _PartitionRun(_QmpPair):
         await self.set_capabilities()
         await self.qmp("src", "migrate-set-parameters", {
             "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
-        })  # fmt: skip
+        })
         opts = keepalive_uri_options(self.strategy)
         target = f"tcp:{pair.addr('dst')}:{PORT}"
         for side, cmd in (("dst", "migrate-incoming"), ("src", "migrate")):
@@ -327,7 +327,7 @@ class _PartitionRun(_QmpPair):
             *pair.exec_prefix("src"), "tcpdump", "-i", pair.dev["src"], "-n", "-tt", "-l",
             "-s", "96", "tcp or icmp",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
+        )
         assert self.tcpdump.stderr is not None
         try:
             said = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
@@ -373,7 +373,7 @@ class _PartitionRun(_QmpPair):
         assert self.src is not None
         before = await self.src.try_execute("query-migrate")
         at_cut = {side: [s.to_json() for s in pair.sockets(side, PORT) if s.state == "ESTAB"]
-                  for side in ("src", "dst")}  # fmt: skip
+                  for side in ("src", "dst")}
         cut_mono = await asyncio.to_thread(pair.cut)
         # Wall clock of the same instant (QEMU's event timestamps and tcpdump's are wall).
         self.cut_wall = time.time() - (time.monotonic() - cut_mono)
@@ -383,7 +383,7 @@ class _PartitionRun(_QmpPair):
                         "src_ram_remaining": ram.get("remaining"),
                         "src_ram_transferred": ram.get("transferred"),
                         "src_status": (before or {}).get("status"),
-                        "sockets_just_before": at_cut}  # fmt: skip
+                        "sockets_just_before": at_cut}
         self.step("cut")
 
     async def observe(self) -> None:
@@ -407,7 +407,7 @@ class _PartitionRun(_QmpPair):
             if ev["event"] == "MIGRATION" and st in NOTICED and self.cut_t <= ev["t"] <= end:
                 qemu = ev.get("qemu_time") or None
                 return (round(ev["t"] - self.cut_t, 3), st,
-                        round(qemu - self.cut_wall, 3) if qemu else None)  # fmt: skip
+                        round(qemu - self.cut_wall, 3) if qemu else None)
         for s in self.rec.statuses.get(side, []):
             if s["status"] in NOTICED and self.cut_t <= s["t"] <= end:
                 return round(s["t"] - self.cut_t, 3), s["status"], None
@@ -421,7 +421,7 @@ class _PartitionRun(_QmpPair):
             self.rec.detected_qemu_clock[side] = q
         if self.cut_t is not None:
             self.rec.after_cut = _summarise_tcpdump(self.tcpdump_lines, self._pair,
-                                                    self.cut_wall)  # fmt: skip
+                                                    self.cut_wall)
         for side in ("src", "dst"):
             samples = self.rec.sockets.get(side, [])
             cut = self.cut_t if self.cut_t is not None else float("inf")
@@ -476,7 +476,7 @@ class _PartitionRun(_QmpPair):
         self.rec.prediction = {"source": src_pred.source.to_json(),
                                "destination": dst_pred.destination.to_json(),
                                "inputs": {"wrote_after_cut": wrote,
-                                          "model_scenario": scenario}}  # fmt: skip
+                                          "model_scenario": scenario}}
         self.rec.checks = {
             "src": check_side(src_pred.source, self.rec.detected["src"], self.window),
             "dst": check_side(dst_pred.destination, self.rec.detected["dst"], self.window),
@@ -516,7 +516,7 @@ class _PartitionRun(_QmpPair):
             if inst is None:
                 continue
             self.rec.stderr[side] = [s["line"] for s in inst.stderr_lines
-                                     if s["stream"] == "stderr"]  # fmt: skip
+                                     if s["stream"] == "stderr"]
             self.rec.events[side] = inst.events
             self.rec.killed[side] = inst.killed
         with contextlib.suppress(KeyError):
@@ -541,11 +541,7 @@ async def run_partition_async(
 ) -> PartitionRecord:
     """Async form of :func:`run_partition`."""
     strat = strategy if isinstance(strategy, Strategy) else Strategy.parse(strategy)
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    console = progress_console(progress)
     run = _PartitionRun(src, dst, scenario, strat, window, outdir, machine, console, sysctls)
     if console is None:
         return await run.run()
@@ -576,18 +572,19 @@ def run_partition(
     :raises LabError: a build is missing, namespaces cannot be made, QEMU did not start, or
         postcopy never started.
     """
-    from migcompat.lab.builds import find_build
-
-    builds = []
-    for rel in (src, dst):
-        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
-        if b is None:
-            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
-        builds.append(b)
-    return asyncio.run(run_partition_async(
-        builds[0], builds[1], scenario, strategy=strategy, window=window, machine=machine,
-        outdir=Path(outdir) if outdir else None, progress=progress, sysctls=sysctls,
-    ))  # fmt: skip
+    return asyncio.run(
+        run_partition_async(
+            require_build(src),
+            require_build(dst),
+            scenario,
+            strategy=strategy,
+            window=window,
+            machine=machine,
+            outdir=Path(outdir) if outdir else None,
+            progress=progress,
+            sysctls=sysctls,
+        )
+    )
 
 
 def print_partition(rec: PartitionRecord) -> None:
@@ -596,7 +593,7 @@ def print_partition(rec: PartitionRecord) -> None:
     from rich.table import Table
 
     t = Table(title=f"{rec.scenario} {rec.strategy}: {rec.src['release']} → "
-              f"{rec.dst['release']} ({rec.machine}), window {rec.window:g} s")  # fmt: skip
+              f"{rec.dst['release']} ({rec.machine}), window {rec.window:g} s")
     for col in ("side", "version", "URI", "detected (s after cut)", "predicted", "verdict"):
         t.add_column(col)
     for side in ("src", "dst"):
@@ -609,7 +606,7 @@ def print_partition(rec: PartitionRecord) -> None:
             else f"not within {rec.window:g}",
             ("never" if p is None else f"{p:g}") + f" ({chk.get('mechanism', '?')})",
             chk.get("verdict", "?"),
-        )  # fmt: skip
+        )
     c = Console()
     c.print(t)
     for side in ("src", "dst"):
@@ -618,9 +615,9 @@ def print_partition(rec: PartitionRecord) -> None:
             c.print(f"[dim]{side} stderr:[/] {line}", highlight=False)
     for err in rec.step_errors:
         c.print(f"[yellow]{err['side']} {err['command']}:[/] "
-                f"{err.get('qemu_error') or err['error']}")  # fmt: skip
+                f"{err.get('qemu_error') or err['error']}")
     c.print(f"after the cut: {json.dumps({k: v for k, v in rec.after_cut.items()})[:400]}",
-            highlight=False)  # fmt: skip
+            highlight=False)
     c.print(f"record: {rec.outdir}/record.json")
 
 
@@ -678,11 +675,11 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
     """The measured-vs-predicted table of docs/partition.md, from run records (JSON dicts)."""
     head = ("| run | source → destination | scenario | strategy | side | socket evidence "
             "| measured | predicted | verdict |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")  # fmt: skip
+            "|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for rec in records:
         pair = (f"{rec['src']['version_text'].split()[3]} → "
-                f"{rec['dst']['version_text'].split()[3]}")  # fmt: skip
+                f"{rec['dst']['version_text'].split()[3]}")
         inputs = rec["prediction"]["inputs"]
         for side, key in (("src", "source"), ("dst", "destination")):
             # Today's model on the run's own inputs (not the prediction stored at the time):
@@ -694,7 +691,7 @@ def markdown_table(records: list[dict[str, Any]]) -> str:
                     source_sending=inputs["wrote_after_cut"]["src"],
                 ),
                 key,
-            )  # fmt: skip
+            )
             chk = check_side(pred, rec["detected"].get(side), rec["window"])
             rows.append(
                 f"| {rec.get('name', '')} | {pair} | {rec['scenario']} | {rec['strategy']} "

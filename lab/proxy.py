@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from migcompat.lab._errors import LabError
+from migcompat.protocol import make_frame
 
 __all__ = ["FrameInfo", "Framer", "Proxy", "make_frame"]
 
@@ -39,8 +40,8 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-# MIG_RP_MSG_* ids (stable since 2.5; see the reference table) for the fallback framer only;
-# QEMU's names, as the protocol core's events spell them.
+# MIG_RP_MSG_* ids (stable since 2.5; the catalog in protocol/data/ has them per release), for
+# the fallback framer only; QEMU's names, as the protocol core's events spell them.
 _RP_NAMES = {
     0: "MIG_RP_MSG_INVALID", 1: "MIG_RP_MSG_SHUT", 2: "MIG_RP_MSG_PONG",
     3: "MIG_RP_MSG_REQ_PAGES_ID", 4: "MIG_RP_MSG_REQ_PAGES", 5: "MIG_RP_MSG_RECV_BITMAP",
@@ -49,15 +50,6 @@ _RP_NAMES = {
 _SHUT = 1
 _RECV_BITMAP = 5
 _BITMAP_END = 0x0123456789ABCDEF
-
-
-def make_frame(type_id: int, payload: bytes = b"", length: int | None = None) -> bytes:
-    """``be16 type, be16 length, payload`` (``length`` may lie, to build bad frames).
-
-    >>> make_frame(8).hex()
-    '00080000'
-    """
-    return struct.pack(">HH", type_id, len(payload) if length is None else length) + payload
 
 
 @dataclass(frozen=True)
@@ -89,7 +81,7 @@ class Framer:
         self.stopped: str | None = None  #: the Reader's end sentinel, once it returned one
         if release is not None:
             try:
-                from migcompat.protocol import (  # type: ignore[attr-defined]
+                from migcompat.protocol import (
                     NEED_DATA,
                     Reader,
                     RemoteViolation,
@@ -141,7 +133,7 @@ class Framer:
 
     def _feed_reader(self, data: bytes) -> list[FrameInfo]:
         self.reader.receive_data(data)
-        out = []
+        out: list[FrameInfo] = []
         while True:
             ev = self.reader.next_event()
             if ev is self._need_data:
@@ -155,7 +147,7 @@ class Framer:
 
     def _feed_own(self, data: bytes) -> list[FrameInfo]:
         self._buf += data
-        out = []
+        out: list[FrameInfo] = []
         pos = 0
         start = self.received - len(self._buf)
         while len(self._buf) - pos >= 4:

@@ -1,4 +1,5 @@
-"""One QEMU process driven through ``qemu.qmp`` (style anchor 4 / lesson 12).
+"""One QEMU process driven through ``qemu.qmp``, in qemu.qmp's manner: a :class:`LabState`
+enum, state guards, failures rolled back with the cause wrapped, QEMU's error text verbatim.
 
 The instance owns exactly one process, started from :meth:`QemuBuild.argv`, whose PID is QEMU's
 own; it is the only thing we ever signal. Everything QEMU says is kept verbatim and timestamped
@@ -23,8 +24,10 @@ from typing import Any, ParamSpec, TypeVar
 
 from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
+from migcompat.compat import MachineType
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild
+from migcompat.protocol import InputError, Release
 
 __all__ = ["LabState", "QemuInstance", "StateError", "newest_common_machine", "query_machines"]
 
@@ -224,11 +227,12 @@ class QemuInstance:
 
     async def _record_events(self, listener: EventListener) -> None:
         async for event in listener:
-            ts = event.get("timestamp", {})
+            ts: Any = event.get("timestamp", {})  # qemu.qmp types a Message's values as object
+            data: Any = event.get("data", {})
             record = {
                 "t": self.now(),
                 "event": event["event"],
-                "data": dict(event.get("data", {})),
+                "data": dict(data),
                 "qemu_time": ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
             }
             self.events.append(record)
@@ -297,10 +301,12 @@ async def query_machines(build: QemuBuild, workdir: Path) -> list[dict[str, Any]
     return list(machines)
 
 
-def _machine_version(name: str) -> tuple[int, ...] | None:
-    tail = name.rsplit("-", 1)[-1]
-    parts = tail.split(".")
-    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) else None
+def _machine_version(name: str) -> Release | None:
+    """``pc-q35-4.0.1`` → 4.0.1 (compat's machine-type parser); None for ``q35``, ``none``."""
+    try:
+        return MachineType(name).version
+    except InputError:
+        return None
 
 
 def newest_common_machine(*machine_lists: list[dict[str, Any]], family: str = "pc-q35-") -> str:
@@ -319,4 +325,4 @@ def newest_common_machine(*machine_lists: list[dict[str, Any]], family: str = "p
         if family == "pc-q35-":
             return newest_common_machine(*machine_lists, family="pc-i440fx-")
         raise LabError("the builds share no versioned pc machine type")
-    return max(common, key=lambda n: _machine_version(n) or ())
+    return max(common, key=lambda n: _machine_version(n) or Release("0.0"))

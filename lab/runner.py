@@ -28,13 +28,21 @@ from pathlib import Path
 from typing import Any
 
 from migcompat.lab._errors import LabError, LabStalled
-from migcompat.lab.builds import QemuBuild, release_key, run_dir
+from migcompat.lab.builds import QemuBuild, release_key, require_build, run_dir
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
 from migcompat.lab.scenarios import Scenario, parse_scenario
 
-__all__ = ["SETTLED", "RunRecord", "print_record", "run_scenario", "run_scenario_async"]
+__all__ = [
+    "SETTLED",
+    "QmpPair",
+    "RunRecord",
+    "print_record",
+    "progress_console",
+    "run_scenario",
+    "run_scenario_async",
+]
 
 
 def __dir__() -> list[str]:
@@ -102,7 +110,16 @@ def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
 
 
-class _QmpPair:
+def progress_console(progress: bool) -> Any:
+    """A rich console on stderr for a run's live status line, or None without ``progress``."""
+    if not progress:
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class QmpPair:
     """What every lab run does with its two QEMUs: the clock, the step log, QMP calls
     (errors kept verbatim), waiting for the guest, and status polling."""
 
@@ -115,6 +132,7 @@ class _QmpPair:
     last: dict[str, str | None]
     src: QemuInstance | None
     dst: QemuInstance | None
+    workdir: Path
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -196,7 +214,7 @@ class _QmpPair:
 
 
 
-class _Run(_QmpPair):
+class _Run(QmpPair):
     """State of one run; the coroutine methods are the steps of the module docstring."""
 
     def __init__(
@@ -494,11 +512,7 @@ async def run_scenario_async(
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
-    console = None
-    if progress:
-        from rich.console import Console
-
-        console = Console(stderr=True)
+    console = progress_console(progress)
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
@@ -534,17 +548,9 @@ def run_scenario(
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
     """
-    from migcompat.lab.builds import find_build
-
-    builds = []
-    for rel in (src_release, dst_release):
-        b = rel if isinstance(rel, QemuBuild) else find_build(rel)
-        if b is None:
-            raise LabError(f"no QEMU build for {rel!r}: run `migcompat lab provision {rel}`")
-        builds.append(b)
     return asyncio.run(
         run_scenario_async(
-            builds[0], builds[1], scenario, machine=machine,
+            require_build(src_release), require_build(dst_release), scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
             idle=idle, progress=progress,
         )

@@ -1,23 +1,13 @@
-"""Scenario names (``plain``, ``inject:8``, ``recover``…) parsed into values the runner follows.
+"""The lab's scenario names: the grammar is :func:`migcompat.protocol.parse_scenario`.
 
-Grammar (one name, no spaces)::
-
-    plain | plain-idle | blackhole-idle | blackhole | cut[-idle] | recover
-    inject:TYPE[:LEN[:HEX]][@TRIGGER][-idle]
-    TRIGGER := postcopy | frames=N | t=SECONDS      (default: postcopy)
-
-``LEN`` defaults to the payload's length; ``HEX`` defaults to ``LEN`` zero bytes, so
-``inject:8`` is ``00 08 00 00`` (the never-merged KEEPALIVE proposal) and ``inject:4:12`` a
-REQ_PAGES of zeroes. A ``LEN`` that disagrees with ``HEX`` writes a lying length on purpose.
+The lab raises its own error type for a name it cannot run (``LabError``, exit status 2).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 from migcompat.lab._errors import LabError
-from migcompat.lab.proxy import make_frame
+from migcompat.protocol import SCENARIO_KINDS, InputError, Scenario
+from migcompat.protocol import parse_scenario as _parse
 
 __all__ = ["SCENARIO_KINDS", "Scenario", "parse_scenario"]
 
@@ -26,75 +16,15 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-#: The kinds the runner knows; ``inject`` takes parameters.
-SCENARIO_KINDS = ("plain", "inject", "blackhole", "cut", "recover")
-
-_INJECT_RE = re.compile(
-    r"inject:(?P<type>0x[0-9a-fA-F]+|\d+)"
-    r"(?::(?P<len>0x[0-9a-fA-F]+|\d+)?(?::(?P<hex>[0-9a-fA-F]*))?)?"
-    r"(?:@(?P<trigger>postcopy|frames=\d+|t=\d+(?:\.\d+)?))?"
-)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    """What the runner does between "migration started" and "collect the outcome".
-
-    :param name: the canonical name (goes into records and fixture metadata).
-    :param kind: one of :data:`SCENARIO_KINDS`.
-    :param idle: destination started with ``-S`` and never continued (no page requests).
-    :param frame: bytes to inject (``inject`` only).
-    :param trigger: ``postcopy`` (source reports postcopy-active), ``frames=N`` (after N
-        return-path frames) or ``t=S`` (S seconds after ``migrate``).
-    """
-
-    name: str
-    kind: str
-    idle: bool = False
-    frame: bytes | None = None
-    trigger: str = "postcopy"
-
-    def to_json(self) -> dict[str, object]:
-        """JSON-able form for the run record."""
-        return {
-            "name": self.name,
-            "kind": self.kind,
-            "idle": self.idle,
-            "frame_hex": self.frame.hex() if self.frame is not None else None,
-            "trigger": self.trigger,
-        }
-
-
 def parse_scenario(name: str, *, idle: bool = False) -> Scenario:
-    """Parse a scenario name (see the module docstring).
+    """Parse a scenario name (grammar: :mod:`migcompat.protocol`'s ``parse_scenario``).
 
     >>> parse_scenario("inject:8").frame.hex()
     '00080000'
-    >>> parse_scenario("blackhole-idle").idle
-    True
 
     :raises LabError: an unknown name, with the list of known ones.
     """
-    base = name
-    if base.endswith("-idle"):
-        base, idle = base.removesuffix("-idle"), True
-    if base in ("plain", "blackhole", "cut", "recover"):
-        return Scenario(name=base + ("-idle" if idle else ""), kind=base, idle=idle)
-    m = _INJECT_RE.fullmatch(base)
-    if m:
-        type_id = int(m["type"], 0)
-        payload = bytes.fromhex(m["hex"]) if m["hex"] else None
-        length = int(m["len"], 0) if m["len"] else None
-        if payload is None:
-            payload = bytes(length or 0)
-        if type_id > 0xFFFF or (length is not None and length > 0xFFFF):
-            raise LabError(f"scenario {name!r}: type and length are be16")
-        frame = make_frame(type_id, payload, length)
-        return Scenario(
-            name=base + ("-idle" if idle else ""), kind="inject", idle=idle, frame=frame,
-            trigger=m["trigger"] or "postcopy",
-        )  # fmt: skip
-    raise LabError(
-        f"unknown scenario {name!r}; known: plain, plain-idle, inject:TYPE[:LEN[:HEX]][@TRIGGER], "
-        "blackhole-idle, cut, recover (see `migcompat lab run --help`)"
-    )
+    try:
+        return _parse(name, idle=idle)
+    except InputError as exc:
+        raise LabError(str(exc)) from None

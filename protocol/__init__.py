@@ -57,6 +57,7 @@ from ._forward import (
 from ._grammar import build_frame, frame_grammar, parse_frame
 from ._reader import RamBlock, Reader, machine_version
 from ._releases import Release, parse_release
+from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_stream
 
@@ -64,6 +65,7 @@ from ._stream import ENGINES, StreamVerdict, check_stream
 __all__ = (
     "ENGINES",
     "NEED_DATA",
+    "SCENARIO_KINDS",
     "STOPPED",
     "CatalogError",
     "ConstructReader",
@@ -97,6 +99,7 @@ __all__ = (
     "ReqPagesId",
     "ResumeAck",
     "RpCatalog",
+    "Scenario",
     "SectionHeader",
     "Shut",
     "StreamCatalog",
@@ -112,9 +115,11 @@ __all__ = (
     "frame_grammar",
     "known_releases",
     "machine_version",
+    "make_frame",
     "overlays",
     "parse_frame",
     "parse_release",
+    "parse_scenario",
     "resolve_line",
     "stream_catalog",
 )

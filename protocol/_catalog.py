@@ -4,7 +4,7 @@
 from extracted QEMU trees plus a small file of dated history facts; every row
 carries its provenance. Nothing here is typed by hand: the construct grammar,
 the source-parser model, the fast path and the hypothesis strategies are all
-derived from these objects (style anchor 8).
+derived from these objects.
 
 ``MIGCOMPAT_CATALOG=/path/to/catalog.json`` swaps in another catalog, e.g. one
 built from a patched QEMU tree by a developer adding a return-path message.
@@ -176,7 +176,8 @@ def _raw() -> Mapping[str, Any]:
     if data.get("schema") != 1:
         raise CatalogError(f"catalog schema {data.get('schema')!r} is not 1")
     _validate(data)
-    return data
+    validated: Mapping[str, Any] = data
+    return validated
 
 
 def _validate(data: Mapping[str, Any]) -> None:
@@ -268,12 +269,17 @@ def _spec(m: Mapping[str, Any]) -> MessageSpec:
     )
 
 
+def _entry(release: Release | str) -> tuple[Release, Release, Mapping[str, Any]]:
+    """``release`` as a :class:`Release`, the line whose data applies, and that data."""
+    rel = release if isinstance(release, Release) else Release(release)
+    line = resolve_line(rel)
+    return rel, line, _raw()["releases"][str(line)]
+
+
 @cache
 def catalog(release: Release | str) -> RpCatalog:
     """The return-path catalog of a source release (with its overlay applied, if any)."""
-    rel = release if isinstance(release, Release) else Release(release)
-    line = resolve_line(rel)
-    entry = _raw()["releases"][str(line)]
+    rel, line, entry = _entry(release)
     rp = entry["rp"]
     messages = tuple(_spec(m) for m in rp["messages"])
     overlay = None
@@ -317,9 +323,7 @@ def catalog(release: Release | str) -> RpCatalog:
 @cache
 def stream_catalog(release: Release | str) -> StreamCatalog:
     """The forward stream's header, section types and ``MIG_CMD_*`` table of a release."""
-    rel = release if isinstance(release, Release) else Release(release)
-    line = resolve_line(rel)
-    entry = _raw()["releases"][str(line)]
+    rel, _line, entry = _entry(release)
     cmds = entry["mig_cmds"]
     return StreamCatalog(
         release=rel,
@@ -349,7 +353,8 @@ def __getattr__(name: str) -> Any:
     # the package never reads the catalog and a broken catalog fails loudly
     # where it is used.
     if name == "MigRpMessageType":
-        enum_cls = enum.IntEnum("MigRpMessageType", _all_rp_names())
+        # Members come from the data, so no checker can list them.
+        enum_cls = enum.IntEnum("MigRpMessageType", _all_rp_names())  # type: ignore[misc]
         enum_cls.__doc__ = "Every return-path message id any release or overlay defines."
         globals()["MigRpMessageType"] = enum_cls
         return enum_cls

@@ -18,18 +18,16 @@ frame's bytes. Two outcomes are specific to this engine:
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 from typing import Any
 
 import construct as cs
 
 from ._catalog import RpCatalog
 from ._errors import RemoteViolation
-from ._events import Event, Message, RawMessage, RecvBitmap
-from ._fast import _event_class
+from ._events import Event, EventSource, Message, RawMessage, RecvBitmap
 from ._grammar import frame_grammar
 from ._layouts import PAYLOAD_LAYOUTS
-from ._reader import Reader
+from ._reader import Reader, event_class
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -40,7 +38,7 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-class ConstructReader:
+class ConstructReader(EventSource):
     """:class:`~migcompat.protocol.Reader`'s interface; frames decoded by the construct grammar.
 
     Parameters as :class:`~migcompat.protocol.Reader` (RAM checks are the model's).
@@ -81,8 +79,7 @@ class ConstructReader:
         ev = m.next_event()
         if not isinstance(ev, Message):
             return ev
-        at = ev.offset - m._base
-        frame = bytes(m._data[at : at + ev.size])
+        frame = m.buffer.span(ev.offset, ev.offset + ev.size)
         try:
             stream = io.BytesIO(frame)
             parsed = self._grammar.parse_stream(stream)
@@ -105,18 +102,10 @@ class ConstructReader:
             raise AssertionError(f"grammar and model disagree:\n  grammar {got!r}\n  model {ev!r}")
         return got
 
-    def events(self) -> Iterator[Event]:
-        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
-        while True:
-            ev = self.next_event()
-            if ev is NEED_DATA or ev is STOPPED:
-                return
-            yield ev  # type: ignore[misc]
-
     def _event(self, ev: Message, c: cs.Container) -> Message:
         """The typed event built from the grammar's parse ``c`` (position from the frame)."""
         spec = self.catalog.by_id[c.type]
-        cls = _event_class(spec)
+        cls = event_class(spec)
         common: dict[str, Any] = {
             "release": self.release,
             "offset": ev.offset,

@@ -1,4 +1,4 @@
-"""One exception hierarchy for the whole toolkit (style anchor 5).
+"""One exception hierarchy for the whole toolkit.
 
 ``MigcompatError`` roots everything a user can cause; the CLI catches only it.
 Any other exception escaping the toolkit is a bug and keeps its traceback.

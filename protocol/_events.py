@@ -1,32 +1,39 @@
-"""Typed return-path events (style anchor 2, after h11's ``_events.py``).
+"""Typed events of every reader in protocol/ (after h11's ``_events.py``).
 
 Each event is a frozen, keyword-only record carrying QEMU's field names, the
-``release`` whose reader produced it, the stream ``offset`` of its frame, the
-header ``length`` and the ``size`` of everything the frame occupies on the wire
-(header + payload, plus the bitmap blob after RECV_BITMAP). Value equality lets
-tests compare whole event lists. Don't subclass these.
-``gc=False`` is safe because events hold no cycles (ints, str, bytes, ``Release``).
+``release`` whose catalog its reader used and the stream ``offset`` where it
+begins. Return-path messages also carry the header ``length`` and the ``size``
+of everything the frame occupies on the wire (header + payload, plus the bitmap
+blob after RECV_BITMAP); the forward-stream events (``_forward.py``) are built
+on the same :class:`Event` base. Value equality lets tests compare whole event
+lists. Don't subclass these outside protocol/.
+``gc=False`` is safe because events hold no cycles (ints, str, bytes, tuples,
+``Release``); :class:`~migcompat.protocol.ForwardCommand`, which holds a dict,
+keeps the garbage collector's tracking.
 
 They are ``msgspec.Struct`` classes, not dataclasses, for one reason: a bulk
 decode makes millions of them. A Struct is built by C code (about a third of a
 frozen dataclass's ``__init__``) and, with ``gc=False``, is never tracked by the
 garbage collector, so holding many events does not trigger full collections
 (docs/performance.md). Fields: ``type(ev).__struct_fields__``; copy with a
-change: ``msgspec.structs.replace``.
+change: ``msgspec.structs.replace``; plain values: :meth:`Event.as_dict`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import msgspec
 
 from ._releases import Release
+from ._sentinels import NEED_DATA, STOPPED
 
 __all__ = [
     "EVENT_TYPES",
     "EndOfStream",
     "Event",
+    "EventSource",
     "Keepalive",
     "Message",
     "Pong",
@@ -44,14 +51,16 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-class Event:
+class Event(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     """Base of everything a reader returns that is not a sentinel."""
 
-    __slots__ = ()
+    release: Release
+    offset: int
 
     def as_dict(self) -> dict[str, Any]:
+        """The fields as plain values: ``Release`` as text, bytes as hex."""
         out: dict[str, Any] = {}
-        for name in self.__struct_fields__:  # type: ignore[attr-defined]
+        for name in self.__struct_fields__:
             value = getattr(self, name)
             if isinstance(value, Release):
                 value = str(value)
@@ -61,14 +70,48 @@ class Event:
         return out
 
 
-class Message(msgspec.Struct, Event, frozen=True, kw_only=True, gc=False):
+class EventSource:
+    """The sans-IO reader interface: ``next_event()``, and ``events()`` built on it once.
+
+    A reader that decodes ahead (the fast path) keeps the events not yet returned
+    in ``_ready`` (an iterator) and overrides :meth:`_advance`, so that ``events()``
+    hands them on at C speed, one as the consumer asks, and none is lost when the
+    consumer stops early.
+    """
+
+    __slots__ = ()
+
+    #: Decoded ahead, not yet returned (an exhausted iterator when nothing is).
+    _ready: Iterator[Event] = iter(())
+    #: The reader overrides :meth:`_advance` (it decodes ahead into ``_ready``).
+    _reads_ahead: ClassVar[bool] = False
+
+    def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
+        raise NotImplementedError
+
+    def _advance(self) -> Event | type[NEED_DATA] | type[STOPPED] | None:
+        """With ``_ready`` used up: refill it (``None``), or what ``next_event()`` returns."""
+        return self.next_event()
+
+    def events(self) -> Iterator[Event]:
+        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
+        step = self._advance if self._reads_ahead else self.next_event
+        while True:
+            ev = step()
+            if ev is None:  # decoded ahead into _ready
+                yield from self._ready
+            elif isinstance(ev, Event):
+                yield ev
+            else:  # NEED_DATA or STOPPED
+                return
+
+
+class Message(Event, frozen=True, kw_only=True, gc=False):
     """A return-path frame the source dispatched (abstract)."""
 
     #: QEMU's ``rp_cmd_args[].name`` of this message; set by each subclass.
     TABLE_NAME: ClassVar[str] = ""
 
-    release: Release
-    offset: int
     type_id: int
     length: int
     size: int
@@ -164,7 +207,7 @@ class RawMessage(Message, frozen=True, kw_only=True, gc=False):
         return "MIG_RP_MSG_" + self.short_name
 
 
-class EndOfStream(msgspec.Struct, Event, frozen=True, kw_only=True, gc=False):
+class EndOfStream(Event, frozen=True, kw_only=True, gc=False):
     """The byte stream ended (``receive_data(b"")``).
 
     ``truncated`` says a frame was cut short; ``qemu_error`` is what the source
@@ -172,8 +215,6 @@ class EndOfStream(msgspec.Struct, Event, frozen=True, kw_only=True, gc=False):
     "Failed reading data …", or 2.5's "invalid message 0x0000" read from zeros).
     """
 
-    release: Release
-    offset: int
     truncated: bool
     #: Bytes of the cut-short frame that did arrive.
     partial: int = 0

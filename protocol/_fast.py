@@ -29,11 +29,13 @@ Events are built by the generated code calling the event class (a
 ``msgspec.Struct``: its constructor is C code, and ``gc=False`` keeps millions
 of them out of the garbage collector's way; numbers in docs/performance.md).
 
-WARNING: ``_HANDLER_RULES`` names the messages whose handler in
-``source_return_path_thread`` does more than read its layout (mirrored from
-``Reader._dispatch``); a new rule there must be added here. The hypothesis
-properties in ``tests/property/test_fast_equivalence.py`` compare the two
-readers on arbitrary and mutated streams and would catch a miss.
+Which frames the model must read comes from the model's own handler table
+(``HANDLERS`` in ``_reader.py``, through :func:`model_reads`): a rule added there
+applies here with no edit. The hypothesis properties in
+``tests/property/test_fast_equivalence.py`` compare the two readers on arbitrary
+and mutated streams. The fast path moves the model's read position and stack
+buffer only through the model's :meth:`~Reader.skip_frames`,
+:meth:`~Reader.snapshot` and :meth:`~Reader.restore`.
 """
 
 from __future__ import annotations
@@ -48,9 +50,18 @@ from typing import Any
 
 from ._catalog import MessageSpec, RpCatalog, catalog
 from ._errors import RemoteViolation
-from ._events import EVENT_TYPES, Event, Message, RawMessage
+from ._events import EVENT_TYPES, Event, EventSource, RawMessage
 from ._layouts import FIELD_SIZES, PAYLOAD_LAYOUTS
-from ._reader import _HEADER, RamBlock, Reader, as_ram_blocks
+from ._reader import (
+    ALWAYS,
+    HANDLERS,
+    RamBlock,
+    Reader,
+    ReaderSnapshot,
+    as_ram_blocks,
+    event_class,
+    model_reads,
+)
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -61,12 +72,8 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
-#: Handlers with rules beyond "unpack the layout" (migration.c); the model reads these.
-#: SHUT ends the thread, RESUME_ACK checks its value, RECV_BITMAP reads a blob after
-#: the frame and its name from the stack buffer.
-_HANDLER_RULES = frozenset({"SHUT", "RESUME_ACK", "RECV_BITMAP"})
-#: Handlers that check the source's RAM when the reader knows it (``ram_blocks``).
-_RAM_RULES = frozenset({"REQ_PAGES", "REQ_PAGES_ID"})
+#: Messages the model reads in every context (derived from its handler table).
+_HANDLER_RULES = frozenset(name for name, h in HANDLERS.items() if h.when == ALWAYS)
 #: Events made per fill for ``next_event()``: bounds the memory a huge buffered input
 #: pins at once, and what ``_unread_pending`` re-reads when context is set midway.
 MAX_BATCH = 512
@@ -109,14 +116,6 @@ class FastPlan:
     source: str
 
 
-def _event_class(spec: MessageSpec) -> type[Message]:
-    """The event the model builds for ``spec`` (``Reader._dispatch``'s first test)."""
-    cls = EVENT_TYPES.get(spec.short_name)
-    if cls is None or spec.short_name not in PAYLOAD_LAYOUTS:
-        return RawMessage
-    return cls
-
-
 #: Frames built per iteration of a generated bulk loop (fewer loop and unpack steps per frame).
 _UNROLL = 8
 
@@ -142,7 +141,7 @@ def _gen_run(spec: MessageSpec, ns: dict[str, Any]) -> str | None:
     """
     name, length = spec.short_name, spec.length
     assert length is not None
-    cls = _event_class(spec)
+    cls = event_class(spec)
     size = 4 + length
     sid = spec.id
     head = [
@@ -269,9 +268,7 @@ def fast_plan(
         not in legacy mode), leave them to the model too.
     """
     cat = catalog(release)
-    rules = set(_HANDLER_RULES)
-    if stateful_switchover_ack and cat.switchover_ack_accounting == "counted":
-        rules.add("SWITCHOVER_ACK")  # counted against the devices' requests: the model's
+    counted = stateful_switchover_ack and cat.switchover_ack_accounting == "counted"
     ns: dict[str, Any] = {"REL": cat.release, "__builtins__": __builtins__}
     sources: list[str] = []
     runs: dict[int, tuple[bytes, int, int, str]] = {}
@@ -279,7 +276,7 @@ def fast_plan(
     names: list[str] = []
     for spec in cat.messages:
         name = spec.short_name
-        if not spec.id or name in rules or (ram_checks and name in _RAM_RULES):
+        if not spec.id or model_reads(name, ram_checks=ram_checks, counted=counted):
             continue
         if spec.length is not None:
             if spec.length > cat.buffer_size:
@@ -291,7 +288,7 @@ def fast_plan(
                 runs[key] = (header, 4 + spec.length, spec.length, f"run_{spec.id}")
                 sources.append(src)
                 names.append(name)
-        elif name in PAYLOAD_LAYOUTS and _event_class(spec) is not RawMessage:
+        elif name in PAYLOAD_LAYOUTS and event_class(spec) is not RawMessage:
             src = _gen_tail(spec, cat, ns)
             if src is not None:
                 tails[spec.id] = f"tail_{spec.id}"
@@ -321,7 +318,7 @@ def fast_plan(
 # -- the reader ------------------------------------------------------------------------
 
 
-class FastReader:
+class FastReader(EventSource):
     """:class:`~migcompat.protocol.Reader`'s interface and events, decoded in bulk.
 
     Parameters as :class:`~migcompat.protocol.Reader`. Everything the fast path
@@ -329,21 +326,25 @@ class FastReader:
     ``Reader``, so rejections, end of stream and their texts are the model's own.
     """
 
+    _reads_ahead = True
+
     def __init__(self, release: Release | str, **options: Any) -> None:
         self._model = Reader(release, **options)
+        # The model's receive buffer (one object for the model's lifetime), read in place.
+        self._buf = self._model.buffer
         self.catalog: RpCatalog = self._model.catalog
         self.release: Release = self._model.release
         self._plan = self._plan_for_model()
-        # Decoded by the fast path, not yet returned (what is left in ``_it``, an
+        # Decoded by the fast path, not yet returned (what is left in ``_ready``, an
         # iterator over ``_batch``); the model's read position is already after them.
         # A list iterator, so that ``events()`` hands them out with ``yield from`` (C
         # speed), each one as the consumer asks, and none is lost if it stops early.
         self._batch: list[Event] = []
-        self._it: Iterator[Event] = iter(self._batch)
+        self._ready: Iterator[Event] = iter(self._batch)
         self._win = _MIN_WINDOW
-        #: The last fill into ``_batch``: its stream offset, bytes, event count and the
-        #: stack buffer before it, so that context set midway can re-read what is pending.
-        self._last_fill: tuple[int, bytes, int, bytes] | None = None
+        #: The last fill into ``_batch``: the model's snapshot before it and its event
+        #: count, so that context set midway can re-read what is pending.
+        self._last_fill: tuple[ReaderSnapshot, int] | None = None
 
     # -- public interface (Reader's) ------------------------------------------------------
     @property
@@ -378,12 +379,12 @@ class FastReader:
     @property
     def offset(self) -> int:
         """Stream offset of the next unread byte, as the caller has seen events so far."""
-        n = length_hint(self._it)
-        return self._batch[-n].offset if n else self._model.offset  # type: ignore[attr-defined]
+        n = length_hint(self._ready)
+        return self._batch[-n].offset if n else self._model.offset
 
     @property
     def stopped(self) -> bool:
-        return not length_hint(self._it) and self._model.stopped
+        return not length_hint(self._ready) and self._model.stopped
 
     @property
     def buffered(self) -> int:
@@ -399,12 +400,11 @@ class FastReader:
 
         :raises RemoteViolation: the source rejects the bytes (sticky, like the model).
         """
-        ev = next(self._it, None)
+        ev = next(self._ready, None)
         if ev is not None:
             return ev
-        if self._model._phase == _HEADER and self._refill():
-            return next(self._it)
-        return self._model.next_event()
+        got = self._advance()
+        return next(self._ready) if got is None else got
 
     def drain(self) -> list[Event]:
         """Every event available now, as one list (the bulk form of :meth:`events`).
@@ -414,10 +414,11 @@ class FastReader:
 
         :raises RemoteViolation: the source rejects the bytes and no event precedes it.
         """
-        out = list(self._it)
+        out = list(self._ready)
         model = self._model
+        model.drop_snapshot()  # nothing is pending: no re-read will need the last fill's bytes
         while True:
-            if model._phase == _HEADER:
+            if model.at_frame_boundary:
                 before = len(out)
                 # All of them end up in one list anyway: no batch limit here.
                 self._fill(out, budget=1 << 30)
@@ -429,25 +430,18 @@ class FastReader:
                 if out:
                     return out
                 raise
-            if ev is NEED_DATA or ev is STOPPED:
+            if not isinstance(ev, Event):  # NEED_DATA or STOPPED
                 return out
-            out.append(ev)  # type: ignore[arg-type]
-
-    def events(self) -> Iterator[Event]:
-        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
-        model = self._model
-        while True:
-            # One by one as the consumer asks; next_event(), drain() or context set
-            # midway advance or exhaust the same iterator, so nothing is returned twice.
-            yield from self._it
-            if model._phase == _HEADER and self._refill():
-                continue
-            ev = model.next_event()
-            if ev is NEED_DATA or ev is STOPPED:
-                return
-            yield ev  # type: ignore[misc]
+            out.append(ev)
 
     # -- machinery -----------------------------------------------------------------------
+    def _advance(self) -> Event | type[NEED_DATA] | type[STOPPED] | None:
+        """``None`` when ``_ready`` holds events (still, or a new batch), else the model's
+        next event."""
+        if length_hint(self._ready) or (self._model.at_frame_boundary and self._refill()):
+            return None
+        return self._model.next_event()
+
     def _plan_for_model(self) -> FastPlan:
         """The plan that leaves to the model every frame its current context has rules for."""
         m = self._model
@@ -464,19 +458,17 @@ class FastReader:
         where that fill began (its bytes and QEMU's stack buffer then) and reads the
         frames already returned again, so that it stands before the first pending one.
         """
-        pending = length_hint(self._it)
+        pending = length_hint(self._ready)
         if not pending:
             return
         assert self._last_fill is not None
-        at, raw, made, stack = self._last_fill
+        snap, made = self._last_fill
         m = self._model
-        m._data = bytearray(raw) + m._data[m._pos :]
-        m._base, m._pos = at, 0
-        m._stack_buf[:] = stack
+        m.restore(snap)
         for _ in range(made - pending):
             ev = m.next_event()
             assert ev is not NEED_DATA and ev is not STOPPED, "re-read diverged"
-        deque(self._it, 0)  # exhausted: an events() loop over it moves on
+        deque(self._ready, 0)  # exhausted: an events() loop over it moves on
 
     def _refill(self) -> bool:
         """Decode the next batch (at most :data:`MAX_BATCH`) into ``_batch``; any?"""
@@ -484,7 +476,7 @@ class FastReader:
         self._fill(batch, keep=True)
         if not batch:
             return False
-        self._batch, self._it = batch, iter(batch)
+        self._batch, self._ready = batch, iter(batch)
         return True
 
     def _fill(self, out: list[Event], budget: int = MAX_BATCH, *, keep: bool = False) -> None:
@@ -493,10 +485,11 @@ class FastReader:
         ``keep``: remember what :meth:`_unread_pending` needs (fills into ``_batch``).
         """
         m = self._model
-        data = m._data
-        pos = start = m._pos
+        rb = self._buf
+        data = rb.data
+        pos = start = rb.pos
         end = len(data)
-        shift = m._base  # stream offset of data[0]
+        shift = rb.base  # stream offset of data[0]
         runs = self._plan.runs
         tails = self._plan.tails
         # (payload length, NUL written after it) -> payload position of the last such frame
@@ -556,12 +549,10 @@ class FastReader:
         self._win = win
         if pos == start:
             return
-        m._pos = pos
-        # QEMU's stack buffer, as the model would have left it (stream order).
-        buf = m._stack_buf
         if keep:
-            self._last_fill = (shift + start, bytes(data[start:pos]), len(out), bytes(buf))
-        for (length, nul), at in sorted(marks.items(), key=itemgetter(1)):
-            buf[:length] = data[at : at + length]
-            if nul:
-                buf[length] = 0
+            self._last_fill = (m.snapshot(), len(out))
+        # QEMU's stack buffer, as the model would have left it (stream order).
+        m.skip_frames(
+            pos,
+            [(at, length, nul) for (length, nul), at in sorted(marks.items(), key=itemgetter(1))],
+        )

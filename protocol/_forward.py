@@ -46,12 +46,14 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Generator, Iterator
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from ._catalog import StreamCatalog, stream_catalog
 from ._errors import RemoteViolation
-from ._events import Event
+from ._events import Event, EventSource
+from ._receivebuffer import ReceiveBuffer
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -119,19 +121,15 @@ _RAM_IDSTR = "ram"
 
 
 # -- events ------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StreamHeader(Event):
+class StreamHeader(Event, frozen=True, kw_only=True, gc=False):
     """The ``QEVM`` magic and version (``qemu_savevm_state_header``)."""
 
-    release: Release
-    offset: int
     size: int
     magic: int
     version: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardCommand(Event):
+class ForwardCommand(Event, frozen=True, kw_only=True, gc=True):
     """A ``QEMU_VM_COMMAND``: ``MIG_CMD_*`` id, length and payload, decoded where QEMU says how.
 
     ``depth`` is 1 inside a descended ``MIG_CMD_PACKAGED`` body. ``fields`` holds the
@@ -140,27 +138,22 @@ class ForwardCommand(Event):
     POSTCOPY_ADVISE, ``block_name``/``ranges`` of POSTCOPY_RAM_DISCARD).
     """
 
-    release: Release
-    offset: int
     size: int
     cmd: int
     name: str
     length: int
     payload: bytes
     depth: int = 0
-    fields: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
     @property
     def short_name(self) -> str:
         return self.name.removeprefix("MIG_CMD_")
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class SectionHeader(Event):
+class SectionHeader(Event, frozen=True, kw_only=True, gc=False):
     """A section's opening: ``kind`` is ``START``/``PART``/``END``/``FULL``/``CONFIGURATION``."""
 
-    release: Release
-    offset: int
     size: int
     kind: str
     section_id: int
@@ -170,23 +163,17 @@ class SectionHeader(Event):
     depth: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RamBlocks(Event):
+class RamBlocks(Event, frozen=True, kw_only=True, gc=False):
     """``RAM_SAVE_FLAG_MEM_SIZE``: total RAM and every RAMBlock's idstr and used length."""
 
-    release: Release
-    offset: int
     size: int
     total: int
     blocks: tuple[tuple[str, int], ...]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RamPage(Event):
+class RamPage(Event, frozen=True, kw_only=True, gc=False):
     """One RAM page header and its data (``kind``: page, zero, xbzrle, compressed)."""
 
-    release: Release
-    offset: int
     size: int
     block: str
     addr: int
@@ -194,36 +181,27 @@ class RamPage(Event):
     kind: str
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VmEof(Event):
+class VmEof(Event, frozen=True, kw_only=True, gc=False):
     """``QEMU_VM_EOF``: the end of the device state (precopy completes)."""
 
-    release: Release
-    offset: int
     size: int = 1
     depth: int = 0
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class VmDescription(Event):
+class VmDescription(Event, frozen=True, kw_only=True, gc=False):
     """``QEMU_VM_VMDESCRIPTION``: the JSON description after EOF (kept only as its size)."""
 
-    release: Release
-    offset: int
     size: int
     json_size: int
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardStop(Event):
+class ForwardStop(Event, frozen=True, kw_only=True, gc=False):
     """The forward decode cannot go on without guessing; ``reason`` says why.
 
     ``final`` is false when only a ``PACKAGED`` body is abandoned (its size is known)
     and decoding resumes after it.
     """
 
-    release: Release
-    offset: int
     reason: str
     section_id: int | None = None
     idstr: str | None = None
@@ -231,8 +209,7 @@ class ForwardStop(Event):
     final: bool = True
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardResync(Event):
+class ForwardResync(Event, frozen=True, kw_only=True, gc=False):
     """Decoding resumes after a gap (:meth:`ForwardReader.gap`), inside a RAM section.
 
     ``offset`` is where the first validated page record starts; ``skipped`` counts
@@ -241,19 +218,14 @@ class ForwardResync(Event):
     Whatever the gap held (commands, section boundaries) is unknown.
     """
 
-    release: Release
-    offset: int
     skipped: int
     records: int
     section_id: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ForwardEnd(Event):
+class ForwardEnd(Event, frozen=True, kw_only=True, gc=False):
     """The byte stream ended; ``truncated`` when it ended inside a unit."""
 
-    release: Release
-    offset: int
     truncated: bool
     reason: str = "eof"
 
@@ -285,7 +257,7 @@ class _Section:
         self.version_id = version_id
 
 
-class ForwardReader:
+class ForwardReader(EventSource):
     """Feed source-to-destination bytes; get the stream's header, sections and commands.
 
     :param release: the release whose ``MIG_CMD_*`` table and section types apply.
@@ -338,10 +310,7 @@ class ForwardReader:
             self._t_full: "FULL",
         }
         self._cmd_by_name = {m.short_name: m for m in self.catalog.commands}
-        self._data = bytearray()
-        self._pos = 0
-        self._base = 0
-        self._eof = False
+        self._buf = ReceiveBuffer()
         self._done = False
         self._error: RemoteViolation | None = None
         self._unit_start = 0
@@ -364,7 +333,7 @@ class ForwardReader:
     @property
     def offset(self) -> int:
         """Stream offset of the next unread byte."""
-        return self._base + self._pos
+        return self._buf.offset
 
     @property
     def stopped(self) -> bool:
@@ -372,18 +341,7 @@ class ForwardReader:
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes; ``b""`` means the stream ended."""
-        if not data:
-            self._eof = True
-            return
-        if self._eof:
-            raise ValueError("receive_data after EOF")
-        if self._done:
-            return
-        if self._pos > 65536 and self._pos * 2 > len(self._data):
-            del self._data[: self._pos]
-            self._base += self._pos
-            self._pos = 0
-        self._data += data
+        self._buf.receive(data, reading=not self._done)
 
     def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
         """The next event, :data:`NEED_DATA`, or :data:`STOPPED` after a final stop or the end.
@@ -425,15 +383,8 @@ class ForwardReader:
             return NEED_DATA
         if isinstance(out, ForwardStop) and out.final:
             self._done = True
-        return out  # type: ignore[no-any-return]
-
-    def events(self) -> Iterator[Event]:
-        """Drain every event available now."""
-        while True:
-            ev = self.next_event()
-            if ev is NEED_DATA or ev is STOPPED:
-                return
-            yield ev  # type: ignore[misc]
+        ev: Event = out  # the grammar yields events and NEED_DATA only
+        return ev
 
     def gap(self, length: int) -> None:
         """``length`` bytes are missing right after the bytes received so far (a capture hole).
@@ -444,44 +395,41 @@ class ForwardReader:
         """
         if self._done or self._error is not None:
             return
-        if self._eof:
+        if self._buf.eof:
             raise ValueError("gap after EOF")
         self._gen.close()
-        self._base += len(self._data) + length
-        self._data = bytearray()
-        self._pos = 0
+        self._buf.skip_gap(length)
         self._at_boundary = False
-        self._unit_start = self._base
+        self._unit_start = self._buf.base
         self._gen = self._resync()
 
     # -- byte access (generator helpers) ---------------------------------------------------
     def _take(self, n: int) -> _Need:
-        while len(self._data) - self._pos < n:
-            if self._eof:
+        buf = self._buf
+        while buf.available < n:
+            if buf.eof:
                 raise _Eof
             yield NEED_DATA
-        b = bytes(self._data[self._pos : self._pos + n])
-        self._pos += n
-        return b
+        return buf.take(n)
 
     def _peek(self, n: int) -> _Need:
         """Up to ``n`` next bytes without consuming (fewer only at end of stream)."""
-        while len(self._data) - self._pos < n:
-            if self._eof:
-                return bytes(self._data[self._pos :])
+        buf = self._buf
+        while buf.available < n and not buf.eof:
             yield NEED_DATA
-        return bytes(self._data[self._pos : self._pos + n])
+        return buf.peek(n)
 
     def _skip(self, n: int) -> _Need:
+        buf = self._buf
         while n:
-            avail = len(self._data) - self._pos
+            avail = buf.available
             if not avail:
-                if self._eof:
+                if buf.eof:
                     raise _Eof
                 yield NEED_DATA
                 continue
             k = min(avail, n)
-            self._pos += k
+            buf.consume(k)
             n -= k
 
     def _u8(self) -> _Need:
@@ -501,13 +449,13 @@ class ForwardReader:
         return (yield from self._take(n)).decode("latin-1")
 
     def _violation(self, message: str, start: int) -> RemoteViolation:
-        lo = max(start - self._base, 0)
+        at = self.offset
         return RemoteViolation(
             message,
             offset=start,
             release=self.release,
-            data=bytes(self._data[lo : self._pos + 8]),
-            caret=max(0, self._pos - lo - 1),
+            data=self._buf.span(start, at + 8),
+            caret=max(0, at - max(start, self._buf.base) - 1),
             stopped_at=self.offset,
         )
 
@@ -656,17 +604,7 @@ class ForwardReader:
             ]
         elif name == "PACKAGED":
             fields["size"] = _BE32.unpack(payload)[0]
-        ev = ForwardCommand(
-            release=self.release,
-            offset=start,
-            size=4 + 1 + length,
-            cmd=cmd,
-            name=spec.name,
-            length=length,
-            payload=payload,
-            depth=depth,
-            fields=fields,
-        )
+        ev = self._command_event(cmd, spec.name, start, payload, depth, fields)
         self._end_unit()
         yield ev
         if name == "PACKAGED":
@@ -749,21 +687,25 @@ class ForwardReader:
             fields: dict[str, Any] = {"located": "from the end of the PACKAGED body"}
             if spec.short_name == "PING":
                 fields["value"] = _BE32.unpack(payload)[0]
-            out.append(
-                ForwardCommand(
-                    release=self.release,
-                    offset=body_at + i,
-                    size=5 + length,
-                    cmd=cmd,
-                    name=spec.name,
-                    length=length,
-                    payload=payload,
-                    depth=depth,
-                    fields=fields,
-                )
-            )
+            out.append(self._command_event(cmd, spec.name, body_at + i, payload, depth, fields))
             i += 5 + length
         return out
+
+    def _command_event(
+        self, cmd: int, name: str, offset: int, payload: bytes, depth: int, fields: dict[str, Any]
+    ) -> ForwardCommand:
+        """The event of a command unit: section-type byte, be16 id, be16 length, payload."""
+        return ForwardCommand(
+            release=self.release,
+            offset=offset,
+            size=5 + len(payload),
+            cmd=cmd,
+            name=name,
+            length=len(payload),
+            payload=payload,
+            depth=depth,
+            fields=fields,
+        )
 
     @property
     def sections(self) -> dict[int, str]:
@@ -786,8 +728,8 @@ class ForwardReader:
                 # Started on an earlier connection (a resumed stream): it is the RAM
                 # section only if its data validates as page records, as after a gap.
                 while True:
-                    _n, verdict = self._chain(self._pos, len(self._data), section_id)
-                    if verdict is None and not self._eof:
+                    _n, verdict = self._chain(self._buf.pos, len(self._buf.data), section_id)
+                    if verdict is None and not self._buf.eof:
                         yield NEED_DATA
                         continue
                     break
@@ -854,16 +796,7 @@ class ForwardReader:
     def _ram_records(self, section_id: int, depth: int) -> _Need:
         """``ram_load_precopy``'s loop: page headers until ``RAM_SAVE_FLAG_EOS``."""
         while True:
-            rec = self.offset
-            self._begin()
-            word = yield from self._be64()
-            mask = self.target_page_size - 1
-            flags, addr = word & mask, word & ~mask
-            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
-                self._last_block = yield from self._pstr()
-            elif not self._last_block and flags & _RAM_WITH_BLOCK:
-                self._last_block = self._guess_block(addr)
-            op = flags & ~_RAM_CONTINUE
+            rec, flags, addr, op = yield from self._record_header(guess_block=True)
             if op == _RAM_EOS:
                 return
             if op == _RAM_MEM_SIZE:
@@ -871,18 +804,39 @@ class ForwardReader:
                 continue
             if op == _RAM_MULTIFD_FLUSH:
                 continue
-            kind = yield from self._page_body(op, section_id)
-            self.page_count += 1
-            if self.pages:
-                yield RamPage(
-                    release=self.release,
-                    offset=rec,
-                    size=self.offset - rec,
-                    block=self._last_block,
-                    addr=addr,
-                    flags=flags,
-                    kind=kind,
-                )
+            yield from self._page(rec, flags, addr, op, section_id)
+
+    def _record_header(self, *, guess_block: bool) -> _Need:
+        """A page record's be64 ``addr | flags`` and block name: (offset, flags, addr, op).
+
+        ``guess_block``: a CONTINUE record with no block named yet (after a gap) gets
+        the only known block large enough for its address.
+        """
+        rec = self.offset
+        self._begin()
+        word = yield from self._be64()
+        mask = self.target_page_size - 1
+        flags, addr = word & mask, word & ~mask
+        if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
+            self._last_block = yield from self._pstr()
+        elif guess_block and not self._last_block and flags & _RAM_WITH_BLOCK:
+            self._last_block = self._guess_block(addr)
+        return rec, flags, addr, flags & ~_RAM_CONTINUE
+
+    def _page(self, rec: int, flags: int, addr: int, op: int, section_id: int | None) -> _Need:
+        """A page's data, counted, and its :class:`RamPage` when pages are wanted."""
+        kind = yield from self._page_body(op, section_id)
+        self.page_count += 1
+        if self.pages:
+            yield RamPage(
+                release=self.release,
+                offset=rec,
+                size=self.offset - rec,
+                block=self._last_block,
+                addr=addr,
+                flags=flags,
+                kind=kind,
+            )
 
     def _page_body(self, op: int, section_id: int | None) -> _Need:
         if op == _RAM_PAGE:
@@ -956,13 +910,13 @@ class ForwardReader:
         # With no RAM section seen yet (a capture that begins mid-connection), any
         # section id is accepted in the footer that validates the chain, and learnt.
         skipped = 0
-        scan = self._pos  # candidates before this were rejected for good
+        scan = self._buf.pos  # candidates before this were rejected for good
         while True:
             found, scan = self._find_chain(scan, sid)
             if found is not None:
                 p, n = found
-                skipped += p - self._pos
-                self._pos = p
+                skipped += p - self._buf.pos
+                self._buf.pos = p
                 yield ForwardResync(
                     release=self.release,
                     offset=self.offset,
@@ -971,9 +925,9 @@ class ForwardReader:
                     section_id=sid,
                 )
                 break
-            if self._eof:
-                skipped += len(self._data) - self._pos
-                self._pos = len(self._data)
+            if self._buf.eof:
+                skipped += len(self._buf.data) - self._buf.pos
+                self._buf.pos = len(self._buf.data)
                 yield ForwardStop(
                     release=self.release,
                     offset=self.offset,
@@ -985,8 +939,8 @@ class ForwardReader:
                 )
                 return
             # Bytes before the first undecided candidate can go (memory stays bounded).
-            skipped += scan - self._pos
-            self._pos = scan
+            skipped += scan - self._buf.pos
+            self._buf.pos = scan
             yield NEED_DATA
         if self.channel == "preempt":
             yield from self._preempt_records()
@@ -1000,7 +954,7 @@ class ForwardReader:
         # A page header's top two bytes are 0 (addresses < 256 TiB) and its flag bits
         # sit below the page mask: cheap to find with a regex, then validated in full.
         pattern = _HEADER_RE if self.target_page_size == 4096 else _ANY_HEADER_RE
-        for m in pattern.finditer(self._data, start):
+        for m in pattern.finditer(self._buf.data, start):
             yield m.start()
 
     def _find_chain(self, start: int, sid: int | None) -> tuple[tuple[int, int] | None, int]:
@@ -1010,21 +964,21 @@ class ForwardReader:
         end in ``RAM_SAVE_FLAG_EOS`` followed by this section's footer; rejected when a
         header is illegal; undecided (wait for bytes) when the data runs out first.
         """
-        end = len(self._data)
+        end = len(self._buf.data)
         for p in self._candidates(start):
             n, verdict = self._chain(p, end, sid)
             if verdict is True:
                 return (p, n), p
             if verdict is None:
-                if self._eof and n >= 2:
+                if self._buf.eof and n >= 2:
                     return (p, n), p
-                if not self._eof:
+                if not self._buf.eof:
                     return None, p
         return None, max(start, end - 7)
 
     def _chain(self, p: int, end: int, sid: int | None) -> tuple[int, bool | None]:
         """Records parsed back to back from ``p``: (count, True/False/None = undecided)."""
-        data = self._data
+        data = self._buf.data
         mask = self.target_page_size - 1
         sizes = self.ram_blocks
         biggest = max(sizes.values()) if sizes else 1 << 48
@@ -1083,30 +1037,12 @@ class ForwardReader:
             probe = yield from self._peek(1)
             if not probe:
                 raise _Eof
-            rec = self.offset
-            self._begin()
-            word = yield from self._be64()
-            mask = self.target_page_size - 1
-            flags, addr = word & mask, word & ~mask
-            if flags & _RAM_WITH_BLOCK and not flags & _RAM_CONTINUE:
-                self._last_block = yield from self._pstr()
-            op = flags & ~_RAM_CONTINUE
+            rec, flags, addr, op = yield from self._record_header(guess_block=False)
             if op == _RAM_EOS:
                 self._end_unit()
                 continue
             try:
-                kind = yield from self._page_body(op, None)
+                yield from self._page(rec, flags, addr, op, None)
             except _Stuck as stuck:
                 yield ForwardStop(release=self.release, offset=rec, reason=stuck.reason)
                 return
-            self.page_count += 1
-            if self.pages:
-                yield RamPage(
-                    release=self.release,
-                    offset=rec,
-                    size=self.offset - rec,
-                    block=self._last_block,
-                    addr=addr,
-                    flags=flags,
-                    kind=kind,
-                )

@@ -1,6 +1,6 @@
 """The construct grammar of return-path frames, built per release from the catalog.
 
-This is the declarative definition (style anchor 9): a frame reads like QEMU's
+This is the declarative definition: a frame reads like QEMU's
 ``source_return_path_thread`` — be16 type, be16 length, a payload chosen by the
 type — with the catalog's rules as ``Check``s, and the RECV_BITMAP bitmap blob
 that follows *outside* the frame (``ram_dirty_bitmap_reload``). It parses and
@@ -128,7 +128,8 @@ def build_frame(release: Release | str, name: str, **fields: Any) -> bytes:
             "bitmap": bitmap,
         }
     try:
-        return frame_grammar(release).build(frame)
+        built: bytes = frame_grammar(release).build(frame)
+        return built
     except (cs.ConstructError, KeyError, TypeError, AttributeError, UnicodeError) as exc:
         raise LocalViolation(
             f"{cat.release} would reject {name} {fields}: {exc}", release=cat.release

@@ -31,25 +31,43 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import cache
+from typing import Any, NamedTuple, TypedDict
 
-from ._catalog import RpCatalog, catalog, known_releases
+from ._catalog import MessageSpec, RpCatalog, catalog, known_releases
 from ._cformat import c_conversions, c_format
 from ._errors import RemoteViolation
 from ._events import (
     EVENT_TYPES,
     EndOfStream,
     Event,
+    EventSource,
+    Message,
     RawMessage,
     RecvBitmap,
+    ReqPages,
     ReqPagesId,
+    ResumeAck,
+    Shut,
 )
 from ._layouts import PAYLOAD_LAYOUTS
+from ._receivebuffer import ReceiveBuffer
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
-__all__ = ["DEFAULT_MAX_BITMAP_SIZE", "RamBlock", "Reader", "first_counted_line", "machine_version"]
+__all__ = [
+    "DEFAULT_MAX_BITMAP_SIZE",
+    "HANDLERS",
+    "Handler",
+    "RamBlock",
+    "Reader",
+    "ReaderSnapshot",
+    "event_class",
+    "first_counted_line",
+    "machine_version",
+    "model_reads",
+]
 
 
 def __dir__() -> list[str]:
@@ -68,6 +86,94 @@ _BE64_BE32 = struct.Struct(">QI")
 
 # Reader phases (what the next bytes are).
 _HEADER, _PAYLOAD, _BLOB_SIZE, _BLOB_DATA, _BLOB_END, _STOPPED, _ERROR = range(7)
+
+#: When a handler's rules apply beyond reading its layout: on every frame, only when
+#: the reader knows the source's RAM (``ram_blocks``), or only where the release counts
+#: SWITCHOVER_ACKs (11.1+, ``switchover_ack_accounting == "counted"``) with the
+#: ``switchover-ack`` capability on.
+ALWAYS, WITH_RAM, COUNTED = "always", "ram", "counted"
+
+
+class Handler(NamedTuple):
+    """A message whose handler in ``source_return_path_thread`` does more than read its layout."""
+
+    #: The :class:`Reader` method that replays it: ``method(reader, payload)``.
+    method: str
+    #: When its rules apply (:data:`ALWAYS`, :data:`WITH_RAM`, :data:`COUNTED`).
+    when: str
+
+
+#: The one table of handler rules (migration.c). The model dispatches through it and
+#: the fast path derives from it which frames it must leave to the model
+#: (:func:`model_reads`). A message not here is its layout and nothing more.
+HANDLERS: Mapping[str, Handler] = {
+    # The thread exits after SHUT, whatever its value.
+    "SHUT": Handler("_shut", ALWAYS),
+    # Only the value the release's destination sends is accepted.
+    "RESUME_ACK": Handler("_resume_ack", ALWAYS),
+    # Its name is read from the stack buffer, and a bitmap blob follows the frame.
+    "RECV_BITMAP": Handler("_recv_bitmap_frame", ALWAYS),
+    # Alignment, block and range against the source's RAMBlocks. REQ_PAGES_ID's length
+    # rule (12 + 1 + the idstr length byte) is its pstr8 layout's, which the fast path has.
+    "REQ_PAGES": Handler("_req_pages", WITH_RAM),
+    "REQ_PAGES_ID": Handler("_req_pages_id", WITH_RAM),
+    # Counted against the devices' requests ("Switchover ack pending num underflowed").
+    "SWITCHOVER_ACK": Handler("_switchover_ack", COUNTED),
+}
+
+
+def model_reads(name: str, *, ram_checks: bool, counted: bool) -> bool:
+    """Whether frames of message ``name`` need the model's handler, given the reader's context.
+
+    :param ram_checks: the reader knows the source's RAMBlocks.
+    :param counted: SWITCHOVER_ACKs are counted (the release counts them, capability on).
+    """
+    handler = HANDLERS.get(name)
+    if handler is None:
+        return False
+    return (
+        handler.when == ALWAYS
+        or (handler.when == WITH_RAM and ram_checks)
+        or (handler.when == COUNTED and counted)
+    )
+
+
+def event_class(spec: MessageSpec) -> type[Message]:
+    """The event class of ``spec``'s frames: its typed event, or :class:`RawMessage` when no
+    payload layout describes it (a message of a patched catalog)."""
+    cls = EVENT_TYPES.get(spec.short_name)
+    if cls is None or spec.short_name not in PAYLOAD_LAYOUTS:
+        return RawMessage
+    return cls
+
+
+#: Where a :class:`Reader` stood at a frame boundary (:meth:`Reader.snapshot`): the receive
+#: buffer's snapshot (a stream offset) and QEMU's stack buffer then. A plain tuple: the fast
+#: path takes one per batch.
+ReaderSnapshot = tuple[int, bytes]
+
+
+class _Common(TypedDict):
+    """The fields every return-path message carries."""
+
+    release: Release
+    offset: int
+    type_id: int
+    length: int
+    size: int
+
+
+class _Bitmap:
+    """The RECV_BITMAP being read: its frame, then its blob."""
+
+    __slots__ = ("bitmap", "bitmap_size", "block_name", "frame_len", "payload")
+
+    def __init__(self, block_name: str, payload: bytes, frame_len: int) -> None:
+        self.block_name = block_name
+        self.payload = payload
+        self.frame_len = frame_len
+        self.bitmap_size = 0
+        self.bitmap = b""
 
 
 _MACHINE_VERSION = re.compile(r"-(\d+)\.(\d+)$")
@@ -109,7 +215,7 @@ def as_ram_blocks(blocks: Mapping[str, RamBlock | int] | None) -> dict[str, RamB
     return {k: v if isinstance(v, RamBlock) else RamBlock(k, v) for k, v in blocks.items()}
 
 
-class Reader:
+class Reader(EventSource):
     """Feed destination-to-source bytes; get the events the source would see.
 
     :param release: the *source* release (``"7.2"``, ``"11.1+keepalive"``, a
@@ -162,25 +268,28 @@ class Reader:
         if machine is not None:
             self.set_machine(machine)
         self.max_bitmap_size = max_bitmap_size
-        self._data = bytearray()
-        self._pos = 0  # read position in _data
-        self._base = 0  # stream offset of _data[0]
-        self._eof = False
+        self._buf = ReceiveBuffer()
         self._phase = _HEADER
         self._error: RemoteViolation | None = None
         # The frame being read.
         self._frame_start = 0
         self._type = 0
         self._len = 0
-        self._pending: dict[str, object] = {}
+        self._bitmap: _Bitmap | None = None
         # QEMU's `uint8_t buf[512]` on the thread's stack, kept across frames.
         self._stack_buf = bytearray(self.catalog.buffer_size + 1)
         self._last_block: RamBlock | None = None
         self._by_id = {m.id: m for m in self.catalog.messages}
-        self._event_cls = {m.id: EVENT_TYPES.get(m.short_name) for m in self.catalog.messages}
-        self._recv_bitmap_id = next(
-            (m.id for m in self.catalog.messages if m.short_name == "RECV_BITMAP"), None
-        )
+        # Type id -> how the model reads the payload (the handler table, else the layout).
+        self._readers: dict[int, Callable[[Reader, bytes], Event | type[NEED_DATA]]] = {}
+        for m in self.catalog.messages:
+            handler = HANDLERS.get(m.short_name)
+            if event_class(m) is RawMessage:
+                self._readers[m.id] = Reader._raw
+            elif handler is not None:
+                self._readers[m.id] = getattr(Reader, handler.method)
+            else:
+                self._readers[m.id] = Reader._layout
 
     # -- public interface -----------------------------------------------------------
     def set_machine(self, machine: str) -> None:
@@ -196,31 +305,31 @@ class Reader:
     @property
     def offset(self) -> int:
         """Stream offset of the next unread byte (where the source's read position is)."""
-        return self._base + self._pos
+        return self._buf.offset
 
     @property
     def stopped(self) -> bool:
         return self._phase in (_STOPPED, _ERROR)
 
     @property
+    def at_frame_boundary(self) -> bool:
+        """The next byte starts a frame header (no frame or bitmap blob is half read)."""
+        return self._phase == _HEADER
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet consumed."""
-        return len(self._data) - self._pos
+        return self._buf.available
+
+    @property
+    def buffer(self) -> ReceiveBuffer:
+        """The received bytes, for decoders that read ahead of the model (the fast path)."""
+        return self._buf
 
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the wire; ``b""`` means the connection ended."""
-        if not data:
-            self._eof = True
-            return
-        if self._eof:
-            raise ValueError("receive_data after EOF")
-        if self._phase in (_STOPPED, _ERROR):
-            return  # the source no longer reads; the bytes stay unread
-        if self._pos > 65536 and self._pos * 2 > len(self._data):
-            del self._data[: self._pos]
-            self._base += self._pos
-            self._pos = 0
-        self._data += data
+        # Once the thread has ended the source no longer reads: the bytes stay unread.
+        self._buf.receive(data, reading=self._phase not in (_STOPPED, _ERROR))
 
     def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
         """The next event, :data:`NEED_DATA`, or :data:`STOPPED` once the thread has ended.
@@ -240,30 +349,54 @@ class Reader:
             self._error = exc
             raise
 
-    def events(self) -> Iterator[Event]:
-        """Drain every event available now (stops at NEED_DATA or STOPPED)."""
-        while True:
-            ev = self.next_event()
-            if ev is NEED_DATA or ev is STOPPED:
-                return
-            yield ev  # type: ignore[misc]
+    def snapshot(self) -> ReaderSnapshot:
+        """Where the reader stands now, at a frame boundary, to :meth:`restore` later.
+
+        The receive buffer keeps the bytes from here on until the next snapshot or
+        :meth:`drop_snapshot`. Only position and stack buffer are kept: a reader that
+        decodes ahead (the fast path) takes it before frames no other state depends on.
+        """
+        return (self._buf.snapshot(), bytes(self._stack_buf))
+
+    def restore(self, snap: ReaderSnapshot) -> None:
+        """Go back to ``snap`` (the newest snapshot): its bytes are read again."""
+        assert self._phase == _HEADER
+        offset, stack = snap
+        self._buf.restore(offset)
+        self._stack_buf[:] = stack
+
+    def drop_snapshot(self) -> None:
+        """Forget the snapshot (its bytes may be dropped)."""
+        self._buf.drop_snapshot()
+
+    def skip_frames(self, end: int, payloads: Iterable[tuple[int, int, bool]]) -> None:
+        """Consume the frames before buffer index ``end``, decoded by someone else.
+
+        ``payloads``: (buffer index, length, NUL written after it) of the frames whose
+        payloads QEMU's stack buffer would hold, in stream order: they are written
+        into it as reading those frames would have written them.
+        """
+        assert self._phase == _HEADER
+        buf, data = self._stack_buf, self._buf.data
+        self._buf.pos = end
+        for at, length, nul in payloads:
+            buf[:length] = data[at : at + length]
+            if nul:
+                buf[length] = 0
 
     # -- machinery ---------------------------------------------------------------------
-    def _avail(self) -> int:
-        return len(self._data) - self._pos
-
     def _violation(self, key: str, *args: object, caret: int, message: str) -> RemoteViolation:
         qemu_error = self.catalog.format_error(key, *args) if key in self.catalog.errors else None
-        end = self._pos
+        end = self.offset
         return RemoteViolation(
             message,
             offset=self._frame_start,
             release=self.release,
             message_type=self._type,
             qemu_error=qemu_error,
-            data=bytes(self._data[self._frame_start - self._base : end]),
+            data=self._buf.span(self._frame_start, end),
             caret=caret,
-            stopped_at=self._base + end,
+            stopped_at=end,
         )
 
     def _stop_eof(self, *, truncated: bool, reason: str, qemu_error: str | None) -> EndOfStream:
@@ -272,11 +405,11 @@ class Reader:
             release=self.release,
             offset=start,
             truncated=truncated,
-            partial=self._base + len(self._data) - start,
+            partial=self._buf.end - start,
             qemu_error=qemu_error,
             reason=reason,
         )
-        self._pos = len(self._data)
+        self._buf.consume_all()
         self._phase = _STOPPED
         return ev
 
@@ -288,10 +421,12 @@ class Reader:
         return self._read_blob()
 
     def _read_header(self) -> Event | type[NEED_DATA]:
-        avail = self._avail()
-        self._frame_start = self.offset
+        buf = self._buf
+        pos = buf.pos
+        avail = len(buf.data) - pos
+        self._frame_start = buf.base + pos
         if avail < 4:
-            if not self._eof:
+            if not self._buf.eof:
                 return NEED_DATA
             if self.catalog.file_error_check:
                 # 3.0+: qemu_file_get_error() after the header ends the thread with
@@ -303,7 +438,7 @@ class Reader:
                 )
             # Older sources read zeros at EOF and carry on into the checks below:
             # what they print then is the end of the stream, not the peer's fault.
-            padded = bytes(self._data[self._pos :]) + bytes(4 - avail)
+            padded = self._buf.peek(avail) + bytes(4 - avail)
             type_id, length = _BE16x2.unpack(padded)
             self._type, self._len = type_id, length
             try:
@@ -322,8 +457,9 @@ class Reader:
                 reason="truncated-header" if avail else "eof",
                 qemu_error=qemu_error,
             )
-        type_id, length = _BE16x2.unpack_from(self._data, self._pos)
-        self._pos += 4
+        # The hot path: the buffer's fields read and moved in place.
+        type_id, length = _BE16x2.unpack_from(buf.data, pos)
+        buf.pos = pos + 4
         self._type, self._len = type_id, length
         self._check_header(type_id, length)
         self._phase = _PAYLOAD
@@ -360,50 +496,66 @@ class Reader:
 
     def _read_payload(self) -> Event | type[NEED_DATA]:
         length = self._len
-        avail = self._avail()
+        buf = self._buf
+        pos = buf.pos
+        avail = len(buf.data) - pos
         if avail < length:
-            if not self._eof:
-                return NEED_DATA
-            return self._stop_eof(
-                truncated=True,
-                reason="truncated-payload",
-                qemu_error=self.catalog.format_error("short_read", self._type, avail, length),
+            return self._cut(
+                "truncated-payload",
+                lambda: self.catalog.format_error("short_read", self._type, avail, length),
             )
-        payload = bytes(self._data[self._pos : self._pos + length])
-        self._pos += length
+        payload = bytes(buf.data[pos : pos + length])
+        buf.pos = pos + length
         self._stack_buf[:length] = payload
         self._phase = _HEADER
         return self._dispatch(payload)
 
-    def _common(self) -> dict[str, object]:
+    def _common(self) -> _Common:
         return {
             "release": self.release,
             "offset": self._frame_start,
             "type_id": self._type,
             "length": self._len,
-            "size": self.offset - self._frame_start,
+            "size": self._buf.base + self._buf.pos - self._frame_start,
         }
 
     def _dispatch(self, payload: bytes) -> Event | type[NEED_DATA]:
-        spec = self._by_id[self._type]
-        name = spec.short_name
-        cls = self._event_cls[self._type]
-        if cls is None or name not in PAYLOAD_LAYOUTS:
-            return RawMessage(**self._common(), short_name=name, payload=payload)  # type: ignore[arg-type]
-        if name == "SHUT":
-            (value,) = _BE32.unpack_from(payload)
-            # The thread exits after SHUT whatever its value (migration.c: `goto out`).
-            self._phase = _STOPPED
-            return cls(**self._common(), sibling_error=value)  # type: ignore[arg-type]
-        if name == "REQ_PAGES_ID":
-            return self._req_pages_id(payload)
-        if name == "REQ_PAGES":
-            start, ln = _BE64_BE32.unpack_from(payload)
-            self._check_req_pages(None, start, ln)
-            return cls(**self._common(), start=start, len=ln)  # type: ignore[arg-type]
-        if name == "RECV_BITMAP":
-            return self._recv_bitmap_frame(payload)
-        if name == "SWITCHOVER_ACK" and self.catalog.switchover_ack_accounting == "counted":
+        return self._readers[self._type](self, payload)
+
+    # -- handlers (HANDLERS), and the frames that have none ------------------------------
+    def _raw(self, payload: bytes) -> Event:
+        name = self._by_id[self._type].short_name
+        return RawMessage(**self._common(), short_name=name, payload=payload)
+
+    def _layout(self, payload: bytes) -> Event:
+        """A message that is its layout: ``be32``/``be64`` fields read in order."""
+        name = self._by_id[self._type].short_name
+        values: dict[str, Any] = {}
+        at = 0
+        for field_name, kind in PAYLOAD_LAYOUTS[name]:
+            if kind == "be32":
+                (values[field_name],) = _BE32.unpack_from(payload, at)
+                at += 4
+            elif kind == "be64":
+                (values[field_name],) = _BE64.unpack_from(payload, at)
+                at += 8
+            else:  # pragma: no cover - layouts with pstr8 have handlers
+                raise AssertionError(kind)
+        return EVENT_TYPES[name](**self._common(), **values)
+
+    def _shut(self, payload: bytes) -> Event:
+        (value,) = _BE32.unpack_from(payload)
+        # The thread exits after SHUT whatever its value (migration.c: `goto out`).
+        self._phase = _STOPPED
+        return Shut(**self._common(), sibling_error=value)
+
+    def _req_pages(self, payload: bytes) -> Event:
+        start, ln = _BE64_BE32.unpack_from(payload)
+        self._check_req_pages(None, start, ln)
+        return ReqPages(**self._common(), start=start, len=ln)
+
+    def _switchover_ack(self, payload: bytes) -> Event:
+        if self.catalog.switchover_ack_accounting == "counted":
             self._acks_seen += 1
             if self.switchover_ack_capability:
                 if self.switchover_acks_pending <= 0:
@@ -414,31 +566,19 @@ class Reader:
                         "requested one, or it came already)",
                     )
                 self.switchover_acks_pending -= 1
-            return cls(**self._common())  # type: ignore[arg-type]
-        if name == "RESUME_ACK":
-            (value,) = _BE32.unpack_from(payload)
-            if value != self.catalog.resume_ack_value:
-                raise self._violation(
-                    "resume_ack_value",
-                    value,
-                    caret=4,
-                    message=f"RESUME_ACK value {value}, only "
-                    f"{self.catalog.resume_ack_value} is accepted",
-                )
-            return cls(**self._common(), value=value)  # type: ignore[arg-type]
-        layout = PAYLOAD_LAYOUTS[name]
-        values: dict[str, object] = {}
-        at = 0
-        for field_name, kind in layout:
-            if kind == "be32":
-                (values[field_name],) = _BE32.unpack_from(payload, at)
-                at += 4
-            elif kind == "be64":
-                (values[field_name],) = _BE64.unpack_from(payload, at)
-                at += 8
-            else:  # pragma: no cover - layouts with pstr8 are handled above
-                raise AssertionError(kind)
-        return cls(**self._common(), **values)  # type: ignore[arg-type]
+        return self._layout(payload)
+
+    def _resume_ack(self, payload: bytes) -> Event:
+        (value,) = _BE32.unpack_from(payload)
+        if value != self.catalog.resume_ack_value:
+            raise self._violation(
+                "resume_ack_value",
+                value,
+                caret=4,
+                message=f"RESUME_ACK value {value}, only "
+                f"{self.catalog.resume_ack_value} is accepted",
+            )
+        return ResumeAck(**self._common(), value=value)
 
     def _req_pages_id(self, payload: bytes) -> Event:
         length = self._len
@@ -461,7 +601,7 @@ class Reader:
             )
         name = idstr.decode("latin-1")
         self._check_req_pages(name.split("\0", 1)[0], start, ln)
-        return ReqPagesId(**self._common(), start=start, len=ln, idstr=name)  # type: ignore[arg-type]
+        return ReqPagesId(**self._common(), start=start, len=ln, idstr=name)
 
     def _check_req_pages(self, block_name: str | None, start: int, ln: int) -> None:
         """QEMU's ``migrate_handle_rp_req_pages`` then ``ram_save_queue_pages``, when RAM is known.
@@ -540,7 +680,7 @@ class Reader:
                 message=f"RECV_BITMAP while the source is {self.migration_state}, "
                 "not postcopy-recover",
             )
-        self._pending = {"block_name": name, "payload": payload, "frame_len": self._len}
+        self._bitmap = _Bitmap(name, payload, self._len)
         self._phase = _BLOB_SIZE
         return self._read_blob()
 
@@ -557,19 +697,38 @@ class Reader:
     def _expected_bitmap_size(self) -> int | None:
         if self.ram_blocks is None:
             return None
-        block = self.ram_blocks[str(self._pending["block_name"])]
+        assert self._bitmap is not None
+        block = self.ram_blocks[self._bitmap.block_name]
         return block.recv_bitmap_size(self.target_page_size)
 
+    def _be64_or_end(self) -> int | None:
+        """The next be64 of the blob, consumed; ``None`` when it has not arrived (yet)."""
+        buf = self._buf
+        if buf.available < 8:
+            return None
+        value: int = _BE64.unpack_from(buf.data, buf.pos)[0]
+        buf.consume(8)
+        return value
+
+    def _cut(
+        self, reason: str, qemu_error: Callable[[], str | None] | None = None
+    ) -> EndOfStream | type[NEED_DATA]:
+        """Bytes are missing: wait for them, or at end of stream the frame was cut short
+        (``qemu_error`` says what the source prints then)."""
+        if not self._buf.eof:
+            return NEED_DATA
+        return self._stop_eof(
+            truncated=True, reason=reason, qemu_error=qemu_error() if qemu_error else None
+        )
+
     def _read_blob(self) -> Event | type[NEED_DATA]:
-        p = self._pending
-        name = str(p["block_name"])
+        p = self._bitmap
+        assert p is not None
+        name = p.block_name
         if self._phase == _BLOB_SIZE:
-            if self._avail() < 8:
-                if not self._eof:
-                    return NEED_DATA
-                return self._stop_eof(truncated=True, reason="truncated-bitmap", qemu_error=None)
-            (size,) = _BE64.unpack_from(self._data, self._pos)
-            self._pos += 8
+            size = self._be64_or_end()
+            if size is None:
+                return self._cut("truncated-bitmap")
             expected = self._expected_bitmap_size()
             if expected is not None and size != expected:
                 raise self._violation(
@@ -577,54 +736,46 @@ class Reader:
                     name,
                     size,
                     expected,
-                    caret=4 + int(p["frame_len"]),  # type: ignore[call-overload]
+                    caret=4 + p.frame_len,
                     message=f"bitmap size {size} for {name!r}, the source expects {expected}",
                 )
             if size > self.max_bitmap_size:
                 raise self._violation(
                     "",
-                    caret=4 + int(p["frame_len"]),  # type: ignore[call-overload]
+                    caret=4 + p.frame_len,
                     message=f"bitmap size {size} exceeds this reader's limit "
                     f"({self.max_bitmap_size}); no RAMBlock the model allows is that large",
                 )
-            p["bitmap_size"] = size
+            p.bitmap_size = size
             self._phase = _BLOB_DATA
         if self._phase == _BLOB_DATA:
-            size = int(p["bitmap_size"])  # type: ignore[call-overload]
-            if self._avail() < size:
-                if not self._eof:
-                    return NEED_DATA
-                got = self._avail()
-                return self._stop_eof(
-                    truncated=True,
-                    reason="truncated-bitmap",
-                    qemu_error=self._read_failed_text(name, size, got),
+            size = p.bitmap_size
+            got = self._buf.available
+            if got < size:
+                return self._cut(
+                    "truncated-bitmap", lambda: self._read_failed_text(name, size, got)
                 )
-            p["bitmap"] = bytes(self._data[self._pos : self._pos + size])
-            self._pos += size
+            p.bitmap = self._buf.take(size)
             self._phase = _BLOB_END
-        if self._avail() < 8:
-            if not self._eof:
-                return NEED_DATA
-            return self._stop_eof(truncated=True, reason="truncated-bitmap", qemu_error=None)
-        (end_mark,) = _BE64.unpack_from(self._data, self._pos)
-        self._pos += 8
+        end_mark = self._be64_or_end()
+        if end_mark is None:
+            return self._cut("truncated-bitmap")
         self._phase = _HEADER
         if end_mark != self.catalog.recv_bitmap_ending:
             raise self._violation(
                 "recv_bitmap_end_mark",
                 name,
                 end_mark,
-                caret=4 + int(p["frame_len"]) + 8 + int(p["bitmap_size"]),  # type: ignore[call-overload]
+                caret=4 + p.frame_len + 8 + p.bitmap_size,
                 message=f"bitmap end mark 0x{end_mark:016x}, expected "
                 f"0x{self.catalog.recv_bitmap_ending:016x}",
             )
-        self._pending = {}
+        self._bitmap = None
         return RecvBitmap(
-            **self._common(),  # type: ignore[arg-type]
+            **self._common(),
             block_name=name,
-            payload=p["payload"],  # type: ignore[arg-type]
-            bitmap_size=int(p["bitmap_size"]),  # type: ignore[call-overload]
-            bitmap=p["bitmap"],  # type: ignore[arg-type]
+            payload=p.payload,
+            bitmap_size=p.bitmap_size,
+            bitmap=p.bitmap,
             end_mark=end_mark,
         )

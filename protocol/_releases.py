@@ -1,4 +1,4 @@
-"""QEMU releases as version values (style anchor 7, after packaging's ``Version``).
+"""QEMU releases as version values (after packaging's ``Version``).
 
 A *release line* is ``X.Y`` (``7.2``); a *build* is ``X.Y.Z`` (``7.2.22``); an
 *overlay* is a never-merged proposal applied to a line (``11.1+keepalive``) and
@@ -69,6 +69,7 @@ class Release:
     minor: int
     micro: int | None
     overlay: str | None
+    _hash: int
 
     def __init__(self, text: object) -> None:
         if isinstance(text, Release):

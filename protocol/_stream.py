@@ -83,18 +83,18 @@ def _tally(v: StreamVerdict, batch: list[Event]) -> None:
     """Count a batch of events into ``v``, class by class (one C-level pass over the batch)."""
     for cls, n in Counter(map(type, batch)).items():
         last = next(ev for ev in reversed(batch) if type(ev) is cls)
-        if cls is EndOfStream:
-            v.end = last  # type: ignore[assignment]
-        elif cls is RawMessage:  # its name is per frame
+        if isinstance(last, EndOfStream):
+            v.end = last
+        elif isinstance(last, RawMessage):  # its name is per frame
             for ev in batch:
                 if type(ev) is RawMessage:
                     v.counts[ev.name] += 1
             v.frames += n
-        elif issubclass(cls, Message):
+        elif isinstance(last, Message):
             v.frames += n
-            v.counts[last.name] += n  # type: ignore[attr-defined]
-            if cls is Shut:
-                v.shut = last  # type: ignore[assignment]
+            v.counts[last.name] += n
+            if isinstance(last, Shut):
+                v.shut = last
 
 
 def check_stream(
@@ -144,7 +144,7 @@ def check_stream(
             elif isinstance(ev, EndOfStream):
                 v.end = ev
             if on_event is not None:
-                on_event(i, ev)  # type: ignore[arg-type]
+                on_event(i, ev)
 
     total = 0
     for chunk in chunks:

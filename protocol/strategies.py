@@ -52,6 +52,7 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import Any
 
 import construct as cs
 from hypothesis import settings
@@ -195,20 +196,20 @@ class FrameSample:
         }
 
     @classmethod
-    def from_json(cls, obj: Mapping[str, object]) -> FrameSample:
+    def from_json(cls, obj: Mapping[str, Any]) -> FrameSample:
         ram = obj.get("ram")
         return cls(
             release=Release(str(obj["release"])),
             data=bytes.fromhex(str(obj["data"])),
             kind=str(obj["kind"]),
             accepted=bool(obj["accepted"]),
-            error_key=obj.get("error_key"),  # type: ignore[arg-type]
+            error_key=obj.get("error_key"),
             truncated=bool(obj.get("truncated", False)),
-            qemu_error=obj.get("qemu_error"),  # type: ignore[arg-type]
-            offset=obj.get("offset"),  # type: ignore[arg-type]
-            stopped_at=obj.get("stopped_at"),  # type: ignore[arg-type]
-            frames=int(obj.get("frames", 1)),  # type: ignore[call-overload]
-            ram=tuple((str(n), int(s)) for n, s in ram) if ram is not None else None,  # type: ignore[attr-defined]
+            qemu_error=obj.get("qemu_error"),
+            offset=obj.get("offset"),
+            stopped_at=obj.get("stopped_at"),
+            frames=int(obj.get("frames", 1)),
+            ram=tuple((str(n), int(s)) for n, s in ram) if ram is not None else None,
         )
 
 
@@ -294,10 +295,16 @@ def _message(cat: RpCatalog, spec: MessageSpec, ram: _Ram | None) -> st.SearchSt
     def sample(data: bytes, frames: int = 1, qemu_error: str | None = None) -> FrameSample:
         stop = len(data) if name == "SHUT" else None
         return FrameSample(
-            rel, data, f"valid:{name}", True,
-            error_key="shut_error" if qemu_error else None, qemu_error=qemu_error,
-            stopped_at=stop, frames=frames, ram=ram,
-        )  # fmt: skip
+            rel,
+            data,
+            f"valid:{name}",
+            True,
+            error_key="shut_error" if qemu_error else None,
+            qemu_error=qemu_error,
+            stopped_at=stop,
+            frames=frames,
+            ram=ram,
+        )
 
     if layout is None:
         size = st.just(spec.length) if spec.length is not None else st.integers(0, cat.buffer_size)
@@ -311,15 +318,16 @@ def _message(cat: RpCatalog, spec: MessageSpec, ram: _Ram | None) -> st.SearchSt
         return st.integers(0, 2**32 - 1).map(
             lambda v: sample(
                 build_frame(rel, name, sibling_error=v),
-                qemu_error=cat.format_error("shut_error", v) if v and "shut_error" in cat.errors
+                qemu_error=cat.format_error("shut_error", v)
+                if v and "shut_error" in cat.errors
                 else None,
             )
-        )  # fmt: skip
+        )
     if name == "RECV_BITMAP":
         if ram is not None:
             return st.sampled_from(ram).flatmap(
                 lambda b: _filler(_bitmap_size(b[1])).map(
-                    lambda bm, b=b: sample(build_frame(rel, name, block_name=b[0], bitmap=bm))
+                    lambda bm: sample(build_frame(rel, name, block_name=b[0], bitmap=bm))
                 )
             )
         return st.builds(
@@ -331,14 +339,14 @@ def _message(cat: RpCatalog, spec: MessageSpec, ram: _Ram | None) -> st.SearchSt
     if ram is not None and name == "REQ_PAGES_ID":
         return st.sampled_from(ram).flatmap(
             lambda b: _page_range(b[1]).map(
-                lambda r, b=b: sample(build_frame(rel, name, start=r[0], len=r[1], idstr=b[0]))
+                lambda r: sample(build_frame(rel, name, start=r[0], len=r[1], idstr=b[0]))
             )
         )
     if ram is not None and name == "REQ_PAGES":
         # REQ_PAGES reuses the last block a REQ_PAGES_ID named: send the pair.
         return st.sampled_from(ram).flatmap(
             lambda b: st.tuples(_page_range(b[1]), _page_range(b[1])).map(
-                lambda rr, b=b: sample(
+                lambda rr: sample(
                     build_frame(rel, "REQ_PAGES_ID", start=rr[0][0], len=rr[0][1], idstr=b[0])
                     + build_frame(rel, name, start=rr[1][0], len=rr[1][1]),
                     frames=2,
@@ -478,9 +486,17 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
 
     def rej(data: bytes, key: str, *args: object, stop: int) -> FrameSample:
         return FrameSample(
-            rel, data, kind, False, key, qemu_error=cat.format_error(key, *args),
-            offset=0, stopped_at=stop, frames=0, ram=ram,
-        )  # fmt: skip
+            rel,
+            data,
+            kind,
+            False,
+            key,
+            qemu_error=cat.format_error(key, *args),
+            offset=0,
+            stopped_at=stop,
+            frames=0,
+            ram=ram,
+        )
 
     def bad_type(t: int, n: int) -> FrameSample:
         return rej(_hdr(t, n), "invalid_type", t, n, stop=4)
@@ -488,9 +504,14 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
     def bad_length(m: MessageSpec, n: int, tail: bytes = b"") -> FrameSample:
         # QEMU stops after the header: whatever follows stays unread.
         return rej(
-            _hdr(m.id, n) + tail, "bad_length",
-            cat.printed_name(m), m.id, n, cat.printed_length(m), stop=4,
-        )  # fmt: skip
+            _hdr(m.id, n) + tail,
+            "bad_length",
+            cat.printed_name(m),
+            m.id,
+            n,
+            cat.printed_length(m),
+            stop=4,
+        )
 
     lengths = st.integers(0, 0xFFFF)
     if kind == "type-max":
@@ -503,13 +524,13 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
         fixed = [m for m in cat.messages if m.id and m.length is not None]
         return st.sampled_from(fixed).flatmap(
             lambda m: st.tuples(
-                lengths.filter(lambda n, m=m: n != m.length), st.binary(max_size=16)
-            ).map(lambda t, m=m: bad_length(m, t[0], t[1]))
+                lengths.filter(lambda n: n != m.length), st.binary(max_size=16)
+            ).map(lambda t: bad_length(m, t[0], t[1]))
         )
     if kind == "too-long":
         var = [m for m in cat.messages if m.id and m.length is None]
         return st.sampled_from(var).flatmap(
-            lambda m: st.integers(cat.buffer_size + 1, 0xFFFF).map(lambda n, m=m: bad_length(m, n))
+            lambda m: st.integers(cat.buffer_size + 1, 0xFFFF).map(lambda n: bad_length(m, n))
         )
     if kind == "req-pages-id-bad-idstr-length":
         m = by_table["REQ_PAGES_ID"]
@@ -544,18 +565,20 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
             expected = _bitmap_size(block[1])
             # Nothing after the size is read: no bitmap, however large the size says.
             return rej(
-                head + struct.pack(">Q", size), "recv_bitmap_size_mismatch",
-                block[0], size, expected, stop=len(head) + 8,
-            )  # fmt: skip
+                head + struct.pack(">Q", size),
+                "recv_bitmap_size_mismatch",
+                block[0],
+                size,
+                expected,
+                stop=len(head) + 8,
+            )
 
         sizes = st.one_of(
             st.integers(0, 2**64 - 1),
             st.sampled_from([0, 8, 2**63, 2**64 - 1, 256 << 20, (256 << 20) + 8]),
         )
         return st.sampled_from(ram).flatmap(
-            lambda b: sizes.filter(lambda s, b=b: s != _bitmap_size(b[1])).map(
-                lambda s, b=b: bad_size(b, s)
-            )
+            lambda b: sizes.filter(lambda s: s != _bitmap_size(b[1])).map(lambda s: bad_size(b, s))
         )
     if kind == "recv-bitmap-bad-end-mark":
 
@@ -568,7 +591,7 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
         if ram is not None:
             return st.sampled_from(ram).flatmap(
                 lambda b: st.tuples(_filler(_bitmap_size(b[1])), marks).map(
-                    lambda t, b=b: bad_end(b[0], t[0], t[1])
+                    lambda t: bad_end(b[0], t[0], t[1])
                 )
             )
         names = st.text(st.characters(min_codepoint=1, max_codepoint=255), max_size=32)
@@ -602,21 +625,32 @@ def _invalid(cat: RpCatalog, kind: str, ram: _Ram | None) -> st.SearchStrategy[F
         return st.builds(
             lambda s, n: rej(
                 build_frame(rel, "REQ_PAGES", start=s * _PAGE, len=n * _PAGE),
-                "req_pages_no_previous_block", stop=16,
+                "req_pages_no_previous_block",
+                stop=16,
             ),
-            st.integers(0, 2**40), st.integers(0, 2**20 - 1),
-        )  # fmt: skip
+            st.integers(0, 2**40),
+            st.integers(0, 2**20 - 1),
+        )
     if kind == "truncated":
-        return valid_frames(rel, ram=dict(ram) if ram else None).filter(
-            lambda s: s.frames == 1
-        ).flatmap(
-            lambda s: st.integers(1, len(s.data) - 1).map(
-                lambda cut, s=s: FrameSample(
-                    rel, s.data[:cut], kind, True, None, truncated=True, offset=0,
-                    frames=0, ram=ram,
+        return (
+            valid_frames(rel, ram=dict(ram) if ram else None)
+            .filter(lambda s: s.frames == 1)
+            .flatmap(
+                lambda s: st.integers(1, len(s.data) - 1).map(
+                    lambda cut: FrameSample(
+                        rel,
+                        s.data[:cut],
+                        kind,
+                        True,
+                        None,
+                        truncated=True,
+                        offset=0,
+                        frames=0,
+                        ram=ram,
+                    )
                 )
             )
-        )  # fmt: skip
+        )
     raise ValueError(f"unknown invalid-frame kind {kind!r}")
 
 
@@ -663,8 +697,8 @@ def _bad_page_request(
     return st.sampled_from(ram).flatmap(
         lambda b: (
             st.tuples(aligned64, aligned32)
-            .filter(lambda t, b=b: (t[0] + t[1] - 1) % 2**64 >= b[1])
-            .map(lambda t, b=b: overrun(b, *t))
+            .filter(lambda t: (t[0] + t[1] - 1) % 2**64 >= b[1])
+            .map(lambda t: overrun(b, *t))
         )
     )
 
@@ -872,7 +906,7 @@ def check_max_rule(release: Release | str, prefix: bytes, type_id: int, length: 
 
 def _outcome(
     release: Release, data: bytes, ram: Mapping[str, int] | None, eof: bool
-) -> tuple[list[Message], object]:
+) -> tuple[list[Message], tuple[Any, ...]]:
     r = Reader(release, ram_blocks=ram)
     if data:
         r.receive_data(data)
@@ -903,13 +937,14 @@ def check_stop_position(
     m2, out2 = _outcome(rel, data[:stopped_at], ram, eof=False)
     assert out2 == out and len(m2) == len(messages), f"{out2} != {out} with data cut at the stop"
     _, out3 = _outcome(rel, data[: stopped_at - 1], ram, eof=False)
-    assert out3[0] == "open", f"decided before the stop position: {out3}"  # type: ignore[index]
+    assert out3[0] == "open", f"decided before the stop position: {out3}"
     _, out4 = _outcome(rel, data[:stopped_at] + b"\xff" * 7, ram, eof=True)
     assert out4 == out, "bytes after the stop position changed the verdict"
 
 
 def _grammar_size(parsed: cs.Container) -> int:
-    return 4 + parsed.length + (16 + parsed.blob.bitmap_size if parsed.blob else 0)
+    size: int = 4 + parsed.length + (16 + parsed.blob.bitmap_size if parsed.blob else 0)
+    return size
 
 
 def check_grammar_agrees(release: Release | str, data: bytes) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.protocol import build_frame, catalog, known_releases
 
 

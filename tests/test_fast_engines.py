@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.protocol import (
     ENGINES,
     ConstructReader,

@@ -1,4 +1,5 @@
-"""``migcompat fuzz`` (issue 7): exit codes, counterexample files, the ``--real`` plumbing."""
+"""``migcompat fuzz`` (issue 7): exit codes, counterexample files, the ``--real`` plumbing
+(:mod:`migcompat.protocol.fuzzing`, :mod:`migcompat.lab.fuzz_real`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from migcompat import _cmd_fuzz as fz
-from migcompat.__main__ import main
+from migcompat.cli import main
+from migcompat.lab import fuzz_real
+from migcompat.protocol import fuzzing as fz
 from migcompat.protocol import parse_release
 
 CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
@@ -23,7 +25,7 @@ def test_model_fuzz_passes_and_reports_rates(
                "--fixtures", str(tmp_path)])
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
-    assert [x["property"] for x in lines] == list(fz._PROPERTY_NAMES)
+    assert [x["property"] for x in lines] == list(fz.PROPERTY_NAMES)
     assert all(x["result"] == "passed" and x["examples"] >= 1 for x in lines)
     assert all(x["examples_per_second"] > 0 and x["seed"] == 3 for x in lines)
 
@@ -90,17 +92,17 @@ def test_real_without_a_build_exits_2(
 
 
 def test_real_plan_covers_every_class_and_batches_accepted_frames() -> None:
-    pools = fz._real_pools(parse_release("10.0"), 2, seed=5)
+    pools = fuzz_real.real_pools(parse_release("10.0"), 2, seed=5)
     assert set(pools) >= {"valid", "shut", "type-max", "type-zero", "req-pages-no-block"}
-    assert not set(pools) & set(fz.REAL_EXCLUDED)
+    assert not set(pools) & set(fuzz_real.REAL_EXCLUDED)
     n = sum(len(v) for v in pools.values())
-    cases = fz._plan({k: list(v) for k, v in pools.items()}, n)
+    cases = fuzz_real.plan_cases({k: list(v) for k, v in pools.items()}, n)
     kinds = [k for c in cases for k, _ in c.frames]
     assert set(pools) - {"valid"} <= set(kinds)
     for c in cases:  # at most one frame that ends the return path, and it comes last
         enders = [k for k, _ in c.frames if not k.startswith("valid:")]
         assert len(enders) <= 1 and (not enders or c.frames[-1][0] == enders[0])
-        assert len(c.frames) <= fz.REAL_BATCH + 1
+        assert len(c.frames) <= fuzz_real.REAL_BATCH + 1
 
 
 def _record(meta: dict[str, Any]) -> Any:
@@ -128,7 +130,7 @@ def test_model_verdict_matches_every_recorded_real_run(capture: str) -> None:
         pytest.skip("capture being regenerated")
     meta = json.loads((CAPTURES / capture / "metadata.json").read_text())
     rp = (CAPTURES / capture / "rp.bin").read_bytes()
-    real = fz.real_outcome(_record(meta))
+    real = fuzz_real.real_outcome(_record(meta))
     rel = parse_release(meta["src"]["release"])
     inj = [i for i in meta.get("return_path", {}).get("injections", [])] or [
         s for s in meta.get("steps", []) if s.get("step") == "inject"
@@ -137,6 +139,6 @@ def test_model_verdict_matches_every_recorded_real_run(capture: str) -> None:
     if inj:
         at = inj[0]["src_offset"]
         injected = (at, at + len(bytes.fromhex(inj[0]["hex"])))
-    model = fz.model_verdict(rel, rp, fz.REAL_RAM, injected)
-    agree, why = fz._compare(model, real, rel)
+    model = fz.model_verdict(rel, rp, fuzz_real.REAL_RAM, injected)
+    agree, why = fz.compare(model, real, rel)
     assert agree, why

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 
 pytestmark = [pytest.mark.qemu, pytest.mark.slow]
 

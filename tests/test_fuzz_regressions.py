@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from migcompat._cmd_fuzz import _compare, model_verdict, replay
 from migcompat.protocol import parse_release
+from migcompat.protocol.fuzzing import compare, model_verdict, replay
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fixtures" / "fuzz"
@@ -92,8 +92,8 @@ def test_model_agrees_with_the_real_source(case_dir: Path) -> None:
     rp = (case_dir / "rp.bin").read_bytes()
     rel = parse_release(case["release"])
     injected = tuple(case["injected"]) if case.get("injected") else None
-    model = model_verdict(rel, rp, case.get("ram"), injected)  # type: ignore[arg-type]
-    agree, why = _compare(model, case["real"], rel)
+    model = model_verdict(rel, rp, case.get("ram"), injected)
+    agree, why = compare(model, case["real"], rel)
     assert agree, why
 
 

@@ -12,7 +12,7 @@ from migcompat.protocol._layouts import PAYLOAD_LAYOUTS, fixed_size
 
 @pytest.mark.parametrize("release", known_releases(), ids=str)
 def test_fixed_layouts_match_rp_cmd_args(release: object) -> None:
-    for m in catalog(release).messages:  # type: ignore[arg-type]
+    for m in catalog(release).messages:
         if m.id == 0 or m.short_name not in PAYLOAD_LAYOUTS:
             continue
         size = fixed_size(m.short_name)

@@ -13,23 +13,30 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migcompat.__main__ import main
-from migcompat.compat import Cell, compare, observations, parse_cell_id, predict, predict_matrix
-from migcompat.compat._matrix import (
-    DEFAULT_RELEASES,
-    CellResult,
-    _model,
-    common_machines,
-    core_scenarios,
+from migcompat.cli import main
+from migcompat.cli._matrix_report import (
     gitlab_ci,
-    known_scenarios,
-    machines_for,
-    matrix_cells,
     predictions_markdown,
     results_junit,
     results_markdown,
+)
+from migcompat.compat import (
+    DEFAULT_RELEASES,
+    Cell,
+    CellResult,
+    common_machines,
+    compare,
+    core_scenarios,
+    known_scenarios,
+    machines_for,
+    matrix_cells,
+    observations,
+    parse_cell_id,
+    predict,
+    predict_matrix,
     results_summary,
 )
+from migcompat.compat import matrix_model as _model
 from migcompat.protocol import Release, catalog
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +57,7 @@ def cells(draw: st.DrawFn, scenario: st.SearchStrategy[str] = named | inject) ->
     return Cell(a, b, machine, draw(scenario))
 
 
-def _matching_observation(p):  # type: ignore[no-untyped-def]
+def _matching_observation(p):
     """An observation exactly as the prediction allows (first allowed member of each set)."""
     return {
         "machine": p.cell.machine,
@@ -215,7 +222,7 @@ def test_the_model_agrees_with_the_compat_observations() -> None:
         assert ("running" in p.src_runstates) == bool(o.src_running), o.path
 
 
-def _result(p, outcome: str, **obs) -> CellResult:  # type: ignore[no-untyped-def]
+def _result(p, outcome: str, **obs) -> CellResult:
     return CellResult(p, outcome, ["why"] if outcome != "pass" else [], obs, None, 1.0)
 
 
@@ -285,8 +292,9 @@ def test_pytest_plugin_parametrizes_with_cell_ids(tmp_path: Path) -> None:
     )
     from importlib.metadata import entry_points
 
-    registered = any(ep.value == "migcompat.pytest_plugin" for ep in entry_points(group="pytest11"))
-    load = [] if registered else ["-p", "migcompat.pytest_plugin"]  # not installed: load by hand
+    plugin = "migcompat.lab.pytest_plugin"
+    registered = any(ep.value == plugin for ep in entry_points(group="pytest11"))
+    load = [] if registered else ["-p", plugin]  # not installed: load by hand
     out = subprocess.run(
         [sys.executable, "-m", "pytest", *load, "--collect-only", "-q", "-p", "no:cacheprovider",
          str(tmp_path / "test_x.py")],
@@ -299,7 +307,7 @@ def test_pytest_plugin_parametrizes_with_cell_ids(tmp_path: Path) -> None:
 
 def test_every_recorded_observation_is_predicted() -> None:
     # compat/data/matrix-observed.json: what real QEMU did in each cell of the last full run.
-    from migcompat.compat._matrix import recorded_observations
+    from migcompat.compat import recorded_observations
 
     seen = recorded_observations()
     if not seen:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.compat import (
     Strategy,
     StrategyError,
@@ -23,6 +23,7 @@ from migcompat.compat import (
     retransmission_schedule_s,
     retransmission_timeout_s,
 )
+from migcompat.lab import read_tcp_sysctls
 
 DEFAULTS = TcpSettings()  # Linux defaults, independent of the host running the tests
 
@@ -97,7 +98,7 @@ def test_settings_validate_and_read_proc(tmp_path):
         TcpSettings(retries2=-1)
     (tmp_path / "tcp_keepalive_time").write_text("60\n")
     (tmp_path / "tcp_retries2").write_text("garbage\n")
-    s = TcpSettings.from_proc(tmp_path)
+    s = TcpSettings.from_sysctls(read_tcp_sysctls(tmp_path))
     assert (s.keepalive_time, s.keepalive_intvl, s.retries2) == (60, 75, 15)
 
 

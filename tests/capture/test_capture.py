@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.__main__ import main
 from migcompat.capture import CaptureOptions, Record, decode_capture
+from migcompat.cli import main
 from migcompat.protocol import InputError, parse_release
 
 from .builders import (

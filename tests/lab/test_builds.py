@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import migcompat.lab as lab
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.lab import LabError, QemuBuild
 from migcompat.lab.builds import release_from_version, release_key
 from migcompat.lab.qemu import newest_common_machine

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from migcompat.__main__ import main
+from migcompat.cli import main
 from migcompat.compat import Strategy, predict_partition
 from migcompat.lab.netns import VethPair
 from migcompat.lab.partition import _summarise_tcpdump, check_side, keepalive_uri_options

@@ -26,7 +26,7 @@ RELEASE = rps.releases()
 SHAPES = ("2.5", "7.2", "10.0", "11.1+keepalive")
 
 
-def _with_release(f):  # type: ignore[no-untyped-def]
+def _with_release(f):
     return RELEASE.flatmap(lambda r: st.tuples(st.just(r), f(r)))
 
 

@@ -44,7 +44,7 @@ def reader_first(release: object, data: bytes) -> object:
 
 def grammar_first(release: object, data: bytes) -> cs.Container | Exception:
     try:
-        return frame_grammar(release).parse(data)  # type: ignore[arg-type]
+        return frame_grammar(release).parse(data)
     except cs.ConstructError as exc:
         return exc
 
@@ -52,7 +52,7 @@ def grammar_first(release: object, data: bytes) -> cs.Container | Exception:
 @given(RELEASE.flatmap(lambda r: st.tuples(st.just(r), rps.valid_frames(r))))
 def test_build_parse_round_trip(pair: tuple[object, rps.FrameSample]) -> None:
     release, sample = pair
-    g = frame_grammar(release)  # type: ignore[arg-type]
+    g = frame_grammar(release)
     parsed = g.parse(sample.data)
     assert g.build(parsed) == sample.data
     ev = reader_first(release, sample.data)
@@ -112,7 +112,7 @@ def test_grammar_and_reader_agree_on_the_first_frame(release: object, data: byte
 def test_max_rule(args: tuple[object, int, int]) -> None:
     """Every type >= MAX and type 0 is rejected with the release's text; no other type is."""
     release, type_id, length = args
-    cat = catalog(release)  # type: ignore[arg-type]
+    cat = catalog(release)
     data = struct.pack(">HH", type_id, length) + bytes(min(length, 600))
     ev = reader_first(release, data)
     if type_id == 0 or type_id >= cat.max:

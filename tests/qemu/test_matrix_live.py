@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from migcompat.compat import Cell, predict, run_cells
-from migcompat.compat._matrix import common_machines
+from migcompat.compat import Cell, common_machines, predict
+from migcompat.lab import run_cells
 from migcompat.protocol import Release, known_releases
 
 pytestmark = pytest.mark.qemu

@@ -66,7 +66,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``migcompat_cell`` over the cells the marker (or the options) select."""
     if "migcompat_cell" not in metafunc.fixturenames:
         return
-    from migcompat.compat._matrix import DEFAULT_RELEASES, predict_matrix
+    from migcompat.compat import DEFAULT_RELEASES, predict_matrix
 
     marker = metafunc.definition.get_closest_marker("migcompat_matrix")
     kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
@@ -85,7 +85,7 @@ def migcompat_run(tmp_path: Path) -> Callable[..., Any]:
 
     Skips the test (with the reason) when the cell is not predicted or a build is missing.
     """
-    from migcompat.compat._matrix import run_cell
+    from migcompat.lab import run_cell
 
     def run(pred: Any, **kw: Any) -> Any:
         result = run_cell(pred, tmp_path / "matrix", **kw)

@@ -1,0 +1,269 @@
+"""Running matrix cells on the lab and storing what they showed.
+
+The prediction and the comparison are :mod:`migcompat.compat`'s (pure); this module runs a
+cell's scenario on real QEMU (:func:`migcompat.lab.run_scenario`) in a child process of
+its own, turns the run record into the facts :func:`migcompat.compat.compare` reads, and
+merges those facts into ``compat/data/matrix-observed.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from migcompat.compat import Cell, CellResult, Prediction, compare
+from migcompat.lab._errors import LabError
+from migcompat.lab.builds import find_build
+from migcompat.lab.runner import RunRecord, run_scenario
+
+__all__ = [
+    "build_versions",
+    "cell_slug",
+    "observations_json",
+    "observed_summary",
+    "record_observations",
+    "run_cell",
+    "run_cells",
+]
+
+
+def __dir__() -> list[str]:
+    return list(__all__)
+
+
+_QEMU_PREFIX = re.compile(r"^qemu-system-[\w-]+: ")
+
+
+def cell_slug(cell: Cell) -> str:
+    """A file-name-safe form of the cell id."""
+    return re.sub(r"[^A-Za-z0-9.+-]+", "_", cell.id.replace("->", "-to-"))
+
+
+def build_versions(releases: Iterable[str]) -> dict[str, str]:
+    """``--version`` text of each provisioned build (missing ones are left out)."""
+    out = {}
+    for r in releases:
+        b = find_build(r)
+        if b is not None:
+            out[r] = b.version_text
+    return out
+
+
+def observed_summary(rec: Any) -> dict[str, Any]:
+    """The facts of a lab ``RunRecord`` the matrix compares (final status, runstates…)."""
+    out: dict[str, Any] = {}
+    for side in ("src", "dst"):
+        seq = rec.status_sequence(side)
+        final = rec.final_migrate.get(side, {}).get("status") or (seq[-1] if seq else None)
+        out[f"{side}_statuses"] = seq
+        out[f"{side}_status"] = final
+        rs = rec.runstates.get(side) or {}
+        # No answer to query-status at the end: QMP was blocked (the lab then kills it).
+        out[f"{side}_runstate"] = rs.get("status") or "unresponsive"
+        out[f"{side}_running"] = rs.get("running")
+        out[f"{side}_error_desc"] = rec.error_desc.get(side)
+        out[f"{side}_stderr"] = [_QEMU_PREFIX.sub("", x) for x in rec.stderr_lines(side)]
+    out["split_brain"] = bool(rec.split_brain)
+    out["versions"] = {"src": rec.src.get("version_text"), "dst": rec.dst.get("version_text")}
+    out["machine"] = rec.machine
+    out["timed_out"] = rec.timed_out
+    out["step_errors"] = [e.get("qemu_error") or e.get("error") for e in rec.step_errors]
+    return out
+
+
+def run_cell(
+    pred: Prediction,
+    outdir: Path,
+    *,
+    timeout: float = 60.0,
+    observe: float = 5.0,
+    keep: bool = False,
+    hard_timeout: float | None = None,
+    run_unpredicted: bool = False,
+) -> CellResult:
+    """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
+
+    The run happens in a child process that leads its own process group, so that a run
+    which never returns is ended after ``hard_timeout`` (default ``timeout + observe + 60`` s)
+    with everything it started (its QEMUs, its tcpdump) and reported as an error.
+    A passing cell keeps only its ``record.json`` (unless ``keep``); a mismatch or an
+    error keeps the whole run directory (capture, streams, record).
+    """
+    cell = pred.cell
+    if pred.unpredicted and not run_unpredicted:
+        return CellResult(pred, "skipped", [f"not predicted: {pred.unpredicted}"])
+    for rel in (cell.source, cell.destination):
+        if find_build(rel) is None:
+            return CellResult(
+                pred, "skipped", [f"no QEMU build for {rel}: run `migcompat lab provision {rel}`"]
+            )
+    cell_dir = Path(outdir) / cell_slug(cell)
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout)
+    if status != "ok":
+        return CellResult(
+            pred,
+            "error",
+            [f"lab error: {payload}"],
+            record=str(cell_dir),
+            duration=time.monotonic() - t0,
+        )
+    rec = RunRecord(**payload)
+    obs = observed_summary(rec)
+    if pred.unpredicted:  # observe first, model afterwards: kept whole, never a mismatch
+        reasons = [f"not predicted: {pred.unpredicted}"]
+        record = rec.files.get("record")
+        return CellResult(pred, "observed", reasons, obs, record, time.monotonic() - t0)
+    reasons = compare(pred, obs)
+    if rec.timed_out:
+        obs["note"] = "the lab's settle timeout expired"
+    record = rec.files.get("record") or str(cell_dir / "record.json")
+    if not reasons and not keep:
+        for p in cell_dir.iterdir():
+            if p.name != "record.json":
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    outcome = "mismatch" if reasons else "pass"
+    return CellResult(pred, outcome, reasons, obs, record, time.monotonic() - t0)
+
+
+def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float) -> None:
+    """Child process body: new process group, one lab run, the record back through ``conn``."""
+    os.setsid()
+    try:
+        rec = run_scenario(
+            cell.source,
+            cell.destination,
+            cell.lab_scenario,
+            cell.machine,
+            Path(cell_dir),
+            timeout=timeout,
+            observe=observe,
+        )
+        conn.send(("ok", rec.to_json()))
+    except LabError as exc:
+        conn.send(("error", str(exc)))
+    except Exception as exc:  # report, not lose, a lab bug
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+def _run_isolated(
+    cell: Cell, cell_dir: Path, timeout: float, observe: float, hard_timeout: float | None
+) -> tuple[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    args = (child, cell, str(cell_dir), timeout, observe)
+    proc = ctx.Process(target=_child, args=args, daemon=False)
+    proc.start()
+    child.close()
+    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
+    result: tuple[str, Any] = ("error", f"no result within {limit:.0f} s: run ended")
+    if parent.poll(limit):
+        try:
+            result = parent.recv()
+        except EOFError:
+            result = ("error", f"the run's process died (exit {proc.exitcode})")
+    proc.join(10)
+    if proc.is_alive() or result[0] != "ok":
+        # Its process group holds only what this run started (QEMUs, tcpdump): end it by id.
+        assert proc.pid is not None  # started above
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.join(5)
+    parent.close()
+    return result
+
+
+def run_cells(
+    preds: Sequence[Prediction],
+    outdir: Path,
+    *,
+    jobs: int = 1,
+    timeout: float = 60.0,
+    observe: float = 5.0,
+    keep: bool = False,
+    run_unpredicted: bool = False,
+    retries: int = 1,
+    on_start: Callable[[Prediction], object] | None = None,
+    on_done: Callable[[CellResult], object] | None = None,
+) -> list[CellResult]:
+    """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
+
+    A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
+    run again up to ``retries`` times; a mismatch never is.
+    """
+
+    def one(p: Prediction) -> CellResult:
+        if on_start:
+            on_start(p)
+        errors: list[str] = []
+        for _attempt in range(1 + max(0, retries)):
+            r = run_cell(
+                p,
+                outdir,
+                timeout=timeout,
+                observe=observe,
+                keep=keep,
+                run_unpredicted=run_unpredicted,
+            )
+            if r.outcome != "error":
+                break
+            errors += r.reasons  # a lab failure is no observation: run the cell again
+        if errors and r.outcome != "error":
+            r.reasons.append(f"retried after: {'; '.join(errors)}")
+        if on_done:
+            on_done(r)
+        return r
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        return list(pool.map(one, preds))
+
+
+def observations_json(
+    results: Sequence[CellResult], previous: Mapping[str, Any] | None = None
+) -> str:
+    """``compat/data/matrix-observed.json``: what real QEMU did per cell, every run kept.
+
+    Only cells that ran (pass or mismatch) are added, with the facts
+    :func:`migcompat.compat.compare` reads and the binaries' ``--version`` texts; identical
+    observations are kept once. Several runs of one cell show where timing decides.
+    """
+    cells: dict[str, list[Any]] = {k: list(v) for k, v in (previous or {}).get("cells", {}).items()}
+    for r in results:
+        if r.outcome not in ("pass", "mismatch", "observed"):
+            continue
+        keep = {k: v for k, v in r.observed.items() if k not in ("step_errors", "note")}
+        runs = cells.setdefault(r.prediction.cell.id, [])
+        if keep not in runs:
+            runs.append(keep)
+    doc = {
+        "schema": 2,
+        "about": "Observed outcome of matrix cells on real QEMU, one entry per distinct run, "
+        "merged by `migcompat matrix run --record-observations`; the model (matrix.json) must "
+        "predict every entry (tests/test_matrix.py).",
+        "cells": dict(sorted(cells.items())),
+    }
+    return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"
+
+
+def record_observations(results: Sequence[CellResult], path: Path) -> None:
+    """Merge the observations of ``results`` into the file at ``path`` (created if missing)."""
+    path = Path(path)
+    previous = json.loads(path.read_text()) if path.exists() else None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(observations_json(results, previous), encoding="utf-8")
