@@ -311,6 +311,17 @@ class CaptureDecoder:
     def _new_rp(self) -> ReturnPath:
         return ReturnPath(self._candidates(), self.opt.check_against)
 
+    def _make_rp(self, info: ConnectionInfo) -> ReturnPath:
+        """A main channel's return path, with what the migration already knows."""
+        rs = info.rp = self._new_rp()
+        rs.whole = info.role == "main"
+        mig = self.migration_of(info)
+        if mig is not None and mig.ram_blocks:
+            rs.apply_ram(mig.ram_blocks)
+        if mig is not None and mig.machine_type:
+            rs.apply_machine(mig.machine_type)
+        return rs
+
     # -- connections --------------------------------------------------------------------------
     def open(self, info: ConnectionInfo) -> None:
         self.conns[info.id] = info
@@ -364,13 +375,8 @@ class CaptureDecoder:
                 sections=seed,
                 descend_packaged=self.opt.descend_packaged,
             )
-            info.rp = self._new_rp()
-            if role == "main-resumed":
-                info.rp.whole = False
-            if mig is not None and mig.ram_blocks:
-                info.rp.apply_ram(mig.ram_blocks)
-            if mig is not None and mig.machine_type:
-                info.rp.apply_machine(mig.machine_type)
+            # The return path's readings start at its first byte (by then the forward
+            # stream's machine type has usually narrowed the releases to read it with).
             if mig is not None and role == "main-resumed":
                 mig.postcopy = True
                 mig.state(ts, "postcopy-recover")
@@ -781,8 +787,7 @@ class CaptureDecoder:
 
     # -- return path ---------------------------------------------------------------------------
     def _rp_piece(self, info: ConnectionInfo, p: Data | Hole) -> None:
-        rs = info.rp
-        assert rs is not None
+        rs = info.rp if info.rp is not None else self._make_rp(info)
         if isinstance(p, Hole):
             rs.hole(p.offset)
             return
@@ -981,6 +986,8 @@ class CaptureDecoder:
                 self._drain_fwd(info, rd, None, ts)
                 if info.fwd_decoded < rd.offset:
                     info.fwd_decoded = rd.offset
+            if info.rp is None and info.role in ("main", "main-resumed"):
+                self._make_rp(info)  # no return-path byte: its readings say so
             rs = info.rp
             if rs is not None and rs.primary.verdict.rejection is None:
                 mig = self.migration_of(info)
