@@ -46,10 +46,10 @@ def __dir__() -> list[str]:
 Segment = tuple[int, float, bytes, int, bytes, int, int, int, int, Any, int]
 
 _PCAP_MAGICS = {
-    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
-    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
-    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
-    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+    b"\xd4\xc3\xb2\xa1": ("<", 1e6),
+    b"\xa1\xb2\xc3\xd4": (">", 1e6),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e9),
+    b"\xa1\xb2\x3c\x4d": (">", 1e9),
 }
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 #: Ethernet (dst, src skipped; ethertype), IPv4 with IHL 5 (version/IHL, total length,
@@ -108,7 +108,7 @@ def _as_segment(seg: TcpSegment | str | None, unusable: Callable[[str], None]) -
 
 # -- pcap ------------------------------------------------------------------------------------
 def _pcap_header(head: bytes, where: str) -> tuple[str, float, int]:
-    """(byte order, time unit, link type) of a pcap global header."""
+    """(byte order, fractions per second, link type) of a pcap global header."""
     if len(head) < 24:
         raise InputError(f"{where}: cannot read the pcap header: {len(head)} of 24 bytes")
     order, unit = _PCAP_MAGICS[head[:4]]
@@ -153,7 +153,7 @@ def _walk(
             if stop > end:
                 break
             pos = stop
-            ts = sec + frac * unit
+            ts = sec + frac / unit  # as dpkt computes it
             if fast and incl >= _FAST_MIN:
                 et, vihl, total, frag, proto, src, dst, sport, dport, seq, ack, doff, flags = (
                     unpack_fast(buf, start)
