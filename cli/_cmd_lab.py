@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,8 @@ examples:
   migcompat lab list --json
   migcompat lab run --src 7.2 --dst 10.0 --scenario plain
   migcompat lab run --src 10.0 --dst 10.0 --scenario inject:8 --out /tmp/run1
+  migcompat lab report /tmp/run1 -o /tmp/report1     # README.md, repro.py, evidence/
+  migcompat lab run --src 11.1 --dst 11.1 --scenario inject:7 --report /tmp/ack
 """
 
 _SCENARIO_HELP = """\
@@ -42,7 +47,8 @@ plain             postcopy migration that completes (guest keeps writing RAM: pa
 plain-idle        same, destination started with -S and never continued (no page requests)
 inject:T[:L[:HEX]] inject one frame of type T (be16), length L (default: len(HEX)), payload
                   HEX into the return path at a frame boundary once postcopy is active
-                  (inject:8 = the never-merged KEEPALIVE frame 00 08 00 00)
+                  (inject:8 = the never-merged KEEPALIVE frame 00 08 00 00); a suffix
+                  @frames=N / @t=S moves the moment, +recover then tries postcopy recovery
 blackhole-idle    idle destination; the proxy stops forwarding both ways without closing
 cut[-idle]        the proxy resets both connections (RST) once postcopy is active
 recover           blackhole, migrate-pause on both sides, migrate-recover on the destination
@@ -115,6 +121,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, metavar="DIR", help="where to keep the record and streams")
     p.add_argument("--json", action="store_true", help="print the record as JSON")
     p.add_argument(
+        "--report",
+        type=Path,
+        metavar="DIR",
+        help="also write a bug-report bundle of this run (as `lab report`) to DIR",
+    )
+    p.add_argument(
         "--fixture",
         type=Path,
         metavar="DIR",
@@ -149,6 +161,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="partition-*: a net.ipv4 TCP setting inside both namespaces (repeatable)",
     )
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "report",
+        help="turn lab runs into a bug report: README.md, stdlib-only repro.py, evidence/",
+        description=(
+            "Write a bundle a QEMU maintainer can act on from a lab run folder (`lab run "
+            "--out DIR`): README.md (observed vs expected, exact versions, host kernel, machine "
+            "type, command lines, steps, return-path bytes), repro.py (Python standard library "
+            "only; `python3 repro.py --src QEMU --dst QEMU` exits 1 when the finding "
+            "reproduces) and evidence/ (QMP transcripts with times, stderrs, injected bytes, "
+            "return path, trimmed pcap). More run folders (other releases, same scenario) add "
+            "rows to the README's 'which releases show it' table."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  migcompat lab run --src 10.0 --dst 10.0 --scenario inject:8 --out /tmp/r10\n"
+        "  migcompat lab run --src 7.2 --dst 7.2 --scenario inject:8 --out /tmp/r72\n"
+        "  migcompat lab report /tmp/r10 /tmp/r72 -o /tmp/split-brain\n"
+        "  python3 /tmp/split-brain/repro.py --src-root ROOT --dst-root ROOT\n",
+    )
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="lab run folders; the first is the one reported")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="DIR",
+                   help="bundle folder (created; its evidence/ is rewritten)")  # fmt: skip
+    p.add_argument(
+        "--finding",
+        metavar="KIND",
+        help="what the report is about (default: from the scenario): split-brain, "
+        "source-fails, recovery-hangs, keepalive-dropped, outcome",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=_report)
 
     lab.set_defaults(func=lambda _args: (lab.print_help(sys.stderr), 2)[1])
 
@@ -210,8 +254,6 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from migcompat.lab.runner import print_record, run_scenario
-
     src = find_build(args.src)
     dst = find_build(args.dst)
     for name, build in (("--src", src), ("--dst", dst)):
@@ -220,11 +262,31 @@ def _run(args: argparse.Namespace) -> int:
                 f"{name} {getattr(args, name[2:])}: no such build; see `migcompat lab list`"
             )
     assert src is not None and dst is not None
-    scenario = args.scenario
-    if scenario.startswith("partition-"):
-        return _run_partition(args, src, dst)
+    run = _run_partition if args.scenario.startswith("partition-") else _run_scenario
+    if not args.report:
+        return run(args, src, dst)
+    with _run_out(args) as out:
+        args.out = out
+        rc = run(args, src, dst)
+        _write_report([out], args.report, None, quiet=args.json)
+    return rc
+
+
+@contextlib.contextmanager
+def _run_out(args: argparse.Namespace) -> Iterator[Path]:
+    """The run folder a ``--report`` is made from: ``--out`` if given, else a temporary one."""
+    if args.out:
+        yield Path(args.out)
+        return
+    with tempfile.TemporaryDirectory(prefix="migcompat-run-") as tmp:
+        yield Path(tmp)
+
+
+def _run_scenario(args: argparse.Namespace, src: Any, dst: Any) -> int:
+    from migcompat.lab.runner import print_record, run_scenario
+
     record = run_scenario(
-        src, dst, scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
+        src, dst, args.scenario, machine=args.machine, outdir=args.out, timeout=args.timeout,
         idle=args.idle, progress=not args.json, observe=args.observe,
     )  # fmt: skip
     if args.fixture:
@@ -235,6 +297,28 @@ def _run(args: argparse.Namespace) -> int:
         print(json.dumps(record.to_json(), indent=2))
     else:
         print_record(record)
+    return 0
+
+
+def _write_report(
+    runs: list[Path], out: Path, finding: str | None, *, quiet: bool
+) -> dict[str, Any]:
+    from migcompat.lab.report import write_report
+
+    summary = write_report(runs, out, finding=finding)
+    if not quiet:
+        verdict = "shows" if summary["reproduces"] else "does not show"
+        print(
+            f"report: {out} ({summary['bytes'] // 1024} KiB) — {summary['title']}: "
+            f"the run {verdict} it; repro: python3 {out / 'repro.py'} --src … --dst …"
+        )
+    return summary
+
+
+def _report(args: argparse.Namespace) -> int:
+    summary = _write_report(args.runs, args.output, args.finding, quiet=args.json)
+    if args.json:
+        print(json.dumps(summary, indent=2))
     return 0
 
 

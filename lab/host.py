@@ -6,11 +6,12 @@ so it lives here and the CLI passes the result in.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from migcompat.compat import LINUX_TCP_DEFAULTS
 
-__all__ = ["read_tcp_sysctls"]
+__all__ = ["host_info", "read_tcp_sysctls"]
 
 
 def __dir__() -> list[str]:
@@ -30,3 +31,9 @@ def read_tcp_sysctls(base: Path = Path("/proc/sys/net/ipv4")) -> dict[str, int]:
         except (OSError, ValueError, IndexError):
             pass
     return out
+
+
+def host_info() -> dict[str, str]:
+    """What a bug report says about the host: kernel release, its build string, architecture."""
+    u = os.uname()
+    return {"kernel": u.release, "kernel_version": u.version, "machine": u.machine}

@@ -48,10 +48,11 @@ from migcompat.compat import (
 )
 from migcompat.lab._errors import LabError
 from migcompat.lab.builds import QemuBuild, require_build, run_dir
+from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import QmpPair, progress_console
+from migcompat.lab.runner import QmpPair, instance_record, progress_console
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -126,6 +127,10 @@ class PartitionRecord:
     killed: dict[str, bool] = field(default_factory=dict)
     outdir: str = ""
     duration: float = 0.0
+    #: Per side: every QMP message with its time, and the command lines (as in RunRecord).
+    qmp: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    command_lines: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    host: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict (``json.dumps``-able)."""
@@ -246,7 +251,7 @@ class _PartitionRun(QmpPair):
         self.rec = PartitionRecord(
             scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
             dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
-            sysctl_overrides=dict(sysctls or {}),
+            sysctl_overrides=dict(sysctls or {}), host=host_info(),
         )
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.src: QemuInstance | None = None
@@ -519,6 +524,7 @@ class _PartitionRun(QmpPair):
                                      if s["stream"] == "stderr"]
             self.rec.events[side] = inst.events
             self.rec.killed[side] = inst.killed
+            self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
         with contextlib.suppress(KeyError):
             self.conclude(dropped)
         self.rec.duration = self.now()

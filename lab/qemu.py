@@ -109,6 +109,9 @@ class QemuInstance:
     state: LabState = LabState.IDLE
     stderr_lines: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)
+    #: The QMP exchange in order: greeting, every command we sent and QEMU's reply (or error),
+    #: every event, each stamped ``t`` on the run's clock (``dir``: ``recv``/``send``).
+    qmp_log: list[dict[str, Any]] = field(default_factory=list)
     returncode: int | None = None
     killed: bool = False
 
@@ -118,6 +121,8 @@ class QemuInstance:
         self._proc: asyncio.subprocess.Process | None = None
         self._qmp: QMPClient | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.qemu_args: list[str] = []
+        self.argv: list[str] = []
 
     # ------------------------------------------------------------------
     # Section: Public interface
@@ -140,7 +145,10 @@ class QemuInstance:
         self.state = LabState.STARTING
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
-        argv = self.build.argv(*self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off")
+        #: QEMU's own arguments (what a bug report quotes) and the full command run.
+        self.qemu_args = [*self.args, "-qmp", f"unix:{self.qmp_path},server=on,wait=off"]
+        argv = self.build.argv(*self.qemu_args)
+        self.argv = argv
         self.log.debug("argv: %s", argv)
         try:
             self._proc = await asyncio.create_subprocess_exec(
@@ -168,12 +176,27 @@ class QemuInstance:
         :raises LabError: with ``qemu_error`` = QEMU's ``desc`` verbatim when QEMU refused.
         """
         assert self._qmp is not None
+        sent: dict[str, Any] = {"t": self.now(), "dir": "send", "execute": cmd}
+        if arguments is not None:
+            sent["arguments"] = dict(arguments)
+        self.qmp_log.append(sent)
         try:
-            return await self._qmp.execute(cmd, arguments)
+            reply = await self._qmp.execute(cmd, arguments)
         except ExecuteError as exc:
+            self.qmp_log.append(
+                {"t": self.now(), "dir": "recv", "execute": cmd, "error": _plain(exc.error.error)}
+            )
             raise LabError(f"{self.name}: {cmd} failed", exc=exc, qemu_error=str(exc)) from exc
         except (QMPError, OSError) as exc:
+            self.qmp_log.append(
+                {"t": self.now(), "dir": "recv", "execute": cmd, "lost": f"{type(exc).__name__}"}
+            )
             raise LabError(f"{self.name}: {cmd}: QMP connection failed", exc=exc) from exc
+        except asyncio.CancelledError:
+            self.qmp_log.append({"t": self.now(), "dir": "recv", "execute": cmd, "lost": "timeout"})
+            raise
+        self.qmp_log.append({"t": self.now(), "dir": "recv", "execute": cmd, "return": reply})
+        return reply
 
     async def try_execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any:
         """:meth:`execute`, but ``None`` instead of raising (for best-effort queries at the end)."""
@@ -193,8 +216,12 @@ class QemuInstance:
         if self.state is LabState.RUNNING:
             self.state = LabState.STOPPING
             assert self._qmp is not None
+            self.qmp_log.append({"t": self.now(), "dir": "send", "execute": "quit"})
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._qmp.execute("quit"), 2)
+                reply = await asyncio.wait_for(self._qmp.execute("quit"), 2)
+                self.qmp_log.append(
+                    {"t": self.now(), "dir": "recv", "execute": "quit", "return": reply}
+                )
         self.state = LabState.STOPPING
         await self._rollback(grace)
 
@@ -221,6 +248,11 @@ class QemuInstance:
                     raise
                 await asyncio.sleep(0.05)
         self._qmp = qmp
+        greeting = getattr(qmp, "greeting", None)
+        if greeting is not None:
+            self.qmp_log.append(
+                {"t": self.now(), "dir": "recv", "greeting": _plain(greeting)}
+            )
         listener = EventListener()
         qmp.register_listener(listener)
         self._tasks.append(asyncio.create_task(self._record_events(listener)))
@@ -236,6 +268,8 @@ class QemuInstance:
                 "qemu_time": ts.get("seconds", 0) + ts.get("microseconds", 0) / 1e6,
             }
             self.events.append(record)
+            self.qmp_log.append({"t": record["t"], "dir": "recv", "event": record["event"],
+                                 "data": record["data"], "timestamp": dict(ts)})  # fmt: skip
             self.log.debug("event %s %s", record["event"], record["data"])
 
     async def _read_lines(self, stream: asyncio.StreamReader | None, name: str) -> None:
@@ -274,6 +308,18 @@ class QemuInstance:
         self.state = LabState.STOPPED
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
+
+
+def _plain(value: Any) -> Any:
+    """A qemu.qmp model object (it keeps the wire JSON in ``_raw``) as plain JSON-able data."""
+    raw = getattr(value, "_raw", None)
+    if raw is not None:
+        return _plain(raw)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 _probe_ids = itertools.count()

@@ -29,6 +29,7 @@ from typing import Any
 
 from migcompat.lab._errors import LabError, LabStalled
 from migcompat.lab.builds import QemuBuild, release_key, require_build, run_dir
+from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
@@ -38,6 +39,7 @@ __all__ = [
     "SETTLED",
     "QmpPair",
     "RunRecord",
+    "instance_record",
     "print_record",
     "progress_console",
     "run_scenario",
@@ -86,6 +88,12 @@ class RunRecord:
     outdir: str = ""
     duration: float = 0.0
     timed_out: bool = False
+    #: Per side: every QMP message with its time (see :attr:`QemuInstance.qmp_log`).
+    qmp: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Per side: ``qemu_args`` (QEMU's own arguments) and ``argv`` (the full command run).
+    command_lines: dict[str, dict[str, list[str]]] = field(default_factory=dict)
+    #: The host: ``kernel`` (``uname -r``), ``machine`` (``uname -m``).
+    host: dict[str, str] = field(default_factory=dict)
 
     def status_sequence(self, side: str) -> list[str]:
         """Just the status names of ``side`` (``src``/``dst``) in order."""
@@ -108,6 +116,11 @@ def _free_port() -> int:
 
 def _build_json(b: QemuBuild) -> dict[str, Any]:
     return b.to_json()
+
+
+def instance_record(inst: QemuInstance) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+    """An instance's QMP log and command lines, as run records keep them."""
+    return inst.qmp_log, {"qemu_args": list(inst.qemu_args), "argv": list(inst.argv)}
 
 
 def progress_console(progress: bool) -> Any:
@@ -240,7 +253,7 @@ class _Run(QmpPair):
         self.status = None
         self.rec = RunRecord(
             scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
-            machine=machine or "", outdir=str(self.outdir),
+            machine=machine or "", outdir=str(self.outdir), host=host_info(),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
@@ -285,7 +298,9 @@ class _Run(QmpPair):
         self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
         self.proxy_port = await self.proxy.listen(self.dst_port)
         self.proxy_port2 = (
-            await self.proxy.listen(self.dst_port2) if self.sc.kind == "recover" else None
+            await self.proxy.listen(self.dst_port2)
+            if self.sc.kind == "recover" or self.sc.then_recover
+            else None
         )
         await self.start_tcpdump()
 
@@ -357,6 +372,14 @@ class _Run(QmpPair):
                     self.rec.step_errors.append(
                         {"t": self.now(), "side": "proxy", "command": "inject", "error": str(exc)}
                     )
+            if sc.then_recover:
+                ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
+                ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
+                self.step("paused", src=ok_src, dst=ok_dst)
+                if ok_src and ok_dst:
+                    await self.resume()
+                else:
+                    self.step("no-recovery", src=self.last["src"], dst=self.last["dst"])
             return
         if sc.kind == "blackhole":
             await self.wait_status("src", {"postcopy-active"}, 30)
@@ -388,6 +411,11 @@ class _Run(QmpPair):
         ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
         ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
         self.step("paused", src=ok_src, dst=ok_dst)
+        await self.resume()
+
+    async def resume(self) -> None:
+        """Both sides paused: a new connection (``migrate-recover``, ``migrate resume=true``)."""
+        assert self.proxy is not None and self.proxy_port2 is not None
         self.proxy.cut(reset=False)
         self.proxy.unblock()
         self.step("migrate-recover", port=self.dst_port2)
@@ -461,6 +489,7 @@ class _Run(QmpPair):
                 continue
             self.rec.stderr[side] = inst.stderr_lines
             self.rec.events[side] = inst.events
+            self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
             self.rec.killed[side] = inst.killed
             serial = self.workdir / f"{side}.serial"
             if serial.exists():

@@ -3,8 +3,12 @@
 Grammar (one name, no spaces)::
 
     plain | plain-idle | blackhole-idle | blackhole | cut[-idle] | recover
-    inject:TYPE[:LEN[:HEX]][@TRIGGER][-idle]
+    inject:TYPE[:LEN[:HEX]][@TRIGGER][+recover][-idle]
     TRIGGER := postcopy | frames=N | t=SECONDS      (default: postcopy)
+
+``+recover``: once both sides are ``postcopy-paused`` after the injection, try the recovery
+(``migrate-recover`` on a new port through a new proxy port, ``migrate resume=true``), as
+``recover`` does after its blackhole.
 
 ``LEN`` defaults to the payload's length; ``HEX`` defaults to ``LEN`` zero bytes, so
 ``inject:8`` is ``00 08 00 00`` (the never-merged KEEPALIVE proposal) and ``inject:4:12`` a
@@ -64,6 +68,8 @@ class Scenario:
     idle: bool = False
     frame: bytes | None = None
     trigger: str = "postcopy"
+    #: ``inject`` only: attempt postcopy recovery once both sides paused after the frame.
+    then_recover: bool = False
 
     def to_json(self) -> dict[str, object]:
         """JSON-able form for the run record."""
@@ -73,6 +79,7 @@ class Scenario:
             "idle": self.idle,
             "frame_hex": self.frame.hex() if self.frame is not None else None,
             "trigger": self.trigger,
+            "then_recover": self.then_recover,
         }
 
 
@@ -91,7 +98,8 @@ def parse_scenario(name: str, *, idle: bool = False) -> Scenario:
         base, idle = base.removesuffix("-idle"), True
     if base in ("plain", "blackhole", "cut", "recover"):
         return Scenario(name=base + ("-idle" if idle else ""), kind=base, idle=idle)
-    m = _INJECT_RE.fullmatch(base)
+    then_recover = base.endswith("+recover")
+    m = _INJECT_RE.fullmatch(base.removesuffix("+recover"))
     if m:
         type_id = int(m["type"], 0)
         payload = bytes.fromhex(m["hex"]) if m["hex"] else None
@@ -107,8 +115,10 @@ def parse_scenario(name: str, *, idle: bool = False) -> Scenario:
             idle=idle,
             frame=frame,
             trigger=m["trigger"] or "postcopy",
+            then_recover=then_recover,
         )
     raise InputError(
-        f"unknown scenario {name!r}; known: plain, plain-idle, inject:TYPE[:LEN[:HEX]][@TRIGGER], "
+        f"unknown scenario {name!r}; known: plain, plain-idle, "
+        "inject:TYPE[:LEN[:HEX]][@TRIGGER][+recover], "
         "blackhole-idle, cut, recover (see `migcompat lab run --help`)"
     )
