@@ -42,6 +42,8 @@ from ._events import (
 )
 from ._fast import FastReader
 from ._forward import (
+    MAX_VMDESC_BUFFER,
+    DeviceState,
     ForwardCommand,
     ForwardEnd,
     ForwardReader,
@@ -60,15 +62,28 @@ from ._releases import Release, parse_release
 from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_stream
+from ._vmstate import (
+    DumpLayout,
+    VmDescLayout,
+    VmstateError,
+    decoded_value,
+    find_vmdesc,
+    parse_dump_vmstate,
+    parse_vmdesc,
+    walk_fields,
+)
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
     "ENGINES",
+    "MAX_VMDESC_BUFFER",
     "NEED_DATA",
     "SCENARIO_KINDS",
     "STOPPED",
     "CatalogError",
     "ConstructReader",
+    "DeviceState",
+    "DumpLayout",
     "EndOfStream",
     "Event",
     "FastReader",
@@ -106,22 +121,29 @@ __all__ = (
     "StreamHeader",
     "StreamVerdict",
     "SwitchoverAck",
+    "VmDescLayout",
     "VmDescription",
     "VmEof",
+    "VmstateError",
     "build_frame",
     "c_format",
     "catalog",
     "check_stream",
+    "decoded_value",
+    "find_vmdesc",
     "frame_grammar",
     "known_releases",
     "machine_version",
     "make_frame",
     "overlays",
+    "parse_dump_vmstate",
     "parse_frame",
     "parse_release",
     "parse_scenario",
+    "parse_vmdesc",
     "resolve_line",
     "stream_catalog",
+    "walk_fields",
 )
 
 
