@@ -40,6 +40,7 @@ __all__ = [
     "VmsdField",
     "VmstateError",
     "decoded_value",
+    "fields_dict",
     "find_vmdesc",
     "parse_dump_vmstate",
     "parse_vmdesc",
@@ -80,6 +81,8 @@ class VmsdField(msgspec.Struct, frozen=True, kw_only=True):
     size: int
     array_len: int | None = None
     struct: Vmsd | None = None
+    #: Set when QEMU wrote an array one element at a time (each its own vmdesc entry).
+    index: int | None = None
 
 
 class Vmsd(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,6 +123,7 @@ def _vmsd(d: dict[str, Any], name: str | None = None) -> Vmsd:
                 size=int(f.get("size", 0)),
                 array_len=int(f["array_len"]) if "array_len" in f else None,
                 struct=struct,
+                index=int(f["index"]) if "index" in f else None,
             )
         )
     subs = tuple(_vmsd(s) for s in d.get("subsections", ()))
@@ -254,6 +258,8 @@ def _walk(
             rec = {"name": f.name, "type": f.type, "offset": start, "size": p - start}
             if f.array_len is not None:
                 rec["count"] = count
+            if f.index is not None:
+                rec["index"] = f.index
             rec["value"] = value
             out.append(rec)
     for sub in vmsd.subsections:
@@ -309,9 +315,29 @@ def decoded_value(field: dict[str, Any]) -> Any:
     v = field["value"]
     if field["type"] in ("struct", "tmp", "subsection"):
         if "count" in field:
-            return [{x["name"]: decoded_value(x) for x in item} for item in v]
-        return {x["name"]: decoded_value(x) for x in v}
+            return [fields_dict(item) for item in v]
+        return fields_dict(v)
     return v
+
+
+def fields_dict(fields: list[dict[str, Any]]) -> dict[str, Any]:
+    """Decoded fields as name → value.
+
+    QEMU writes some arrays one element at a time, each its own vmdesc entry of the same
+    name (with an ``index``, except, since 10.0, the last of a run): those become a list.
+    """
+    out: dict[str, Any] = {}
+    listed: set[str] = set()
+    for f in fields:
+        name, value = f["name"], decoded_value(f)
+        if name in listed:
+            out[name].append(value)
+        elif name in out or "index" in f:
+            out[name] = [out[name], value] if name in out else [value]
+            listed.add(name)
+        else:
+            out[name] = value
+    return out
 
 
 # -- -dump-vmstate ------------------------------------------------------------------------------
