@@ -5,6 +5,7 @@ and fed to the protocol core's sans-IO readers (``FastReader`` for the return pa
 ``ForwardReader`` for the forward stream).
 """
 
+from ._migfile import decode_migration_file, is_migration_file
 from ._packets import LINKTYPES, Packet, TcpSegment, decode_tcp, iter_packets, sniff_format
 from ._plot import plot_capture
 from ._session import (
@@ -34,7 +35,9 @@ __all__ = (
     "Packet",
     "TcpSegment",
     "decode_capture",
+    "decode_migration_file",
     "decode_tcp",
+    "is_migration_file",
     "iter_packets",
     "keepalives",
     "latency_stats",

@@ -33,6 +33,8 @@ from typing import Any
 from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
+    DeviceState,
+    DumpLayout,
     EndOfStream,
     FastReader,
     ForwardCommand,
@@ -58,6 +60,7 @@ from migcompat.protocol import (
     StreamHeader,
     VmDescription,
     VmEof,
+    fields_dict,
     known_releases,
     machine_version,
     parse_release,
@@ -115,6 +118,10 @@ class CaptureOptions:
     keepalive_period: float = 60.0
     pages: bool = False
     descend_packaged: bool = True
+    #: Decode every field of device sections walked with a vmdesc (off: delimit only).
+    decode_fields: bool = False
+    #: ``-dump-vmstate`` of the source binary (delimits device sections inside PACKAGED).
+    dump: DumpLayout | None = None
 
 
 @dataclass(slots=True)
@@ -417,6 +424,8 @@ class CaptureDecoder:
                 channel="main",
                 sections=seed,
                 descend_packaged=self.opt.descend_packaged,
+                decode_fields=self.opt.decode_fields,
+                dump=self.opt.dump,
             )
             self._rp[info.id] = _RpStream(self.release, self.opt.check_against)
             if mig is not None and mig.ram_blocks:
@@ -797,6 +806,17 @@ class CaptureDecoder:
                 section_id=ev.section_id,
                 note="inside the RAM section; what the hole held is unknown",
             )
+        elif isinstance(ev, DeviceState):
+            info.fwd_counts["device sections"] += 1
+            extra: dict[str, Any] = {}
+            if ev.fields is not None:
+                extra["fields"] = fields_dict(ev.fields)
+            self.emit(
+                ts, cid, "fwd", "device", ev.idstr, ev.offset, size=ev.size,
+                section_id=ev.section_id, instance_id=ev.instance_id, version_id=ev.version_id,
+                delimited_by=ev.delimited_by, vmsd_name=ev.vmsd_name,
+                device_type=ev.device_type, depth=ev.depth, **extra,
+            )  # fmt: skip
         elif isinstance(ev, ForwardStop):
             if ev.final:
                 info.fwd_end = f"stopped at offset {ev.offset}: {ev.reason}"

@@ -35,7 +35,11 @@ def register(sub: Any) -> None:
             "source (or a --check-against release) rejects a return path; 2: bad input."
         ),
     )
-    p.add_argument("path", help="pcap/pcapng file, or a lab recording folder")
+    p.add_argument(
+        "path",
+        help="pcap/pcapng file, a lab recording folder, or a migration file (raw forward "
+        "stream, as `migrate \"exec:cat > mig.bin\"` writes it)",
+    )
     p.add_argument(
         "--source",
         default="auto",
@@ -72,6 +76,23 @@ def register(sub: Any) -> None:
         "--skip-packaged",
         action="store_true",
         help="skip MIG_CMD_PACKAGED bodies instead of descending into them",
+    )
+    p.add_argument(
+        "--devices",
+        action="store_true",
+        help="only the device sections, each with its decoded fields (implies --fields)",
+    )
+    p.add_argument(
+        "--fields",
+        action="store_true",
+        help="decode device-section fields (with the stream's vmdesc) into the records; off by "
+        "default: delimiting alone is faster",
+    )
+    p.add_argument(
+        "--dump-vmstate",
+        metavar="FILE.json",
+        help="`qemu-system-x86_64 -machine M -dump-vmstate FILE` of the source binary: names "
+        "and delimits device sections inside MIG_CMD_PACKAGED (postcopy has no vmdesc)",
     )
     p.set_defaults(func=run)
 
@@ -132,10 +153,20 @@ def _line(rec: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from migcompat.capture import CaptureOptions, decode_capture, sniff_format, summarize
+    from migcompat.capture import (
+        CaptureOptions,
+        decode_capture,
+        decode_migration_file,
+        is_migration_file,
+        sniff_format,
+        summarize,
+    )
 
     path = args.path
-    sniff_format(path)  # a clear error before anything else
+    migfile = is_migration_file(path)
+    if not migfile:
+        sniff_format(path)  # a clear error before anything else
+    dump = _read_dump(args.dump_vmstate) if args.dump_vmstate else None
     source = None
     if args.source != "auto":
         source = parse_release(args.source)
@@ -158,6 +189,8 @@ def run(args: argparse.Namespace) -> int:
         keepalive_period=period,
         pages=args.pages,
         descend_packaged=not args.skip_packaged,
+        decode_fields=args.fields or args.devices,
+        dump=dump,
     )
     frames: list[tuple[float, str, str]] = []
     out = sys.stdout
@@ -167,6 +200,11 @@ def run(args: argparse.Namespace) -> int:
             frames.append((rec["t"], rec["conn"], rec["name"]))
         if args.summary:
             return
+        if args.devices and rec["kind"] not in ("device", "fwd-stop", "fwd-violation"):
+            return
+        if args.devices and not args.json:
+            out.write(_device_text(rec))
+            return
         if args.json:
             print_json(rec)
         else:
@@ -174,7 +212,8 @@ def run(args: argparse.Namespace) -> int:
 
     progress, done = _progress(path)
     try:
-        report = decode_capture(path, options, on_record, progress)
+        decode = decode_migration_file if migfile else decode_capture
+        report = decode(path, options, on_record, progress)
     finally:
         done()
     summary = summarize(report, period)
@@ -208,6 +247,61 @@ def run(args: argparse.Namespace) -> int:
         for c in summary["connections"]
     )
     return 1 if rejected else 0
+
+
+def _read_dump(path: str) -> Any:
+    from migcompat.protocol import parse_dump_vmstate
+
+    try:
+        with open(path, "rb") as f:
+            return parse_dump_vmstate(f.read())
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, dict) and set(v) == {"raw"}:
+        raw = v["raw"]
+        return f"raw {raw[:48]}…({len(raw) // 2} bytes)" if len(raw) > 48 else f"raw {raw}"
+    if isinstance(v, list) and v and not isinstance(v[0], dict | list):
+        text = ", ".join(_value_text(x) for x in v[:16])
+        return f"[{text}{', …' if len(v) > 16 else ''}] ({len(v)})"
+    return str(v)
+
+
+def _field_lines(fields: dict[str, Any], indent: str) -> list[str]:
+    lines = []
+    for k, v in fields.items():
+        if isinstance(v, dict) and set(v) != {"raw"}:
+            lines.append(f"{indent}{k}:")
+            lines += _field_lines(v, indent + "  ")
+        elif isinstance(v, list) and v and isinstance(v[0], dict) and set(v[0]) != {"raw"}:
+            for i, item in enumerate(v):
+                lines.append(f"{indent}{k}[{i}]:")
+                lines += _field_lines(item, indent + "  ")
+        else:
+            lines.append(f"{indent}{k} = {_value_text(v)}")
+    return lines
+
+
+def _device_text(rec: dict[str, Any]) -> str:
+    """The ``--devices`` view of one record: the section, then its fields indented."""
+    f = rec["fields"]
+    if rec["kind"] != "device":
+        return f"{rec['conn'] or '-'} @{rec['offset']}  {_line(rec).split('  ', 2)[-1].strip()}\n"
+    head = (
+        f"{rec['conn'] or '-'} @{rec['offset']}  section {f['section_id']} {rec['name']} "
+        f"(instance {f['instance_id']}, version {f['version_id']}): {f['size']} bytes, "
+        f"delimited by {f['delimited_by']}"
+    )
+    if f.get("device_type"):
+        head += f", {f['device_type']}"
+    if f.get("depth"):
+        head += " (inside PACKAGED)"
+    lines = [head]
+    if "fields" in f:
+        lines += _field_lines(f["fields"], "    ")
+    return "\n".join(lines) + "\n"
 
 
 def _progress(path: str) -> tuple[Any, Any]:
