@@ -50,3 +50,18 @@ def test_generated_postcopy_capture_decodes(tmp_path: Path) -> None:
         "setup", "precopy", "postcopy-listen", "postcopy-active", "completed",
     ]  # fmt: skip
     assert m["commands"]["MIG_CMD_POSTCOPY_RUN"] == 1
+
+
+def test_device_state_benchmark_stream_is_delimited_and_decoded() -> None:
+    from migcompat.protocol import DeviceState, ForwardReader, ForwardStop
+
+    data = _bench().device_state_stream(devices=3, pages=16)
+    for fields in (False, True):
+        r = ForwardReader("10.0", decode_fields=fields)
+        r.receive_data(data)
+        r.receive_data(b"")
+        evs = list(r.events())
+        dev = [e for e in evs if isinstance(e, DeviceState)]
+        assert [d.idstr for d in dev] == ["dev0", "dev1", "dev2"]
+        assert not [e for e in evs if isinstance(e, ForwardStop)]
+        assert (dev[0].fields is not None) is fields
