@@ -461,13 +461,16 @@ class ForwardReader(EventSource):
             stop = self._awaiting
             self._gen.close()
             self._buf.skip_gap(length)
-            self._gen = iter([stop])
+            self._gen = self._replay(stop)
             return
         self._gen.close()
         self._buf.skip_gap(length)
         self._at_boundary = False
         self._unit_start = self._buf.base
         self._gen = self._resync()
+
+    def _replay(self, stop: ForwardStop) -> _Need:
+        yield stop
 
     # -- byte access (generator helpers) ---------------------------------------------------
     def _take(self, n: int) -> _Need:

@@ -262,22 +262,22 @@ def _walk(
                 rec["index"] = f.index
             rec["value"] = value
             out.append(rec)
-    for sub in vmsd.subsections:
+    for subsec in vmsd.subsections:
         if p + 2 > end:
             raise _Short
         if data[p] != QEMU_VM_SUBSECTION:
-            raise VmstateError(f"subsection {sub.name!r} not found at offset {p}")
+            raise VmstateError(f"subsection {subsec.name!r} not found at offset {p}")
         n = data[p + 1]
         if p + 2 + n + 4 > end:
             raise _Short
         name = bytes(data[p + 2 : p + 2 + n]).decode("latin-1")
-        if name != sub.name:
-            raise VmstateError(f"subsection {name!r} where the vmdesc has {sub.name!r}")
+        if name != subsec.name:
+            raise VmstateError(f"subsection {name!r} where the vmdesc has {subsec.name!r}")
         version = int.from_bytes(data[p + 2 + n : p + 6 + n], "big")
         start = p
         p += 6 + n
         fields: list[dict[str, Any]] | None = [] if out is not None else None
-        p = _walk(sub, data, p, end, fields)
+        p = _walk(subsec, data, p, end, fields)
         if out is not None:
             out.append(
                 {
