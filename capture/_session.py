@@ -293,8 +293,12 @@ class _RpStream:
 
 
 def _try_sync(release: Release, data: bytes) -> FastReader | None:
-    """A fresh reader if ``data`` is whole frames from its first byte to its last."""
-    probe = Reader(release)
+    """A fresh reader if ``data`` is whole frames from its first byte to its last.
+
+    The bytes continue a return path (after a hole): a block was named before them, so a
+    REQ_PAGES without a REQ_PAGES_ID is a frame here (``req_pages_block``).
+    """
+    probe = Reader(release, req_pages_block="")
     probe.receive_data(data)
     end = 0
     frames = 0
@@ -307,7 +311,7 @@ def _try_sync(release: Release, data: bytes) -> FastReader | None:
         return None
     if frames == 0 or end != len(data):
         return None
-    fresh = FastReader(release)
+    fresh = FastReader(release, req_pages_block="")
     fresh.receive_data(data)
     return fresh
 
@@ -1238,7 +1242,9 @@ def _metadata_release(path: str) -> tuple[str, str] | None:
     for name in ("metadata.json", "record.json"):
         try:
             with open(os.path.join(folder, name), encoding="utf-8") as f:
-                rel = json.load(f).get("src", {}).get("release")
+                src = json.load(f).get("src", {})
+            # a `migcompat lab build` names its own source's release (10.0.13+keepalive)
+            rel = src.get("protocol_release") or src.get("release")
         except (OSError, ValueError, AttributeError):
             continue
         if rel:

@@ -14,7 +14,7 @@ from migcompat.protocol import (
     stream_catalog,
 )
 
-from ._io import console, print_json
+from ._io import add_format_argument, console, output_format, print_json, print_rows
 
 __all__ = ["register"]
 
@@ -39,6 +39,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--list", action="store_true", help="list every release line and its MAX")
     p.add_argument("--json", action="store_true", help="JSON output")
+    add_format_argument(p)
     p.set_defaults(func=run)
 
 
@@ -100,20 +101,20 @@ def diff(a: RpCatalog, b: RpCatalog) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     con = console()
-    from rich.table import Table
-
+    fmt = output_format(args)
+    args.json = fmt == "json"
     if args.list:
-        rows = [catalog(r) for r in known_releases()]
+        cats = [catalog(r) for r in known_releases()]
         if args.json:
-            for c in rows:
+            for c in cats:
                 print_json({"release": str(c.line), "max": c.max, "basis": c.basis})
             return 0
-        t = Table(title="release lines in the catalog", title_justify="left")
-        for col in ("release", "MIG_RP_MSG_MAX", "newest id", "error style", "basis"):
-            t.add_column(col)
-        for c in rows:
-            t.add_row(str(c.line), str(c.max), c.messages[-1].name, c.error_call, c.basis)
-        con.print(t)
+        print_rows(
+            ("release", "MIG_RP_MSG_MAX", "newest id", "error style", "basis"),
+            [(c.line, c.max, c.messages[-1].name, c.error_call, c.basis) for c in cats],
+            fmt=fmt,
+            title="release lines in the catalog",
+        )
         return 0
     if args.diff:
         a, b = (catalog(parse_release(x)) for x in args.diff)
@@ -136,39 +137,38 @@ def run(args: argparse.Namespace) -> int:
         return 0
     rel = parse_release(args.release) if args.release else known_releases()[-1]
     if args.commands:
-        return show_commands(rel, as_json=args.json)
+        return show_commands(rel, fmt=fmt)
     cat = catalog(rel)
     if args.json:
         print_json(as_json(cat))
         return 0
     title = f"return-path messages of a {cat.release} source (line {cat.line}, {cat.basis})"
-    t = Table(title=title, title_justify="left")
-    for col in ("id", "name", "payload length", "since"):
-        t.add_column(col)
+    rows: list[tuple[object, ...]] = []
     for m in cat.messages:
         length = "variable" if m.length is None else str(m.length)
         since = f"{m.overlay} proposal" if m.overlay else str(m.since)
-        t.add_row(str(m.id), m.name, length if m.id else "(always rejected)", since)
-    t.add_row(str(cat.max), "MIG_RP_MSG_MAX", "", "", style="dim")
-    con.print(t)
+        rows.append((m.id, m.name, length if m.id else "(always rejected)", since))
+    rows.append((cat.max, "MIG_RP_MSG_MAX", "", ""))
+    print_rows(("id", "name", "payload length", "since"), rows, fmt=fmt, title=title)
     con.print(
         f"Types >= {cat.max} and type 0 are rejected: "
-        f"{cat.format_error('invalid_type', cat.max, 0)!r}"
+        f"{cat.format_error('invalid_type', cat.max, 0)!r}",
+        markup=False,
     )
     if args.errors:
-        et = Table(title="error texts", title_justify="left")
-        et.add_column("key")
-        et.add_column("format (C printf, as QEMU prints)", overflow="fold")
-        for k, v in cat.errors.items():
-            et.add_row(k, v)
-        con.print(et)
+        print_rows(
+            ("key", "format (C printf, as QEMU prints)"),
+            list(cat.errors.items()),
+            fmt=fmt,
+            title="error texts",
+        )
     return 0
 
 
-def show_commands(rel: Release, *, as_json: bool) -> int:
+def show_commands(rel: Release, *, fmt: str) -> int:
     """The forward stream's header, section types and ``MIG_CMD_*`` table of a release."""
     sc = stream_catalog(rel)
-    if as_json:
+    if fmt == "json":
         print_json(
             {
                 "release": str(sc.release),
@@ -183,22 +183,25 @@ def show_commands(rel: Release, *, as_json: bool) -> int:
             }
         )
         return 0
-    from rich.table import Table
-
-    con = console()
-    con.print(f"stream header: magic 0x{sc.magic:08X} (QEVM), version {sc.version}")
-    st = Table(title="section types", title_justify="left")
-    st.add_column("byte")
-    st.add_column("name")
-    for name, value in sorted(sc.section_types.items(), key=lambda kv: kv[1]):
-        st.add_row(f"0x{value:02x}", name)
-    con.print(st)
-    t = Table(title=f"MIG_CMD_* of {sc.release} (QEMU_VM_COMMAND)", title_justify="left")
-    for col in ("id", "name", "argument length", "since"):
-        t.add_column(col)
+    print(f"stream header: magic 0x{sc.magic:08X} (QEVM), version {sc.version}")
+    print_rows(
+        ("byte", "name"),
+        [
+            (f"0x{value:02x}", name)
+            for name, value in sorted(sc.section_types.items(), key=lambda kv: kv[1])
+        ],
+        fmt=fmt,
+        title="section types",
+    )
+    rows: list[tuple[object, ...]] = []
     for c in sc.commands:
         length = "variable" if c.length is None else str(c.length)
-        t.add_row(str(c.id), c.name, length if c.id else "(always rejected)", str(c.since))
-    t.add_row(str(sc.max), "MIG_CMD_MAX", "", "", style="dim")
-    con.print(t)
+        rows.append((c.id, c.name, length if c.id else "(always rejected)", c.since))
+    rows.append((sc.max, "MIG_CMD_MAX", "", ""))
+    print_rows(
+        ("id", "name", "argument length", "since"),
+        rows,
+        fmt=fmt,
+        title=f"MIG_CMD_* of {sc.release} (QEMU_VM_COMMAND)",
+    )
     return 0

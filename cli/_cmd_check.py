@@ -5,18 +5,30 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from migcompat.protocol import check_stream
+from migcompat.protocol import check_in_context
 
+from ._context import (
+    add_context_arguments,
+    context_lines,
+    replayable_chunks,
+    source_context,
+    verdict_json,
+    what_it_prints,
+)
 from ._io import (
     add_engine_argument,
-    console,
+    add_format_argument,
     iter_chunks,
     open_check,
+    output_format,
     parse_releases,
     print_json,
+    print_rows,
 )
 
 __all__ = ["register"]
+
+_VERDICT_STYLE = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}
 
 
 def register(sub: Any) -> None:
@@ -38,48 +50,45 @@ def register(sub: Any) -> None:
         help="source releases to check against, or 'all' release lines in the catalog",
     )
     p.add_argument("--json", action="store_true", help="one JSON object per source release")
+    add_format_argument(p)
     add_engine_argument(p)
+    add_context_arguments(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     releases = parse_releases(args.against)
     open_check(args.path)
-    verdicts = check_stream(releases, iter_chunks(args.path), engine=args.engine)
-    if args.json:
+    ctx = source_context(args, args.path)
+    verdicts = check_in_context(
+        releases, replayable_chunks(args.path, iter_chunks), ctx, engine=args.engine
+    )
+    fmt = output_format(args)
+    if fmt == "json":
         for v in verdicts:
-            rej = v.rejection
-            print_json(
-                {
-                    "source": str(v.release),
-                    "verdict": v.verdict,
-                    "frames": v.frames,
-                    "offset": rej.offset
-                    if rej
-                    else (v.end.offset if v.end and v.end.truncated else None),
-                    "type": rej.message_type if rej else None,
-                    "error": v.qemu_error,
-                }
-            )
+            print_json({"source": str(v.release), **verdict_json(v), "context": ctx.to_json()})
     else:
-        from rich.table import Table
-
-        table = Table(title="return-path conformance", title_justify="left")
-        for col in ("source", "verdict", "frames read", "offset", "what the source prints"):
-            table.add_column(col, overflow="fold")
         # Consecutive releases that read the stream identically share one row.
-        rows: list[tuple[list[str], tuple[str, str, str, str]]] = []
+        rows: list[tuple[list[str], tuple[str, ...]]] = []
         for v in verdicts:
-            rej = v.rejection
-            where = rej.offset if rej else (v.end.offset if v.end and v.end.truncated else "")
-            key = (v.verdict, str(v.frames), str(where), v.qemu_error or "")
+            where = "" if v.offset is None else str(v.offset)
+            key = (v.verdict, str(v.frames), where, what_it_prints(v), *context_lines(v))
             if rows and rows[-1][1] == key:
                 rows[-1][0].append(str(v.release))
             else:
                 rows.append(([str(v.release)], key))
-        for names, (verdict, frames, where, text) in rows:
-            style = {"accepted": "green", "rejected": "bold red", "truncated": "yellow"}[verdict]
-            label = names[0] if len(names) == 1 else f"{names[0]} … {names[-1]}"
-            table.add_row(label, f"[{style}]{verdict}[/]", frames, where, text)
-        console().print(table)
+        labels = [n[0] if len(n) == 1 else f"{n[0]} … {n[-1]}" for n, _ in rows]
+        print_rows(
+            ("source", "verdict", "frames read", "offset", "what the source prints"),
+            [(label, *key[:4]) for label, (_, key) in zip(labels, rows, strict=True)],
+            fmt=fmt,
+            title="return-path conformance",
+            styles={"verdict": _VERDICT_STYLE.get},
+        )
+        # plain lines under the rows: never wrapped, whatever the width
+        if ctx.origin:
+            print("context: " + "; ".join(f"{k} from {w}" for k, w in ctx.origin.items()))
+        for label, (_, key) in zip(labels, rows, strict=True):
+            for line in key[4:]:
+                print(f"{label}: {line}")
     return 1 if any(v.verdict == "rejected" for v in verdicts) else 0

@@ -12,10 +12,17 @@ from migcompat.protocol import (
     Message,
     StreamVerdict,
     catalog,
-    check_stream,
+    check_in_context,
     parse_release,
 )
 
+from ._context import (
+    add_context_arguments,
+    context_lines,
+    replayable_chunks,
+    source_context,
+    verdict_json,
+)
 from ._io import add_engine_argument, iter_chunks, open_check, print_json
 
 __all__ = ["register"]
@@ -43,6 +50,7 @@ def register(sub: Any) -> None:
     out.add_argument("--json", action="store_true", help="one JSON object per line")
     out.add_argument("--summary", action="store_true", help="only per-type counts and the verdict")
     add_engine_argument(p)
+    add_context_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -74,10 +82,16 @@ def run(args: argparse.Namespace) -> int:
     release = parse_release(args.source)
     catalog(release)  # resolve now: a bad release fails before any output
     open_check(args.path)
-    chunks = iter_chunks(args.path)
+    ctx = source_context(args, args.path)
     out = sys.stdout
-    if not args.json and not args.summary:
-        out.write(f"{'offset':>10}  {'type':6}  {'name':26} {'length':>6}  fields\n")
+    # Printed with the first line of output, so that stdin that turns out to be a
+    # capture (checked on its first chunk) fails before anything is printed.
+    header = [not args.json and not args.summary]
+
+    def print_header() -> None:
+        if header[0]:
+            header[0] = False
+            out.write(f"{'offset':>10}  {'type':6}  {'name':26} {'length':>6}  fields\n")
 
     def on_event(_: int, ev: Event) -> None:
         if args.summary:
@@ -86,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             if args.json:
                 print_json(frame_record(ev))
             else:
+                print_header()
                 out.write(
                     f"{ev.offset:>10}  0x{ev.type_id:04x}  {ev.name:26} {ev.length:>6}  "
                     f"{_fields_text(ev.payload_fields())}\n"
@@ -104,7 +119,15 @@ def run(args: argparse.Namespace) -> int:
                     }
                 )
 
-    (verdict,) = check_stream([release], chunks, on_event, engine=args.engine)
+    # --summary counts as check does: no per-event callback, the fast path's batches
+    (verdict,) = check_in_context(
+        [release],
+        replayable_chunks(args.path, iter_chunks),
+        ctx,
+        engine=args.engine,
+        on_event=None if args.summary else on_event,
+    )
+    print_header()
     report(verdict, as_json=args.json, summary=args.summary)
     return 1 if verdict.verdict == "rejected" else 0
 
@@ -112,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
 def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
     rej = v.rejection
     if as_json:
+        extra = verdict_json(v)
         if rej is not None:
             print_json(
                 {
@@ -122,6 +146,9 @@ def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
                     "fields": None,
                     "verdict": "rejected",
                     "error": rej.qemu_error,
+                    "reason": rej.message,
+                    "assumed": v.assumed,
+                    "alternatives": v.alternatives,
                 }
             )
         if summary:
@@ -134,6 +161,11 @@ def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
                     "error": v.qemu_error,
                     "offset": rej.offset if rej else None,
                     "unread": v.unread,
+                    "reason": extra["reason"],
+                    "assumed": v.assumed,
+                    "alternatives": v.alternatives,
+                    "unchecked": v.unchecked,
+                    "context": v.context.to_json() if v.context is not None else None,
                 }
             )
         return
@@ -146,6 +178,8 @@ def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
         w(f"REJECTED by {v.release} at offset {rej.offset}: {rej.message}\n")
         if rej.qemu_error:
             w(f"  {v.release} prints: {rej.qemu_error}\n")
+        else:
+            w("  no QEMU text known for this rule (the reason above is ours)\n")
         if v.unread:
             w(f"  the source never reads the {v.unread} bytes after offset {rej.stopped_at}\n")
     elif v.shut is not None:
@@ -167,3 +201,5 @@ def report(v: StreamVerdict, *, as_json: bool, summary: bool) -> None:
             w(f"  {v.release} prints: {v.end.qemu_error}\n")
     else:
         w(f"accepted by {v.release}: {v.frames} frames\n")
+    for line in context_lines(v):
+        w(f"  {line}\n")

@@ -4,13 +4,17 @@ against a real source (``--real``).
 Model mode runs the properties of :mod:`migcompat.protocol.fuzzing` with hypothesis for one
 source release (or overlay): the MAX rule, predicted verdicts over whole streams (every
 invalid-frame class, exact text, offsets), grammar == reader on mutated streams, the stop
-position, and chunking. A counterexample is shrunk and written to ``fixtures/fuzz/`` as a
-JSON file that ``tests/test_fuzz_regressions.py`` replays.
+position, and chunking. A counterexample is shrunk and written as a JSON file to
+``--fixtures DIR``, by default ``${XDG_CACHE_HOME:-~/.cache}/migcompat/fuzz`` (never the
+installed package, the checkout or the current directory; the output names the file). Copied
+into a checkout's ``fixtures/fuzz/``, ``tests/test_fuzz_regressions.py`` replays it.
+hypothesis keeps its own cache under ``${XDG_CACHE_HOME:-~/.cache}/migcompat/hypothesis``,
+not in ``.hypothesis/`` of the current directory.
 
 ``--real`` (:mod:`migcompat.lab.fuzz_real`) injects frames into real migrations from a lab
 build of the release and compares what the real source did with the model's verdict
 (:func:`migcompat.protocol.fuzzing.compare`). Every disagreement is saved (capture, record,
-case) under ``fixtures/fuzz/real/`` and fails the run; a lab failure or hang is
+case) under ``real/`` of that directory and fails the run; a lab failure or hang is
 "inconclusive", not a disagreement.
 
 Exit 0: no counterexample / disagreement; 1: found one; 2: bad input or no lab.
@@ -36,7 +40,14 @@ from migcompat.protocol.fuzzing import (
     run_properties,
 )
 
-from ._io import console, print_json
+from ._io import (
+    add_format_argument,
+    console,
+    output_format,
+    print_json,
+    print_rows,
+    progress_wanted,
+)
 
 __all__ = ["default_fixture_dir", "register"]
 
@@ -49,12 +60,22 @@ def __dir__() -> list[str]:
     return list(__all__)
 
 
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "migcompat"
+
+
 def default_fixture_dir() -> Path:
-    """``fixtures/fuzz`` of the source checkout when running from one, else of the cwd."""
-    here = Path(__file__).resolve().parent.parent
-    if (here / "pyproject.toml").exists() and (here / "fixtures").is_dir():
-        return here / "fixtures" / "fuzz"
-    return Path.cwd() / "fixtures" / "fuzz"
+    """Where counterexamples go without ``--fixtures``: ``${XDG_CACHE_HOME:-~/.cache}/
+    migcompat/fuzz``, a directory of the user's, never the package, checkout or cwd."""
+    return _cache() / "fuzz"
+
+
+def _keep_hypothesis_out_of_the_cwd() -> None:
+    """hypothesis caches (e.g. its unicode tables) under ``.hypothesis/`` of the current
+    directory unless told otherwise; the example database is off already."""
+    from hypothesis.configuration import set_hypothesis_home_dir
+
+    set_hypothesis_home_dir(_cache() / "hypothesis")
 
 
 def _save_counterexample(out: Path, res: PropertyResult, seed: int, examples: int) -> Path:
@@ -74,8 +95,9 @@ def register(sub: Any) -> None:
             "Run the return-path model's fuzzing properties with hypothesis for one source "
             "release: the MIG_RP_MSG_MAX rule with QEMU's exact text, predicted verdicts for "
             "every class of invalid frame, grammar == model on mutated streams, stop position, "
-            "chunking. Counterexamples are shrunk and written to fixtures/fuzz/ as regression "
-            "files (tests/test_fuzz_regressions.py replays them). With --real, frames are "
+            "chunking. Counterexamples are shrunk and written to --fixtures DIR (default "
+            "~/.cache/migcompat/fuzz) as regression files that a checkout's "
+            "tests/test_fuzz_regressions.py replays from fixtures/fuzz/. With --real, frames are "
             "injected into real migrations from a lab build of the release and the real "
             "source's outcome is compared with the model's. Exit 0: none found; 1: "
             "counterexample or disagreement; 2: bad input, or no lab for --real."
@@ -98,17 +120,30 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help=f"only this property (repeatable): {', '.join(PROPERTY_NAMES)}",
     )
-    p.add_argument("--fixtures", metavar="DIR", help="where counterexamples go (fixtures/fuzz)")
+    p.add_argument(
+        "--fixtures",
+        metavar="DIR",
+        help="where counterexamples go (default: ${XDG_CACHE_HOME:-~/.cache}/migcompat/fuzz; "
+        "a checkout's fixtures/fuzz to keep them as regression tests)",
+    )
     p.add_argument("--real", action="store_true", help="compare with a real source (the lab)")
     p.add_argument("--json", action="store_true", help="one JSON object per property / frame")
+    add_format_argument(p)
     p.set_defaults(func=run)
 
 
 def _release(args: argparse.Namespace) -> Release:
+    lab_build = _lab_build(args.source) if args.real else None
+    if lab_build is not None:  # a `migcompat lab build` name: model it by its own catalog
+        args.lab_build = lab_build
+        return catalog(lab_build.protocol_release).release
     rel = parse_release(args.source)
     if args.overlay:
-        if rel.overlay and rel.overlay != args.overlay:
-            raise InputError(f"--source {rel} already has overlay {rel.overlay!r}")
+        if rel.overlay:  # repeated or conflicting: a release takes one overlay
+            raise InputError(
+                f"--source {rel} already has overlay {rel.overlay!r}; "
+                f"--overlay {args.overlay} would be a second one"
+            )
         rel = rel.with_overlay(args.overlay)
     return catalog(rel).release  # resolves now: a bad release or overlay exits 2
 
@@ -119,11 +154,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--examples must be at least 1")
     seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big")
     out = Path(args.fixtures) if args.fixtures else default_fixture_dir()
+    _keep_hypothesis_out_of_the_cwd()
     if args.real:
         return _run_real(args, release, seed, out)
     examples = args.examples or DEFAULT_EXAMPLES
     names = args.property or list(PROPERTY_NAMES)
-    if not args.json and sys.stderr.isatty():
+    if not args.json and progress_wanted():
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -161,39 +197,46 @@ def run(args: argparse.Namespace) -> int:
     for res in results:
         if res.failure is not None:
             res.fixture = str(_save_counterexample(out, res, seed, examples))
-    _report(args, release, seed, results)
+    _report(args, release, seed, results, out)
     return 1 if any(r.failure for r in results) else 0
 
 
 def _report(
-    args: argparse.Namespace, release: Release, seed: int, results: Sequence[PropertyResult]
+    args: argparse.Namespace,
+    release: Release,
+    seed: int,
+    results: Sequence[PropertyResult],
+    out: Path,
 ) -> None:
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         for res in results:
             print_json({**res.to_json(), "seed": seed})
         return
-    from rich.table import Table
-
-    c = console()
-    table = Table(title=f"fuzzing the {release} source model (seed {seed})", title_justify="left")
-    for col in ("property", "examples", "seconds", "ex/s", "result"):
-        table.add_column(col, justify="right" if col in ("examples", "seconds", "ex/s") else "left")
-    for res in results:
-        table.add_row(
-            res.name,
-            str(res.examples),
-            f"{res.seconds:.1f}",
-            f"{res.rate:.0f}",
-            "[bold red]counterexample[/]" if res.failure else "[green]passed[/]",
+    print_rows(
+        ("property", "examples", "seconds", "ex/s", "result"),
+        [
+            (res.name, res.examples, f"{res.seconds:.1f}", f"{res.rate:.0f}",
+             "counterexample" if res.failure else "passed")
+            for res in results
+        ],
+        fmt=fmt,
+        title=f"fuzzing the {release} source model (seed {seed})",
+        styles={"result": lambda v: "bold red" if v == "counterexample" else "green"},
+    )  # fmt: skip
+    found = [res for res in results if res.failure]
+    for res in found:
+        assert res.failure is not None
+        print(f"{res.name}: {res.failure['error']}")
+        print(f"  input: {json.dumps(res.failure['input'])}")
+        print(f"  saved: {res.fixture}")
+        stem = Path(res.fixture or "").stem
+        print(
+            "  replay: copy it into a checkout's fixtures/fuzz/, then "
+            f"pytest tests/test_fuzz_regressions.py -k {stem}"
         )
-    c.print(table)
-    for res in results:
-        if res.failure:
-            c.print(f"[bold red]{res.name}[/]: {res.failure['error']}", markup=True)
-            c.print(f"  input: {json.dumps(res.failure['input'])[:400]}", markup=False)
-            c.print(f"  saved: {res.fixture}", markup=False)
-            stem = Path(res.fixture or "").stem
-            c.print(f"  replay: pytest tests/test_fuzz_regressions.py -k {stem}", markup=False)
+    if not found:
+        print(f"counterexamples would be saved under {out}")
 
 
 # -- --real: differential fuzzing against a real source -------------------------------------
@@ -222,6 +265,16 @@ def _print_case(
     sys.stdout.flush()
 
 
+def _lab_build(name: str) -> Any:
+    """The ``migcompat lab build`` registered as ``name``, if any."""
+    try:
+        from migcompat.lab import find_build
+    except ImportError:  # pragma: no cover - the lab is part of this package
+        return None
+    b = find_build(name)
+    return b if b is not None and b.is_lab_build else None
+
+
 def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) -> int:
     from migcompat.lab.fuzz_real import REAL_EXCLUDED, run_real
 
@@ -244,7 +297,8 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
         _print_case(args, c, release, n, total[0], case)
 
     summary = run_real(
-        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done
+        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done,
+        build=getattr(args, "lab_build", None),
     )
     frames, dt = summary["frames"], summary["seconds"]
     disagreements, inconclusive = summary["disagreements"], summary["inconclusive"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 from typing import Any
 
 from migcompat.compat import decide_keepalive, tcp_keepalive
@@ -33,8 +35,8 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--source", metavar="REL",
                    help="source release (7.2.22, 10.0, 11.1+keepalive...); omit if unknown")
-    p.add_argument("--destination", metavar="REL", required=True, help="destination release")
-    p.add_argument("--machine", metavar="M", required=True, help="machine type or alias")
+    p.add_argument("--destination", metavar="REL", help="destination release (required)")
+    p.add_argument("--machine", metavar="M", help="machine type or alias (required)")
     p.add_argument("--period", metavar="MS", type=_period,
                    help="explicit postcopy-rp-keepalive-period (ms) on the destination")
     p.add_argument("--proposal", choices=["keepalive"],
@@ -44,6 +46,16 @@ def register(sub: Any) -> None:
                    help="keep-alive-interval (s)")
     p.add_argument("--count", type=int, default=3, metavar="N", help="keep-alive-count")
     p.add_argument("--json", action="store_true", help="JSON output")
+    g = p.add_argument_group(
+        "the compat hunk",
+        "--compat-patch --release REL writes (stdout) the one-hunk patch adding "
+        "{ \"migration\", \"postcopy-rp-keepalive-period\", \"0\" } to the hw_compat array "
+        "of the release before REL, for that release's hw/core/machine.c: from --source-tree, "
+        "else from the Debian source the lab fetches for the suite shipping REL (root).",
+    )
+    g.add_argument("--compat-patch", action="store_true", help="write the compat hunk")
+    g.add_argument("--release", metavar="REL", help="release of the tree (10.0, 10.0.13)")
+    g.add_argument("--source-tree", type=Path, metavar="DIR", help="a QEMU source tree")
     p.set_defaults(func=run)
 
 
@@ -54,7 +66,32 @@ def _period(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer number of ms: {text!r}") from None
 
 
+def _compat_patch(args: argparse.Namespace) -> int:
+    from migcompat.compat import MACHINE_C, compat_patch
+
+    if not args.release:
+        raise InputError("--compat-patch needs --release REL (the release of the tree)")
+    if args.source_tree is not None:
+        tree = args.source_tree
+    else:
+        from migcompat.lab import suite_for
+        from migcompat.lab.build import source_tree
+
+        tree = source_tree(suite_for(args.release))
+    try:
+        text = (tree / MACHINE_C).read_text()
+    except OSError as exc:
+        raise InputError(f"{tree / MACHINE_C}: cannot read it ({exc.strerror or exc}): "
+                         "--source-tree wants the top of a QEMU source tree") from None
+    sys.stdout.write(compat_patch(text, args.release))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.compat_patch:
+        return _compat_patch(args)
+    if not args.destination or not args.machine:
+        raise InputError("--destination and --machine are required (or use --compat-patch)")
     if args.period is not None and args.period < 0:
         raise InputError(f"--period {args.period}: the parameter is a uint32")
     d = decide_keepalive(args.source, args.destination, args.machine, args.period,

@@ -13,7 +13,7 @@ from migcompat.compat import (
 )
 from migcompat.protocol import Release
 
-from ._io import console, print_json
+from ._io import add_format_argument, console, output_format, print_json, print_rows
 
 __all__ = ["register"]
 
@@ -41,6 +41,7 @@ def register(sub: Any) -> None:
     show.add_argument("--release", metavar="REL", help=rel_help)
     show.add_argument("--driver", metavar="D", help="only properties of this driver")
     show.add_argument("--json", action="store_true", help="JSON output")
+    add_format_argument(show)
     show.set_defaults(func=run_show)
 
     diff = msub.add_parser("diff", help="compat properties that differ between two types")
@@ -48,6 +49,7 @@ def register(sub: Any) -> None:
     diff.add_argument("b", metavar="B")
     diff.add_argument("--release", metavar="REL", help=rel_help)
     diff.add_argument("--json", action="store_true", help="JSON output")
+    add_format_argument(diff)
     diff.set_defaults(func=run_diff)
 
     lst = msub.add_parser("list", help="versioned machine types a release registers")
@@ -56,6 +58,7 @@ def register(sub: Any) -> None:
     lst.add_argument("--all", action="store_true",
                      help="also types defined in the sources but not registered (too old)")
     lst.add_argument("--json", action="store_true", help="JSON output")
+    add_format_argument(lst)
     lst.set_defaults(func=run_list)
 
 
@@ -70,7 +73,8 @@ def run_show(args: argparse.Namespace) -> int:
     table = compat_table(args.release)
     info, props = effective_properties(args.machine, args.release or table.release,
                                        driver=args.driver)
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         print_json({
             "release": str(table.qemu_version), "machine": info.name,
             "overlay": Release(args.release).overlay if args.release else None,
@@ -80,20 +84,22 @@ def run_show(args: argparse.Namespace) -> int:
             "properties": [p.to_json() for p in props],
         })
         return 0
-    from rich.table import Table
-
     con = console()
-    con.print(_header(table, args.machine, info))
+    con.print(_header(table, args.machine, info), markup=False)
     con.print("arrays, in the order class_init adds them (later overrides earlier): "
-              + ", ".join(info.arrays))
-    t = Table(show_lines=False)
-    for col in ("driver", "property", "value", "from", "source"):
-        t.add_column(col)
-    for p in props:
-        t.add_row(p.driver, p.property, p.value + (" (optional)" if p.optional else ""),
-                  p.array + (f" (over {', '.join(o.array + '=' + o.value for o in p.overrides)})"
-                             if p.overrides else ""), p.provenance)
-    con.print(t)
+              + ", ".join(info.arrays), markup=False)
+    if args.driver and not props:
+        con.print(f"no compat property of driver {args.driver} is set on {info.name}: "
+                  "its defaults apply", markup=False)
+        return 0
+    rows = [
+        (p.driver, p.property, p.value + (" (optional)" if p.optional else ""),
+         p.array + (f" (over {', '.join(o.array + '=' + o.value for o in p.overrides)})"
+                    if p.overrides else ""), p.provenance)
+        for p in props
+    ]  # fmt: skip
+    print_rows(("driver", "property", "value", "from", "source"), rows, fmt=fmt,
+               prose=("from", "source"))
     return 0
 
 
@@ -104,7 +110,8 @@ def _pj(p: EffectiveProperty | None) -> dict[str, Any] | None:
 def run_diff(args: argparse.Namespace) -> int:
     table = compat_table(args.release)
     d = diff_machines(args.a, args.b, table.release)
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         print_json({
             "release": str(table.qemu_version), "a": d.a.name, "b": d.b.name,
             "only_a": [p.to_json() for p in d.only_a],
@@ -112,13 +119,8 @@ def run_diff(args: argparse.Namespace) -> int:
             "changed": [{"a": _pj(x), "b": _pj(y)} for x, y in d.changed],
         })
         return 0
-    from rich.table import Table
-
     con = console()
-    con.print(f"QEMU {table.qemu_version}: {d.a.name} vs {d.b.name}")
-    t = Table()
-    for col in ("driver", "property", d.a.name, d.b.name):
-        t.add_column(col)
+    con.print(f"QEMU {table.qemu_version}: {d.a.name} vs {d.b.name}", markup=False)
     rows: list[tuple[str, str, str, str]] = []
     for p in d.only_a:
         rows.append((p.driver, p.property, f"{p.value} ({p.array})", "(default)"))
@@ -126,9 +128,7 @@ def run_diff(args: argparse.Namespace) -> int:
         rows.append((p.driver, p.property, "(default)", f"{p.value} ({p.array})"))
     for x, y in d.changed:
         rows.append((x.driver, x.property, f"{x.value} ({x.array})", f"{y.value} ({y.array})"))
-    for r in sorted(rows):
-        t.add_row(*r)
-    con.print(t)
+    print_rows(("driver", "property", d.a.name, d.b.name), sorted(rows), fmt=fmt)
     if not rows:
         con.print("no compat property differs")
     return 0
@@ -148,7 +148,8 @@ def run_list(args: argparse.Namespace) -> int:
         raise UnknownMachine(f"no machine family {args.family!r} in QEMU {table.release} "
                              f"(families: {', '.join(sorted(table.by_family))})")
     aliases = {v: k for k, v in table.aliases.items()}
-    if args.json:
+    fmt = output_format(args)
+    if fmt == "json":
         print_json({
             "release": str(table.qemu_version), "source": dict(table.source),
             "aliases": dict(table.aliases),
@@ -158,15 +159,11 @@ def run_list(args: argparse.Namespace) -> int:
                           "provenance": f"{m.file}:{m.line}"} for m in items],
         })
         return 0
-    from rich.table import Table
-
-    con = console()
-    t = Table(title=f"QEMU {table.qemu_version} versioned machine types")
-    for col in ("family", "machine", "alias", "state", "defined at"):
-        t.add_column(col)
+    rows = []
     for m in items:
         state = ("not registered" if not m.registered
                  else "deprecated" if m.deprecated else "supported")
-        t.add_row(m.family, m.name, aliases.get(m.name, ""), state, f"{m.file}:{m.line}")
-    con.print(t)
+        rows.append((m.family, m.name, aliases.get(m.name, ""), state, f"{m.file}:{m.line}"))
+    print_rows(("family", "machine", "alias", "state", "defined at"), rows, fmt=fmt,
+               title=f"QEMU {table.qemu_version} versioned machine types")
     return 0

@@ -32,7 +32,8 @@ examples:
   migcompat partition --source 7.2 --destination 7.2 --strategy none --scenario active
   migcompat partition --source 11.1 --destination 11.1 --strategy rp-keepalive:1000 \\
       --sysctl tcp_retries2=8 --json
-measured on real QEMU: docs/partition.md (`migcompat lab run --scenario partition-idle`)
+measured on real QEMU: `migcompat lab run --scenario partition-idle` (results: docs/partition.md
+in the qemu-migcompat repository)
 """
 
 

@@ -8,6 +8,7 @@ One concept, the presentation of :mod:`migcompat.compat`'s predictions and of th
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -15,17 +16,23 @@ from pathlib import Path
 from typing import Any
 
 from migcompat.compat import (
+    GITLAB_MATRIX_JOBS,
     Cell,
     CellResult,
+    MergedMatrix,
     Prediction,
+    Selection,
     matrix_model,
     observed_runs_per_rule,
     results_summary,
 )
 from migcompat.protocol import InputError, Release
 
+from ._io import print_rows
+
 __all__ = [
     "gitlab_ci",
+    "merged_reports",
     "model_legend",
     "predictions_markdown",
     "print_predictions",
@@ -84,8 +91,11 @@ def results_markdown(
     versions: Mapping[str, str] | None = None,
     title: str = "",
     command: str = "",
+    missing: Sequence[str] = (),
+    conflicts: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> str:
-    """The Markdown report of a run (summary, binary versions, one row per cell)."""
+    """The Markdown report of a run (summary, binary versions, one row per cell; cells
+    missing from a merge and cells whose repeats disagree, when there are any)."""
     s = results_summary(results)
     lines = [f"# {title or 'Cross-version matrix'}", ""]
     if command:
@@ -99,6 +109,12 @@ def results_markdown(
         f"{s['split_brain']} cells." + observed
     )
     lines.append("")
+    if missing:
+        lines += [f"**Missing:** {len(missing)} cells have no record: "
+                  + ", ".join(f"`{c}`" for c in missing), ""]  # fmt: skip
+    for cid, runs in (conflicts or {}).items():
+        seen = ", ".join(f"{o} (`{_md(w)}`)" for o, w in runs)
+        lines += [f"**Ran {len(runs)} times with different outcomes:** `{cid}`: {seen}", ""]
     if versions:
         lines += ["| release | `--version` |", "|---|---|"]
         lines += [
@@ -193,116 +209,258 @@ def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matri
     return ET.tostring(suite, encoding="unicode", xml_declaration=True) + "\n"
 
 
-def results_json(results: Sequence[CellResult], versions: Mapping[str, str] | None = None) -> str:
-    """The JSON report of a run."""
-    doc = {
+def results_json(
+    results: Sequence[CellResult],
+    versions: Mapping[str, str] | None = None,
+    *,
+    missing: Sequence[str] = (),
+    conflicts: Mapping[str, Sequence[tuple[str, str]]] | None = None,
+) -> str:
+    """The JSON report of a run (``missing`` / ``conflicts`` only when there are any)."""
+    doc: dict[str, Any] = {
         "summary": results_summary(results),
         "versions": dict(versions or {}),
         "cells": [r.to_json() for r in results],
     }
+    if missing:
+        doc["missing"] = list(missing)
+    if conflicts:
+        doc["conflicts"] = {k: [{"outcome": o, "where": w} for o, w in v]
+                            for k, v in conflicts.items()}  # fmt: skip
     return json.dumps(doc, indent=2) + "\n"
 
 
+def merged_reports(merged: MergedMatrix, *, command: str | None = None) -> dict[str, str]:
+    """``{"markdown", "junit", "json"}`` of a merged matrix: the one report path of both
+    ``matrix run`` (its own records) and ``matrix merge`` (many runs' records)."""
+    title = "Cross-version matrix: " + ", ".join(merged.releases)
+    missing, conflicts = merged.missing, merged.conflicts
+    return {
+        "markdown": results_markdown(
+            merged.results,
+            versions=merged.versions,
+            title=title,
+            command=command if command is not None else merged.command(),
+            missing=missing,
+            conflicts=conflicts,
+        ),
+        "junit": results_junit(merged.results),
+        "json": results_json(merged.results, merged.versions, missing=missing, conflicts=conflicts),
+    }
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "default"
+
+
+def _plain(text: str) -> str:
+    """``text`` as a YAML scalar: plain where that reads the same, else single-quoted."""
+    if re.fullmatch(r"[A-Za-z0-9_./$-][^#:'\n]*", text) and not text.endswith(" "):
+        return text
+    return "'" + text.replace("'", "''") + "'"
+
+
+#: Debian packages a lab job needs (a merge job needs only python3-venv).
+_LAB_APT = "python3-venv debootstrap tcpdump binutils util-linux iproute2 nftables"
+
+
 def gitlab_ci(
-    cells: Sequence[Cell],
+    jobs: Sequence[Cell] | Sequence[Sequence[Cell]],
     *,
+    selection: Selection | None = None,
+    matrix_jobs: Sequence[range] | None = None,
     job: str = "migcompat-matrix",
     stage: str = "test",
     image: str = "debian:trixie",
-    install: str = "python3 -m pip install qemu-migcompat",
+    install: str = ".",
     tags: Sequence[str] = (),
+    retries: int = 1,
 ) -> str:
-    """A GitLab CI job: ``parallel: matrix:`` over the cells, one ``matrix run --cell`` each.
+    """A GitLab CI pipeline: ``parallel: matrix`` jobs over the cells and a merge job.
 
-    The job provisions the two builds of its cell; it needs a runner that may
-    ``unshare --mount`` and open ``/dev/userfaultfd`` (privileged, or a shell executor).
+    :param jobs: the cells of each job (a flat list: one cell per job). One cell per job
+        runs ``matrix run --cell``; several run ``matrix run --shard K/N``, the shards
+        :func:`migcompat.compat.shard` cuts from ``selection`` (so they must be those).
+    :param selection: the matrix the cells come from (default: the cells themselves); the
+        jobs' records name it, so that the merge job finds missing cells.
+    :param matrix_jobs: 1-based job numbers of each ``parallel: matrix`` job (default:
+        chunks of GitLab's 200).
+    :param install: what ``pip install`` installs: ``.`` (the pipeline's checkout), a wheel,
+        a URL, a requirement.
     """
-
-    def q(s: str) -> str:
-        return json.dumps(s)
-
+    groups = [[j] if isinstance(j, Cell) else list(j) for j in jobs]
+    cells = [c for g in groups for c in g]
+    sel = selection or Selection.of(cells=[c.id for c in cells])
+    per_cell = all(len(g) == 1 for g in groups)
+    ranges = list(matrix_jobs or [
+        range(i + 1, min(i + GITLAB_MATRIX_JOBS, len(groups)) + 1)
+        for i in range(0, len(groups), GITLAB_MATRIX_JOBS)
+    ])  # fmt: skip
+    for r in ranges:
+        if len(r) > GITLAB_MATRIX_JOBS:
+            raise InputError(
+                f"GitLab allows at most {GITLAB_MATRIX_JOBS} jobs per parallel:matrix, got {len(r)}"
+            )
     releases = sorted({r for c in cells for r in (c.source, c.destination)}, key=Release)
+    sel_args = " ".join(_plain(a) for a in sel.args())
+    run = "migcompat matrix run"
+    if per_cell:
+        run += ' --cell "$MIGCOMPAT_CELL"'
+        if not sel.cells:
+            run += f" {sel_args}"
+    else:
+        run += f' {sel_args} --shard "$MIGCOMPAT_SHARD"'
+    run += f" --out matrix-out --retries {retries}"
+    minutes = 30 + 5 * max(len(g) for g in groups) if groups else 30
+    q = json.dumps
+    image_slug = _slug(image)
     lines = [
-        f"# generated by `migcompat matrix emit gitlab-ci` ({len(cells)} cells)",
-        f"{job}:",
-        f"  stage: {stage}",
-        f"  image: {image}",
+        f"# generated by `migcompat matrix emit gitlab-ci`: {len(cells)} cells in {len(groups)} "
+        f"jobs ({len(ranges)} parallel:matrix job(s) of at most {GITLAB_MATRIX_JOBS}),",
+        f"# then {job}-merge (stage .post) merges their records into one report.",
+        f"# cells: {sel.command()}",
+        f"# releases: {', '.join(releases)}",
+        "#",
+        "# Runner needs: every lab job runs two real QEMUs from Debian roots, so it needs",
+        "#   - root in the job: debootstrap builds the roots and chroot enters them (a shell",
+        "#     executor on a dedicated VM, or a docker executor with privileged = true);",
+        "#   - unshare --mount (each QEMU gets a private mount namespace for its bind mounts)",
+        "#     and /dev/userfaultfd (postcopy);",
+        "#   - tcpdump for the captures; network namespaces (ip netns) and nftables only for",
+        "#     partition cells (`migcompat partition`);",
+        "#   - a Debian mirror the first time a suite is provisioned; then the cache below.",
+        "# Tag such runners and emit with --tag. The cache (per job image and pair of builds,",
+        "# under the project dir: GitLab caches nothing else) keeps the lab's Debian roots and",
+        "# its patched builds (`lab build`, build-roots/); the roots' /dev nodes are not needed",
+        "# (the lab bind-mounts the host's /dev).",
+        f".{job}-setup:",
+        f"  image: {_plain(image)}",
         *([f"  tags: [{', '.join(q(t) for t in tags)}]"] if tags else []),
-        "  timeout: 20m",
-        "  # needs unshare --mount and /dev/userfaultfd: a privileged runner",
+        "  variables:",
+        "    # GitLab caches only paths inside the project dir",
+        '    XDG_CACHE_HOME: "$CI_PROJECT_DIR/.cache"',
+        '    PIP_DISABLE_PIP_VERSION_CHECK: "1"',
+        f"    MIGCOMPAT_INSTALL: {q(install)}",
+        f"    MIGCOMPAT_APT: {q(_LAB_APT)}",
         "  before_script:",
-        "    - apt-get update && apt-get install -y --no-install-recommends python3-pip "
-        "python3-venv debootstrap tcpdump gcc",
-        "    - python3 -m venv /opt/venv && export PATH=/opt/venv/bin:$PATH",
-        f"    - {install}",
-        "    - migcompat lab provision $MIGCOMPAT_SRC $MIGCOMPAT_DST",
+        "    - missing=$(for p in $MIGCOMPAT_APT; do dpkg-query -W -f='${db:Status-Status}\\n'"
+        ' "$p" 2>/dev/null | grep -qx installed || echo "$p"; done)',
+        '    - if [ -n "$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive'
+        " apt-get install -y -qq --no-install-recommends $missing; fi",
+        "    - python3 -m venv .venv && . .venv/bin/activate",
+        '    - python -m pip install -q "$MIGCOMPAT_INSTALL"',
+    ]
+    for n, r in enumerate(ranges, 1):
+        name = job if len(ranges) == 1 else f"{job}-{n}"
+        lines += [
+            f"{name}:",
+            f"  extends: .{job}-setup",
+            f"  stage: {_plain(stage)}",
+            f"  timeout: {minutes}m",
+            "  cache:",
+            f'    key: "migcompat-$MIGCOMPAT_BUILDS-{image_slug}"',
+            "    paths: [.cache/migcompat/, .cache/pip/]",
+            "  script:",
+            "    - migcompat lab provision $(echo \"$MIGCOMPAT_BUILDS\" | tr - ' ')",
+            f"    - {run}",
+            "  artifacts:",
+            "    when: always",
+            "    expire_in: 1 week",
+            "    paths: [matrix-out/]",
+            "  parallel:",
+            "    matrix:",
+        ]
+        for i in r:
+            g = groups[i - 1]
+            rels = sorted({x for c in g for x in (c.source, c.destination)}, key=Release)
+            first = (
+                f"      - MIGCOMPAT_CELL: {q(g[0].id)}"
+                if per_cell
+                else f"      - MIGCOMPAT_SHARD: {q(f'{i}/{len(groups)}')}"
+            )
+            lines += [first, f"        MIGCOMPAT_BUILDS: {q('-'.join(rels))}"]
+            if not per_cell:
+                lines += [f"        # {c.id}" for c in g]
+    lines += [
+        f"{job}-merge:",
+        f"  extends: .{job}-setup",
+        "  stage: .post",
+        "  when: always",
+        "  variables:",
+        '    MIGCOMPAT_APT: "python3-venv"',
         "  script:",
-        '    - migcompat matrix run --cell "$MIGCOMPAT_CELL" --junit "matrix-$CI_JOB_ID.xml" '
-        '--out "matrix-out"',
+        "    - migcompat matrix merge matrix-out --markdown matrix.md --junit matrix.xml"
+        " --json matrix.json",
         "  artifacts:",
         "    when: always",
-        "    paths: [matrix-out/]",
+        "    paths: [matrix.md, matrix.xml, matrix.json]",
         "    reports:",
-        '      junit: "matrix-*.xml"',
-        "  parallel:",
-        "    matrix:",
+        "      junit: matrix.xml",
     ]
-    if len(cells) > 200:
-        raise InputError(f"GitLab allows at most 200 jobs per parallel:matrix, got {len(cells)}")
-    for c in cells:
-        lines += [
-            f"      - MIGCOMPAT_CELL: {q(c.id)}",
-            f"        MIGCOMPAT_SRC: {q(c.source)}",
-            f"        MIGCOMPAT_DST: {q(c.destination)}",
-        ]
-    lines.append(f"# releases: {', '.join(releases)}")
     return "\n".join(lines) + "\n"
 
 
 # -- the terminal -----------------------------------------------------------------------
 
 
-def print_predictions(preds: Sequence[Prediction]) -> None:
-    """The predictions as a rich table on stdout."""
-    from rich.console import Console
-    from rich.table import Table
-
-    t = Table(title=f"predicted matrix ({len(preds)} cells)")
-    columns = ("cell", "source", "source error (exact)", "destination", "runstates s/d")
-    for col in (*columns, "split brain"):
-        t.add_column(col, overflow="fold")
+def print_predictions(preds: Sequence[Prediction], fmt: str = "table") -> None:
+    """The predictions as rows: a table on a terminal, plain lines otherwise (cell ids,
+    QEMU texts and statuses whole, whatever the width)."""
+    rows: list[tuple[str, ...]] = []
     for p in preds:
         if p.unpredicted:
-            t.add_row(p.cell.id, "[dim]not predicted[/]", p.unpredicted, "", "", "")
+            rows.append((p.cell.id, "not predicted", p.unpredicted, "", "", ""))
             continue
-        sb = {"always": "[bold red]SPLIT-BRAIN[/]", "possible": "[red]possible[/]"}.get(
-            p.split_brain, "no"
-        )
-        t.add_row(
+        sb = {"always": "SPLIT-BRAIN", "possible": "possible"}.get(p.split_brain, "no")
+        rows.append((
             p.cell.id,
             p.src_status or "",
             p.src_error or "—",
             " | ".join(sorted(p.dst_statuses)),
             _runstates(p, " ; "),
             sb,
-        )
-    Console().print(t)
+        ))  # fmt: skip
+    print_rows(
+        ("cell", "source", "source error (exact)", "destination", "runstates s/d", "split brain"),
+        rows,
+        fmt=fmt,
+        title=f"predicted matrix ({len(preds)} cells)",
+        styles={
+            "split brain": {"SPLIT-BRAIN": "bold red", "possible": "red"}.get,
+            "source": lambda v: "dim" if v == "not predicted" else None,
+        },
+    )
 
 
 @contextmanager
 def run_progress(
     total: int,
 ) -> Iterator[tuple[Callable[[Prediction], None], Callable[[CellResult], None]]]:
-    """A progress bar on stderr; yields the ``on_start`` / ``on_done`` hooks of ``run_cells``."""
+    """One line per finished cell on stderr, and a progress bar there when it is a terminal;
+    yields the ``on_start`` / ``on_done`` hooks of ``run_cells``."""
+    import sys
+
     from rich.console import Console
+    from rich.markup import escape
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     running: set[str] = set()
+
+    def line(r: CellResult) -> str:
+        colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
+        sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
+        why = f" — {escape('; '.join(r.reasons))}" if r.reasons else ""
+        return f"[{colour}]{r.outcome:8}[/] {escape(r.prediction.cell.id)}{sb}{why}"
+
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    if not sys.stderr.isatty():
+        yield (lambda p: None), (lambda r: console.print(line(r)))
+        return
     columns = (TextColumn("[bold]matrix"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(
         *columns,
         TextColumn("{task.description}"),
-        console=Console(stderr=True),
+        console=console,
         transient=False,
     ) as bar:
         task = bar.add_task("", total=total)
@@ -313,22 +471,20 @@ def run_progress(
 
         def done(r: CellResult) -> None:
             running.discard(r.prediction.cell.id)
-            colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
-            sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
-            why = f" — {'; '.join(r.reasons)}" if r.reasons else ""
-            line = f"[{colour}]{r.outcome:8}[/] {r.prediction.cell.id}{sb}{why}"
-            bar.console.print(line, highlight=False, markup=True)
+            bar.console.print(line(r))
             bar.update(task, advance=1, description=", ".join(sorted(running)))
 
         yield started, done
 
 
-def summary_line(results: Sequence[CellResult], out: Path) -> str:
-    """The closing line of ``matrix run`` (rich markup)."""
+def summary_line(
+    results: Sequence[CellResult], out: Path | str, *, where: str = "runs under"
+) -> str:
+    """The closing line of ``matrix run`` / ``matrix merge`` (rich markup)."""
     s = results_summary(results)
     return (
         f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
         f"{s['error']} error, {s['observed']} observed without prediction[/] of {s['total']}; "
         f"split brain observed in {s['split_brain']}; "
-        f"runs under {out}"
+        f"{where} {out}"
     )

@@ -4,16 +4,18 @@ cross-version matrix's predictions, derived from QEMU's sources and the lab's ob
 Pure: no I/O beyond this package's own data files, no host reads (the host's TCP sysctls
 come in as arguments). Everything in ``__all__`` is the public API; the implementation
 lives in private modules (``_tables``, ``_properties``, ``_keepalive``, ``_behaviour``,
-``_partition``, ``_matrix``).
+``_partition``, ``_matrix``, ``_matrix_dist``).
 """
 
 from ._behaviour import Observation, observations, observed_rejection
+from ._compat_patch import MACHINE_C, compat_patch
 from ._keepalive import (
     LINUX_TCP_DEFAULTS,
     Fact,
     KeepaliveDecision,
     PeriodRefused,
     TcpKeepaliveAdvice,
+    check_keepalive_options,
     decide_keepalive,
     tcp_keepalive,
 )
@@ -38,6 +40,21 @@ from ._matrix import (
     predict_matrix,
     recorded_observations,
     results_summary,
+)
+from ._matrix_dist import (
+    GITLAB_MATRIX_JOBS,
+    GITLAB_PIPELINE_JOBS,
+    RECORD_KIND,
+    JobPlan,
+    MergedMatrix,
+    Selection,
+    canonical_order,
+    cell_record,
+    merge_records,
+    parse_shard,
+    plan_jobs,
+    runnable,
+    shard,
 )
 from ._partition import (
     PartitionPrediction,
@@ -73,30 +90,41 @@ from ._tables import (
 __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
+    "GITLAB_MATRIX_JOBS",
+    "GITLAB_PIPELINE_JOBS",
     "LINUX_TCP_DEFAULTS",
+    "MACHINE_C",
+    "RECORD_KIND",
     "Cell",
     "CellResult",
     "CompatEntry",
     "CompatTable",
     "EffectiveProperty",
     "Fact",
+    "JobPlan",
     "KeepaliveDecision",
     "MachineDiff",
     "MachineInfo",
     "MachineType",
+    "MergedMatrix",
     "Observation",
     "PartitionPrediction",
     "PeriodRefused",
     "Prediction",
+    "Selection",
     "SidePrediction",
     "Strategy",
     "StrategyError",
     "TcpKeepaliveAdvice",
     "TcpSettings",
     "UnknownMachine",
+    "canonical_order",
     "capabilities",
+    "cell_record",
+    "check_keepalive_options",
     "common_machines",
     "compare",
+    "compat_patch",
     "compat_releases",
     "compat_table",
     "core_scenarios",
@@ -108,12 +136,15 @@ __all__ = [
     "machines_for",
     "matrix_cells",
     "matrix_model",
+    "merge_records",
     "observations",
     "observed_rejection",
     "observed_runs_per_rule",
     "overlay_compat_entries",
     "parse_cell_id",
     "parse_machine",
+    "parse_shard",
+    "plan_jobs",
     "predict",
     "predict_cells",
     "predict_matrix",
@@ -123,6 +154,8 @@ __all__ = [
     "retransmission_schedule_s",
     "retransmission_timeout_s",
     "rule_arrays",
+    "runnable",
+    "shard",
     "tcp_keepalive",
     "versioned_array",
 ]

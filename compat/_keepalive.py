@@ -135,6 +135,26 @@ def _release_evidence(rel: Release, tables: Mapping[str, CompatTable]) -> Mappin
     return t.socket_keepalive if t is not None else None
 
 
+#: QEMU's ``keep-alive-idle``, ``-interval`` and ``-count`` are uint32 (qapi/sockets.json).
+_UINT32 = 0xFFFFFFFF
+
+
+def check_keepalive_options(idle: object, interval: object, count: object) -> None:
+    """The one check of TCP keep-alive values (``keepalive`` and ``partition`` both call it).
+
+    Each is a uint32 in QEMU; 0 is refused here because it cannot mean a detection
+    time (Linux refuses TCP_KEEPIDLE/KEEPINTVL/KEEPCNT of 0; QEMU then fails the URI).
+
+    :raises InputError: a value that is not an integer in 1 … 4294967295.
+    """
+    for v, n in ((idle, "idle"), (interval, "interval"), (count, "count")):
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= _UINT32:
+            raise InputError(
+                f"keep-alive-{n} must be an integer 1 … {_UINT32} (0 is not a time the "
+                f"kernel accepts), got {v!r}"
+            )
+
+
 def tcp_keepalive(source: Release | str | None, destination: Release | str,
                   idle: int = 5, interval: int = 2, count: int = 3,
                   host: str = "DEST_HOST", port: int = 4444,
@@ -148,9 +168,7 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
     :param sysctls: the host's ``tcp_keepalive_*`` sysctls (:data:`LINUX_TCP_DEFAULTS` for
         missing keys); they bound detection on a side that lacks the idle/interval/count knobs.
     """
-    for v, n in ((idle, "idle"), (interval, "interval"), (count, "count")):
-        if not isinstance(v, int) or v < 0 or v > 0xFFFFFFFF:
-            raise InputError(f"keep-alive-{n} must be a uint32, got {v!r}")
+    check_keepalive_options(idle, interval, count)
     members, tables = _sock_facts()
     ka = members.get("keep-alive", {})
     knob_since = min((Release(m["since"]) for n, m in members.items()
@@ -188,8 +206,8 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
                     f"(\"{passive.get('error')}\"), but migrate-incoming never reaches it: "
                     "the listener's address lookup copies the address without keep-alive, "
                     "so the options are accepted and silently not applied (measured on "
-                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket, "
-                    "docs/partition.md)",
+                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket; "
+                    "`migcompat lab run --scenario partition-idle` repeats it)",
                     f"{passive.get('file')}:{passive.get('line')} "
                     f"({tables[str(line)].qemu_version}); io/dns-resolver.c"))
             elif passive.get("honoured"):
@@ -506,12 +524,31 @@ def decide_keepalive(
         if sends and not knows:
             verdict = "unsafe"
             src_err = cat.format_error("invalid_type", ka_type, 0)
+            if (applies and dest.micro is not None and not dest.is_development
+                    and mt.line >= dest.line):
+                facts.append(Fact(
+                    f"{dest} is a backport: its compat entry covers machine types up to "
+                    f"{_previous_line(dest.line)}; {mt} is not covered, and an unpatched "
+                    f"{src.line} source runs it"))
     elif src is None:
         bound = mt.line
         facts.append(Fact(f"source unknown: it runs {mt}, so it is at least {bound} (a QEMU "
                           "cannot run a machine type newer than itself)"))
+        # A proposal applied to a released build (10.0.13+keepalive) is a backport: upstream
+        # 10.0 shipped without it, so an unpatched 10.0 source runs the same machine types.
+        backport = applies and dest.micro is not None and not dest.is_development
         if sends:
-            if applies and bound >= dest.line:
+            if applies and bound >= dest.line and backport:
+                verdict = "unsafe"
+                cat = catalog(dest.line)
+                knows = cat.knows(ka_type) if ka_type is not None else None
+                src_err = cat.format_error("invalid_type", ka_type, 0) if ka_type else None
+                facts.append(Fact(
+                    f"{dest} is a backport: upstream {dest.line} has no {pname}, so an "
+                    f"unpatched {dest.line} source can run {mt} and its reader rejects type "
+                    f"{ka_type} (MIG_RP_MSG_MAX = {cat.max}); the compat entry in {array} "
+                    f"covers only machine types up to {_previous_line(dest.line)}, not {mt}"))
+            elif applies and bound >= dest.line:
                 facts.append(Fact(
                     f"every source able to run {mt} is >= {dest.line}, the release the overlay "
                     f"puts the proposal in, so (assuming it is merged there) it knows type "

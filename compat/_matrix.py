@@ -34,8 +34,10 @@ from migcompat.protocol import (
     Reader,
     Release,
     RemoteViolation,
+    build_frame,
     catalog,
     known_releases,
+    legacy_switchover_ack,
     parse_scenario,
 )
 
@@ -295,7 +297,11 @@ def _rule_applies(rule: Mapping[str, Any], source: str, destination: str, phase:
 
 
 def _frame_verdict(
-    source: str, frame: bytes, phase: str, destination: str | None = None
+    source: str,
+    frame: bytes,
+    phase: str,
+    destination: str | None = None,
+    machine: str | None = None,
 ) -> tuple[str, str | None, str | None, str]:
     """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``.
 
@@ -309,16 +315,22 @@ def _frame_verdict(
     name = spec.short_name if spec else None
     blocks = _model()["ram_blocks"]
     ram = {k: RamBlock(k, v) for k, v in blocks.items() if isinstance(v, int)}
-    # Observed (matrix runs 11.1->7.2 and 11.1->5.2): with the capability off an 11.1
-    # source does not count acks, whatever the machine type; with it on it does, old
-    # machine types included (11.1->11.1 on pc-q35-5.2/7.2/10.0: the destination's own
-    # legacy ACK came first).
+    # Observed on 11.1.3 (tests/qemu/test_switchover_ack_context.py): with the capability
+    # off the source counts acks on pc-q35-11.1 but not on older machine types; with it on
+    # it counts them on every machine type (on older ones the destination's own legacy
+    # ACK comes first, before the injected frame: fed first here).
     capability = "switchover-ack" in capabilities(source, destination)
     reader = Reader(
         source,
         ram_blocks=ram if name == "RECV_BITMAP" else None,
         switchover_ack_capability=capability,
+        machine=machine,
+        # injected mid-postcopy: the destination's page requests have named a block
+        req_pages_block="pc.ram" if phase == "postcopy-active" else None,
     )
+    if capability and legacy_switchover_ack(source, machine):
+        reader.receive_data(build_frame(source, "SWITCHOVER_ACK"))
+        list(reader.events())
     reader.receive_data(frame)
     try:
         list(reader.events())
@@ -366,7 +378,7 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
             unmodelled = f"trigger {sc.trigger!r}: the phase the frame lands in is not fixed"
         assert sc.frame is not None
         verdict, error, reason, why = _frame_verdict(
-            cell.source, sc.frame, phase or "", cell.destination
+            cell.source, sc.frame, phase or "", cell.destination, cell.machine
         )
         unmodelled = unmodelled or reason
         notes.append(why)
@@ -510,6 +522,8 @@ class CellResult:
     observed: dict[str, Any] = field(default_factory=dict)
     record: str | None = None
     duration: float = 0.0
+    #: Why earlier attempts of this cell failed (lab errors), when the run was retried.
+    retried_after: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-able form."""

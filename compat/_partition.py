@@ -37,7 +37,7 @@ from typing import Any
 
 from migcompat.protocol import InputError, Release
 
-from ._keepalive import LINUX_TCP_DEFAULTS, Fact, tcp_keepalive
+from ._keepalive import LINUX_TCP_DEFAULTS, Fact, check_keepalive_options, tcp_keepalive
 
 __all__ = [
     "PartitionPrediction",
@@ -181,7 +181,7 @@ _STRATEGY_PARTS = {
     "tcp": (
         ("i", "n", "c"),
         _UINT32,
-        "idle, interval and count must be 1 … 4294967295 (0 would mean the system default)",
+        "idle, interval and count must be 1 … 4294967295 (check_keepalive_options)",
     ),
     "rp-keepalive": (
         ("p",),
@@ -239,6 +239,11 @@ class Strategy:
             if name in got:
                 raise StrategyError(f"strategy {text!r}: {name} given twice")
             got[name] = tuple(int(m[g]) for g in groups)
+            if name == "tcp":  # the one keep-alive check, shared with `keepalive`
+                try:
+                    check_keepalive_options(*got[name])
+                except InputError as exc:
+                    raise StrategyError(f"strategy {part!r}: {exc}") from None
             if min(got[name]) < 1 or max(got[name]) > upper:
                 raise StrategyError(f"strategy {part!r}: {bounds}")
         tcp = got.get("tcp")

@@ -136,6 +136,15 @@ def effective_properties(
                                                e.array, e.file, e.line, over)
     props = sorted(eff.values(), key=lambda p: (p.driver, p.property))
     if driver is not None:
+        known = {e.driver for entries in table.arrays.values() for e in entries}
+        known |= {e.driver for _name, entries in extra for e in entries}
+        if driver not in known:
+            near = sorted(d for d in known if driver.lower() in d.lower())
+            raise InputError(
+                f"no compat property of QEMU {table.qemu_version} names driver {driver!r}"
+                + (f"; did you mean {', '.join(near[:5])}?" if near else "")
+                + " (`migcompat machine show MACHINE` lists the drivers)"
+            )
         props = [p for p in props if p.driver == driver]
     return info, tuple(props)
 

@@ -342,5 +342,6 @@ def compat_table(release: Release | str | None = None) -> CompatTable:
     have = ", ".join(str(t.qemu_version) for t in tables.values())
     raise InputError(
         f"no compat table for QEMU {line}: its sources were not extracted (have {have}); "
-        "run tools/extract_compat.py on a tree of that release"
+        "extract one with tools/extract_compat.py of the qemu-migcompat repository (not "
+        "installed by pip) from a source tree of that release"
     )

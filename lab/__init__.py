@@ -10,21 +10,33 @@ Public API (stable; other parts of the project depend on it):
 * scenarios — :func:`run_scenario` returning a :class:`RunRecord`, :func:`parse_scenario`,
   :func:`save_fixture`;
 * the matrix — :func:`run_cell` / :func:`run_cells` (a predicted cell run and compared),
-  :func:`build_versions`, :func:`observations_json` / :func:`record_observations`;
+  per-cell records (:func:`write_cell_record`, :func:`read_cell_records`,
+  :func:`cell_record_path`, :data:`RECORD_NAME`), :func:`build_versions`,
+  :func:`observations_json` / :func:`record_observations`;
 * the host — :func:`read_tcp_sysctls` (the TCP sysctls that compat's predictions take);
 * :class:`LabError`, the one error type (a ``MigcompatError``).
 """
 
 from migcompat.lab._errors import LabError, LabStalled
-from migcompat.lab.builds import QemuBuild, find_build, installed_builds, register_user_build
+from migcompat.lab.builds import (
+    QemuBuild,
+    find_build,
+    installed_builds,
+    provision_hint,
+    register_user_build,
+)
 from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.host import read_tcp_sysctls
 from migcompat.lab.matrix import (
+    RECORD_NAME,
     build_versions,
+    cell_record_path,
     observations_json,
+    read_cell_records,
     record_observations,
     run_cell,
     run_cells,
+    write_cell_record,
 )
 from migcompat.lab.provision import DEFAULT_SUITES, SUITES, provision, suite_for
 from migcompat.lab.proxy import Proxy
@@ -34,6 +46,7 @@ from migcompat.lab.scenarios import Scenario, parse_scenario
 
 __all__ = [
     "DEFAULT_SUITES",
+    "RECORD_NAME",
     "SUITES",
     "LabError",
     "LabStalled",
@@ -44,11 +57,14 @@ __all__ = [
     "RunRecord",
     "Scenario",
     "build_versions",
+    "cell_record_path",
     "find_build",
     "installed_builds",
     "observations_json",
     "parse_scenario",
     "provision",
+    "provision_hint",
+    "read_cell_records",
     "read_tcp_sysctls",
     "record_observations",
     "register_user_build",
@@ -58,6 +74,7 @@ __all__ = [
     "run_scenario_async",
     "save_fixture",
     "suite_for",
+    "write_cell_record",
 ]
 
 

@@ -7,7 +7,10 @@ Two kinds of build:
   it needs (``/proc``, ``/sys``, ``/dev`` — postcopy needs ``/dev/userfaultfd`` — and the shared
   run dir) die with the process, and the PID we hold is QEMU's own (``exec``);
 * a *user* build: a ``qemu-system-x86_64`` on the host, registered with
-  ``migcompat lab provision --qemu REL=/path`` or the ``MIGCOMPAT_QEMU`` environment variable.
+  ``migcompat lab provision --qemu REL=/path`` or the ``MIGCOMPAT_QEMU`` environment variable;
+* a *lab* build: ``migcompat lab build`` compiled it from the suite's Debian source package
+  with zero or more patches (``10.0.13+keepalive-v1``); it runs like a provisioned one, in the
+  suite's build root (registry: ``lab-builds.json``).
 
 Both see the run dir (:func:`run_dir`) at the same path, so QMP sockets, serial logs and the
 guest kernel can be named by one path on both sides.
@@ -26,11 +29,15 @@ from pathlib import Path
 from migcompat.lab._errors import LabError
 
 __all__ = [
+    "LAB_BUILD_PREFIX",
     "MARKER_NAME",
     "QemuBuild",
+    "build_roots_dir",
     "cache_dir",
     "find_build",
     "installed_builds",
+    "lab_builds",
+    "lab_builds_file",
     "probe_version",
     "register_user_build",
     "release_from_version",
@@ -73,6 +80,21 @@ def cache_dir() -> Path:
 def roots_dir() -> Path:
     """Folder of the per-suite Debian roots."""
     return cache_dir() / "roots"
+
+
+def build_roots_dir() -> Path:
+    """Folder of the per-suite build roots of ``migcompat lab build`` (never run as roots
+    of provisioned builds: they carry no provisioning marker)."""
+    return cache_dir() / "build-roots"
+
+
+def lab_builds_file() -> Path:
+    """JSON registry of ``migcompat lab build`` builds: name -> entry."""
+    return cache_dir() / "lab-builds.json"
+
+
+#: Where a lab build's binary and patched tree live inside its build root.
+LAB_BUILD_PREFIX = "/opt/migcompat/builds"
 
 
 def user_builds_file() -> Path:
@@ -125,7 +147,16 @@ class QemuBuild:
     :param suite: Debian suite of a provisioned root, ``None`` for a user's build.
     :param binary: the binary's path (inside the root for a provisioned build).
     :param root: the Debian root, ``None`` for a user's build.
-    :param package_version: Debian package version of ``qemu-system-x86``, if known.
+    :param package_version: Debian package version of ``qemu-system-x86``, if known (of the
+        source package, for a lab build).
+    :param patches: a lab build's patches in the order applied (name, path, sha256).
+    :param key: a lab build's cache key (source version + patch contents + configure flags).
+    :param tree: a lab build's patched source tree (a path inside ``root``).
+    :param protocol: the protocol release its extracted catalog names (see
+        :attr:`protocol_release`).
+    :param model: the release whose tables (catalog *and* compat entries) it fully is, for
+        predictions (``matrix``); ``None`` when no overlay models it (the posted v1 lacks the
+        keepalive's compat entry).
     """
 
     release: str
@@ -134,6 +165,34 @@ class QemuBuild:
     binary: str = _ROOT_BINARY
     root: Path | None = field(default=None, compare=False)
     package_version: str | None = None
+    patches: tuple[dict[str, str], ...] = field(default=(), compare=False)
+    key: str | None = None
+    tree: str | None = field(default=None, compare=False)
+    protocol: str | None = field(default=None, compare=False)
+    model: str | None = field(default=None, compare=False)
+
+    @property
+    def is_lab_build(self) -> bool:
+        """Built by ``migcompat lab build`` (from source, maybe patched)."""
+        return self.key is not None
+
+    @property
+    def protocol_release(self) -> str:
+        """The release the protocol core reads this build's return path as.
+
+        A lab build's own extracted catalog names it (``10.0.13+keepalive`` when its source
+        adds exactly the keepalive overlay's messages); without one, its upstream version.
+        """
+        if not self.is_lab_build:
+            return self.release
+        return self.protocol or self.release.split("+", 1)[0]
+
+    @property
+    def tree_path(self) -> Path | None:
+        """Host path of a lab build's patched source tree."""
+        if self.tree is None or self.root is None:
+            return None
+        return Path(str(self.root) + self.tree)
 
     @property
     def run_dir(self) -> Path:
@@ -167,6 +226,11 @@ class QemuBuild:
             "binary": self.binary,
             "root": str(self.root) if self.root else None,
             "package_version": self.package_version,
+            "patches": [dict(p) for p in self.patches],
+            "key": self.key,
+            "tree": self.tree,
+            "protocol_release": self.protocol_release,
+            "model": self.model if self.is_lab_build else self.release,
         }
 
 
@@ -262,23 +326,66 @@ def _user_builds() -> list[QemuBuild]:
     return builds
 
 
+def provision_hint(release: str | None = None) -> str:
+    """How to get a build of ``release`` (any, when ``None``): with root, or without it."""
+    rel = release or "7.2"
+    what = f"QEMU {release}" if release else "a QEMU"
+    return (
+        f"run `migcompat lab provision{' ' + release if release else ''}` as root "
+        f"(Debian roots), or register {what} you already have, no root needed: "
+        f"`migcompat lab provision --qemu {rel}=/usr/bin/qemu-system-x86_64` "
+        "(the label is the release line of that binary)"
+    )
+
+
+def lab_builds() -> list[QemuBuild]:
+    """The registered ``migcompat lab build`` builds whose binary still exists."""
+    try:
+        data = json.loads(lab_builds_file().read_text())
+    except (OSError, ValueError):
+        return []
+    builds = []
+    for name, e in sorted(data.items() if isinstance(data, dict) else ()):
+        try:
+            root = Path(e["root"])
+            if not (root / str(e["binary"]).lstrip("/")).exists():
+                continue
+            builds.append(QemuBuild(
+                release=name, version_text=str(e["version_text"]), suite=str(e["suite"]),
+                binary=str(e["binary"]), root=root, package_version=str(e["source_version"]),
+                patches=tuple({k: str(v) for k, v in p.items()} for p in e.get("patches", ())),
+                key=str(e["key"]), tree=e.get("tree"), protocol=e.get("protocol"),
+                model=e.get("model"),
+            ))  # fmt: skip
+        except (KeyError, TypeError, AttributeError):
+            continue  # an entry this version cannot read is not runnable
+    return builds
+
+
 def installed_builds() -> list[QemuBuild]:
-    """Every runnable build: user builds first (they win lookups), then provisioned roots."""
+    """Every runnable build: user builds first (they win lookups), then provisioned roots,
+    then lab builds (looked up by their name only)."""
     users = sorted(_user_builds(), key=lambda b: release_key(b.release))
     provisioned = sorted(_provisioned_builds(), key=lambda b: release_key(b.release))
-    return users + provisioned
+    built = sorted(lab_builds(), key=lambda b: (release_key(b.release), b.release))
+    return users + provisioned + built
 
 
 def find_build(release: str) -> QemuBuild | None:
-    """The build for ``release`` (a release line, a Debian suite name, or ``11`` for any 11.x)."""
+    """The build for ``release``: a release line, a Debian suite name, ``11`` for the newest
+    11.x, or a lab build's name (``10.0.13+keepalive-v1``)."""
     builds = installed_builds()
     for b in builds:
-        if release in (b.release, b.suite):
+        if release == b.release or (release == b.suite and not b.is_lab_build):
             return b
-    # "11" / "11.x" mean the newest build of that major line.
+    # the release a lab build models (10.0.13+keepalive), when exactly one does
+    modelled = [b for b in builds if b.is_lab_build and b.model == release]
+    if len(modelled) == 1:
+        return modelled[0]
+    # "11" / "11.x" mean the newest build of that major line (not a patched lab build).
     major = release.removesuffix(".x")
     if major.isdigit():
-        same = [b for b in builds if b.release.split(".")[0] == major]
+        same = [b for b in builds if b.release.split(".")[0] == major and not b.is_lab_build]
         if same:
             return max(same, key=lambda b: release_key(b.release))
     return None

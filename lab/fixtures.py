@@ -29,7 +29,8 @@ FWD_KEEP = 256 * 1024
 _METADATA_KEYS = (
     "scenario", "src", "dst", "machine", "capabilities", "parameters", "statuses",
     "error_desc", "runstates", "final_migrate", "split_brain", "killed", "step_errors", "steps",
-    "events", "serial_tail", "duration", "timed_out",
+    "events", "serial_tail", "duration", "timed_out", "dst_parameters",
+    "src_parameters", "migrate_parameters",
 )  # fmt: skip
 
 

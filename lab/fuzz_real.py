@@ -222,8 +222,10 @@ def run_real(
     out: Path,
     on_start: Callable[[str, list[RealCase]], None] | None = None,
     on_case: Callable[[int, RealCase], None] | None = None,
+    build: Any = None,
 ) -> dict[str, Any]:
-    """Inject ``examples`` frames into real migrations from the lab build of ``release``.
+    """Inject ``examples`` frames into real migrations from the lab build of ``release``
+    (or from ``build``, e.g. a ``migcompat lab build`` whose own catalog is ``release``).
 
     ``on_start(build version text, cases)`` before the first migration, ``on_case(n, case)``
     after each; disagreements are saved under ``out/real/``. Returns the summary
@@ -243,7 +245,7 @@ def run_real(
         raise InputError(
             f"--real needs the lab (migcompat.lab), which is not usable: {exc}"
         ) from None
-    build = find_build(str(release))
+    build = build or find_build(str(release))
     if build is None:
         have = ", ".join(b.release for b in installed_builds()) or "none"
         hint = (

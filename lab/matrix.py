@@ -2,8 +2,10 @@
 
 The prediction and the comparison are :mod:`migcompat.compat`'s (pure); this module runs a
 cell's scenario on real QEMU (:func:`migcompat.lab.run_scenario`) in a child process of
-its own, turns the run record into the facts :func:`migcompat.compat.compare` reads, and
-merges those facts into ``compat/data/matrix-observed.json``.
+its own, turns the run record into the facts :func:`migcompat.compat.compare` reads, writes
+each cell's self-describing record (``<out>/<cell>/matrix-cell.json``, the artifact that
+``matrix merge`` reads back, from any number of machines) and merges those facts into
+``compat/data/matrix-observed.json``.
 """
 
 from __future__ import annotations
@@ -12,28 +14,43 @@ import contextlib
 import json
 import multiprocessing
 import os
+import platform
 import re
 import shutil
 import signal
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from migcompat.compat import Cell, CellResult, Prediction, compare
+from migcompat.compat import (
+    RECORD_KIND,
+    Cell,
+    CellResult,
+    Prediction,
+    Selection,
+    cell_record,
+    compare,
+)
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import find_build
+from migcompat.lab.builds import find_build, provision_hint
 from migcompat.lab.runner import RunRecord, run_scenario
+from migcompat.protocol import InputError
 
 __all__ = [
+    "RECORD_NAME",
     "build_versions",
+    "cell_record_path",
     "cell_slug",
     "observations_json",
     "observed_summary",
+    "read_cell_records",
     "record_observations",
     "run_cell",
     "run_cells",
+    "write_cell_record",
 ]
 
 
@@ -42,6 +59,9 @@ def __dir__() -> list[str]:
 
 
 _QEMU_PREFIX = re.compile(r"^qemu-system-[\w-]+: ")
+
+#: File name of a cell's record in its run directory.
+RECORD_NAME = "matrix-cell.json"
 
 
 def cell_slug(cell: Cell) -> str:
@@ -90,8 +110,11 @@ def run_cell(
     keep: bool = False,
     hard_timeout: float | None = None,
     run_unpredicted: bool = False,
+    selection: Selection | None = None,
+    shard_spec: str | None = None,
 ) -> CellResult:
-    """Run one cell on the lab (:func:`migcompat.lab.run_scenario`) and compare.
+    """Run one cell on the lab (:func:`migcompat.lab.run_scenario`), compare, and write the
+    cell's record (:func:`write_cell_record`, with ``selection`` and ``shard_spec``).
 
     The run happens in a child process that leads its own process group, so that a run
     which never returns is ended after ``hard_timeout`` (default ``timeout + observe + 60`` s)
@@ -99,13 +122,27 @@ def run_cell(
     A passing cell keeps only its ``record.json`` (unless ``keep``); a mismatch or an
     error keeps the whole run directory (capture, streams, record).
     """
+    result = _run_cell(pred, outdir, timeout, observe, keep, hard_timeout, run_unpredicted)
+    write_cell_record(result, outdir, selection=selection, shard_spec=shard_spec)
+    return result
+
+
+def _run_cell(
+    pred: Prediction,
+    outdir: Path,
+    timeout: float,
+    observe: float,
+    keep: bool,
+    hard_timeout: float | None,
+    run_unpredicted: bool,
+) -> CellResult:
     cell = pred.cell
     if pred.unpredicted and not run_unpredicted:
         return CellResult(pred, "skipped", [f"not predicted: {pred.unpredicted}"])
     for rel in (cell.source, cell.destination):
         if find_build(rel) is None:
             return CellResult(
-                pred, "skipped", [f"no QEMU build for {rel}: run `migcompat lab provision {rel}`"]
+                pred, "skipped", [f"no QEMU build for {rel}: {provision_hint(rel)}"]
             )
     cell_dir = Path(outdir) / cell_slug(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)
@@ -131,7 +168,7 @@ def run_cell(
     record = rec.files.get("record") or str(cell_dir / "record.json")
     if not reasons and not keep:
         for p in cell_dir.iterdir():
-            if p.name != "record.json":
+            if p.name not in ("record.json", RECORD_NAME):
                 if p.is_dir():
                     shutil.rmtree(p, ignore_errors=True)
                 else:
@@ -201,11 +238,15 @@ def run_cells(
     retries: int = 1,
     on_start: Callable[[Prediction], object] | None = None,
     on_done: Callable[[CellResult], object] | None = None,
+    selection: Selection | None = None,
+    shard_spec: str | None = None,
 ) -> list[CellResult]:
     """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
 
     A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
-    run again up to ``retries`` times; a mismatch never is.
+    run again up to ``retries`` times; a mismatch never is. Each cell's record
+    (:func:`write_cell_record`) names ``selection`` and ``shard_spec``, so that
+    ``matrix merge`` knows which cells belong together and which are missing.
     """
 
     def one(p: Prediction) -> CellResult:
@@ -220,12 +261,16 @@ def run_cells(
                 observe=observe,
                 keep=keep,
                 run_unpredicted=run_unpredicted,
+                selection=selection,
+                shard_spec=shard_spec,
             )
             if r.outcome != "error":
                 break
             errors += r.reasons  # a lab failure is no observation: run the cell again
         if errors and r.outcome != "error":
+            r.retried_after = errors
             r.reasons.append(f"retried after: {'; '.join(errors)}")
+            write_cell_record(r, outdir, selection=selection, shard_spec=shard_spec)
         if on_done:
             on_done(r)
         return r
@@ -267,3 +312,74 @@ def record_observations(results: Sequence[CellResult], path: Path) -> None:
     previous = json.loads(path.read_text()) if path.exists() else None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(observations_json(results, previous), encoding="utf-8")
+
+
+def cell_record_path(outdir: Path, cell: Cell) -> Path:
+    """Where :func:`write_cell_record` puts a cell's record under ``outdir``."""
+    return Path(outdir) / cell_slug(cell) / RECORD_NAME
+
+
+def write_cell_record(
+    result: CellResult,
+    outdir: Path,
+    *,
+    selection: Selection | None = None,
+    shard_spec: str | None = None,
+) -> Path:
+    """Write ``<outdir>/<cell>/matrix-cell.json`` atomically (a reader never sees half a file).
+
+    The record (:func:`migcompat.compat.cell_record`) holds the result, the selection and
+    shard it belongs to, the builds' ``--version`` texts, the host and the time; the run
+    record's path is stored relative to the cell's folder, so that artifacts can move.
+    """
+    cell = result.prediction.cell
+    path = cell_record_path(outdir, cell)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = result.record
+    if rec is not None and Path(rec).resolve().is_relative_to(path.parent.resolve()):
+        rec = Path(os.path.relpath(Path(rec).resolve(), path.parent.resolve())).as_posix()
+    extra = {
+        "host": platform.node(),
+        "written": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    doc = cell_record(
+        result,
+        selection=selection,
+        shard_spec=shard_spec,
+        versions=build_versions(sorted({cell.source, cell.destination})),
+        record=rec,
+        extra=extra,
+    )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_cell_records(paths: Iterable[Path | str]) -> list[tuple[str, dict[str, Any]]]:
+    """``(folder, record)`` of every ``matrix-cell.json`` in ``paths`` (folders searched
+    recursively, files taken as they are), in path order. ``folder`` is the record's folder
+    as the caller named it, for :func:`migcompat.compat.merge_records`.
+
+    :raises InputError: a path that does not exist, holds no record, or an unreadable one.
+    """
+    out: list[tuple[str, dict[str, Any]]] = []
+    for given in paths:
+        base = Path(given)
+        if base.is_dir():
+            files = sorted(base.rglob(RECORD_NAME))
+            if not files:
+                raise InputError(f"{given}: no matrix cell records ({RECORD_NAME}) in it")
+        elif base.is_file():
+            files = [base]
+        else:
+            raise InputError(f"{given}: no such file or directory")
+        for f in files:
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InputError(f"{f}: cannot read a matrix cell record: {exc}") from None
+            if not isinstance(doc, dict) or doc.get("kind") != RECORD_KIND:
+                raise InputError(f"{f}: not a matrix cell record (kind {RECORD_KIND!r})")
+            out.append((str(f.parent), doc))
+    return out

@@ -231,10 +231,12 @@ class _PartitionRun(QmpPair):
         if scenario not in PARTITION_SCENARIOS:
             raise LabError(f"unknown partition scenario {scenario!r}; known: "
                            + ", ".join(PARTITION_SCENARIOS))
-        if strategy.rp_keepalive_ms or strategy.user_timeout_ms:
+        if strategy.user_timeout_ms or (
+                strategy.rp_keepalive_ms and "+keepalive" not in dstb.protocol_release):
             raise LabError(
-                f"strategy {strategy}: no QEMU release can set it; the lab runs "
-                "none and tcp:IDLE,INTVL,CNT (see `migcompat partition` for the model)"
+                f"strategy {strategy}: no QEMU release can set it (rp-keepalive only a "
+                f"destination built with the keepalive patch by `migcompat lab build`; not "
+                f"{dstb.label}); the lab runs none and tcp:IDLE,INTVL,CNT"
             )
         if not 1 <= window <= 600:
             raise LabError(f"--window {window:g}: 1 … 600 s (the machine is shared)")
@@ -297,6 +299,9 @@ class _PartitionRun(QmpPair):
         await self.qmp("src", "migrate-set-parameters", {
             "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
         })
+        if self.strategy.rp_keepalive_ms:
+            await self.qmp("dst", "migrate-set-parameters",
+                           {"postcopy-rp-keepalive-period": self.strategy.rp_keepalive_ms})
         opts = keepalive_uri_options(self.strategy)
         target = f"tcp:{pair.addr('dst')}:{PORT}"
         for side, cmd in (("dst", "migrate-incoming"), ("src", "migrate")):
@@ -463,16 +468,16 @@ class _PartitionRun(QmpPair):
         }
         scenario = "active" if wrote["dst"] else "idle"
         src_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],
             settings=TcpSettings.from_sysctls(self.rec.sysctls["src"]),
         )
         dst_pred = predict_partition(
-            self.srcb.release,
-            self.dstb.release,
+            self.srcb.protocol_release,
+            self.dstb.protocol_release,
             self.strategy,
             scenario=scenario,
             source_sending=wrote["src"],

@@ -91,7 +91,9 @@ class Framer:
                 pass
             else:
                 try:
-                    self.reader = Reader(parse_release(release))
+                    # Framing, not verdicts: a REQ_PAGES before any REQ_PAGES_ID is still
+                    # one frame (the reader rejects it as a source would, without this).
+                    self.reader = Reader(parse_release(release), req_pages_block="")
                 except Exception as exc:
                     self.reader_error = f"{type(exc).__name__}: {exc}"
                 else:

@@ -14,6 +14,11 @@ Usage in a test suite (the plugin loads itself once ``qemu-migcompat`` is instal
 are cell ids such as ``7.2->11.1/pc-q35-7.2/plain``. Without the marker a test that asks for
 ``migcompat_cell`` runs over the default matrix (``--migcompat-releases`` /
 ``--migcompat-scenarios`` override the defaults on the command line).
+
+Every cell ``migcompat_run`` runs leaves the record ``matrix run`` leaves
+(``<cell>/matrix-cell.json``, naming the marker's selection); with ``--migcompat-out DIR`` they
+go to DIR, so that ``pytest -n 4 --migcompat-out mx`` (pytest-xdist) runs cells in parallel on
+one host and ``migcompat matrix merge mx`` makes the matrix report of them.
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="release lines of the matrix (default 7.2,10.0,11.1)")  # fmt: skip
     group.addoption("--migcompat-scenarios", default=None, metavar="S,S",
                     help="matrix scenarios (default: the core ones)")  # fmt: skip
+    group.addoption("--migcompat-out", default=None, metavar="DIR",
+                    help="write the cells' run folders and records (matrix-cell.json) to DIR, "
+                    "for `migcompat matrix merge DIR` (default: each test's tmp_path)")  # fmt: skip
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,29 +74,38 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Parametrize ``migcompat_cell`` over the cells the marker (or the options) select."""
     if "migcompat_cell" not in metafunc.fixturenames:
         return
-    from migcompat.compat import DEFAULT_RELEASES, predict_matrix
-
-    marker = metafunc.definition.get_closest_marker("migcompat_matrix")
-    kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
-    opt = metafunc.config.getoption
-    releases = (
-        _list(kw.get("releases")) or _list(opt("--migcompat-releases")) or list(DEFAULT_RELEASES)
-    )
-    scenarios = _list(kw.get("scenarios")) or _list(opt("--migcompat-scenarios"))
-    preds = predict_matrix(releases, scenarios, machines=kw.get("machines", "newest"))
+    preds = _selection(metafunc.definition, metafunc.config).predictions()
     metafunc.parametrize("migcompat_cell", preds, ids=[p.cell.id for p in preds])
 
 
+def _selection(node: pytest.Item, config: pytest.Config) -> Any:
+    """The matrix a test is parametrized over (its marker, else the options)."""
+    from migcompat.compat import Selection
+
+    marker = node.get_closest_marker("migcompat_matrix")
+    kw: dict[str, Any] = dict(marker.kwargs) if marker else {}
+    opt = config.getoption
+    releases = _list(kw.get("releases")) or _list(opt("--migcompat-releases"))
+    scenarios = _list(kw.get("scenarios")) or _list(opt("--migcompat-scenarios"))
+    return Selection.of(releases, scenarios, kw.get("machines", "newest"))
+
+
 @pytest.fixture
-def migcompat_run(tmp_path: Path) -> Callable[..., Any]:
+def migcompat_run(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
     """A function running a cell on the lab: ``migcompat_run(prediction, **kw) -> CellResult``.
 
     Skips the test (with the reason) when the cell is not predicted or a build is missing.
+    The cell's record goes to ``--migcompat-out`` (else under ``tmp_path``).
     """
     from migcompat.lab import run_cell
 
+    out = request.config.getoption("--migcompat-out")
+    folder = Path(out) if out else tmp_path / "matrix"
+    selection = _selection(request.node, request.config)
+
     def run(pred: Any, **kw: Any) -> Any:
-        result = run_cell(pred, tmp_path / "matrix", **kw)
+        kw.setdefault("selection", selection)
+        result = run_cell(pred, folder, **kw)
         if result.outcome == "skipped":
             pytest.skip("; ".join(result.reasons))
         return result

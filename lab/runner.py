@@ -72,6 +72,13 @@ class RunRecord:
     machine: str = ""
     capabilities: list[str] = field(default_factory=list)
     parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``migrate-set-parameters`` given to the destination (``lab run --dst-param``).
+    dst_parameters: dict[str, Any] = field(default_factory=dict)
+    #: extra ``migrate-set-parameters`` for the source (``lab run --src-param``), over
+    #: the bandwidth defaults (recorded in ``parameters``).
+    src_parameters: dict[str, Any] = field(default_factory=dict)
+    #: ``query-migrate-parameters`` of each side just before ``migrate`` (what QEMU uses).
+    migrate_parameters: dict[str, Any] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     error_desc: dict[str, str | None] = field(default_factory=dict)
     stderr: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -146,6 +153,8 @@ class QmpPair:
     src: QemuInstance | None
     dst: QemuInstance | None
     workdir: Path
+    #: Capabilities left off although both sides have them (``lab run --without-capability``).
+    without_capabilities: frozenset[str] = frozenset()
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -155,6 +164,7 @@ class QmpPair:
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
             caps.append("switchover-ack")
+        caps = [c for c in caps if c not in self.without_capabilities]
         self.rec.capabilities = caps
         cap_list = [{"capability": c, "state": True} for c in caps]
         for side in ("dst", "src"):
@@ -240,6 +250,8 @@ class _Run(QmpPair):
         timeout: float,
         observe: float,
         console: Any,
+        dst_parameters: dict[str, Any] | None = None,
+        src_parameters: dict[str, Any] | None = None,
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
@@ -254,6 +266,8 @@ class _Run(QmpPair):
         self.rec = RunRecord(
             scenario=scenario.to_json(), src=_build_json(src_build), dst=_build_json(dst_build),
             machine=machine or "", outdir=str(self.outdir), host=host_info(),
+            dst_parameters=dict(dst_parameters or {}),
+            src_parameters=dict(src_parameters or {}),
         )  # fmt: skip
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.settled_at: dict[str, float | None] = {"src": None, "dst": None}
@@ -295,7 +309,7 @@ class _Run(QmpPair):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        self.proxy = Proxy(self.outdir, src_release=self.srcb.release, clock=self.clock)
+        self.proxy = Proxy(self.outdir, src_release=self.srcb.protocol_release, clock=self.clock)
         self.proxy_port = await self.proxy.listen(self.dst_port)
         self.proxy_port2 = (
             await self.proxy.listen(self.dst_port2)
@@ -328,9 +342,15 @@ class _Run(QmpPair):
         params = {
             "max-bandwidth": PRECOPY_BANDWIDTH,
             "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
-        }
+        } | self.rec.src_parameters
         self.rec.parameters = params
         await self.qmp("src", "migrate-set-parameters", params)
+        if self.rec.dst_parameters:
+            await self.qmp("dst", "migrate-set-parameters", self.rec.dst_parameters)
+        for side in ("src", "dst"):
+            got = await self.qmp(side, "query-migrate-parameters")
+            if isinstance(got, dict):
+                self.rec.migrate_parameters[side] = got
         self.step("migrate-incoming", port=self.dst_port)
         await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
         self.step("migrate", port=self.proxy_port)
@@ -538,11 +558,16 @@ async def run_scenario_async(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
+    dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
     console = progress_console(progress)
-    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console)
+    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters,
+               src_parameters)
+    run.without_capabilities = frozenset(without_capabilities)
     # Every step has its own bound; this one catches a run whose steps all wait on a
     # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
     budget = 3 * timeout + observe + 120
@@ -570,9 +595,17 @@ def run_scenario(
     observe: float = 5.0,
     idle: bool = False,
     progress: bool = False,
+    without_capabilities: frozenset[str] = frozenset(),
+    dst_parameters: dict[str, Any] | None = None,
+    src_parameters: dict[str, Any] | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
+    :param without_capabilities: capabilities to leave off (e.g. ``switchover-ack``).
+    :param dst_parameters: ``migrate-set-parameters`` for the destination before ``migrate``
+        (``{"postcopy-rp-keepalive-period": 2000}`` on a patched build).
+    :param src_parameters: source parameters over the bandwidth defaults (a lower
+        ``max-postcopy-bandwidth`` makes postcopy last longer).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
     :raises LabError: a build is missing or QEMU could not be started.
@@ -581,7 +614,8 @@ def run_scenario(
         run_scenario_async(
             require_build(src_release), require_build(dst_release), scenario, machine=machine,
             outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress,
+            idle=idle, progress=progress, without_capabilities=without_capabilities,
+            dst_parameters=dst_parameters, src_parameters=src_parameters,
         )
     )  # fmt: skip
 

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, cache_dir, require_build, roots_dir
+from migcompat.lab.builds import QemuBuild, build_roots_dir, cache_dir, require_build, roots_dir
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
 
 __all__ = [
@@ -173,10 +173,15 @@ def cached_analyze_migration_script(build: QemuBuild | str) -> Path | None:
     b = require_build(build)
     if not b.suite or not b.package_version:
         return None
-    version = _source_version(b.package_version)
-    script = source_cache_dir() / b.suite / version.replace(":", "_") / "tree" / "scripts"
-    script = script / "analyze-migration.py"
-    return script if script.exists() else None
+    version = _source_version(b.package_version).replace(":", "_")
+    ours = source_cache_dir() / b.suite / version / "tree" / "scripts" / "analyze-migration.py"
+    # The tree `lab build` / `.ci/qemu-src` extract into the suite's build root
+    # (lab.build.source_tree: /var/cache/migcompat-src/<version>/tree inside it).
+    theirs = build_roots_dir() / b.suite / "var/cache/migcompat-src" / version / "tree"
+    for script in (ours, theirs / "scripts" / "analyze-migration.py"):
+        if script.exists():
+            return script
+    return None
 
 
 # Runs QEMU's script from its tree: its classes are loaded (everything before its argument
@@ -233,7 +238,9 @@ def analyze_migration(script: Path, mig: Path, *, timeout: float = 300) -> list[
 def analyze_migration_script(build: QemuBuild | str, *, timeout: float = 900) -> Path:
     """``scripts/analyze-migration.py`` of the build's own Debian source package.
 
-    Fetched once into :func:`source_cache_dir` with the host's ``apt-get source
+    Where the suite has a build root (``migcompat lab build``), its
+    :func:`migcompat.lab.build.source_tree` is used; else fetched once into
+    :func:`source_cache_dir` with the host's ``apt-get source
     --download-only`` under a private apt configuration (the suite's ``deb-src`` lines,
     signed by the root's own keyring: no provisioned root is touched), then unpacked with
     ``dpkg-source -x`` (Debian's patches applied). QEMU's code stays in the cache and runs
@@ -247,6 +254,13 @@ def analyze_migration_script(build: QemuBuild | str, *, timeout: float = 900) ->
         return script
     if not b.suite or not b.package_version or b.root is None:
         raise LabError(f"{b.label}: not a provisioned Debian build; no source package to fetch")
+    if (build_roots_dir() / b.suite).is_dir():
+        # The suite has a build root already (lab build): its source_tree fetches the tree.
+        from migcompat.lab.build import source_tree
+
+        script = source_tree(b.suite) / "scripts" / "analyze-migration.py"
+        if script.exists():
+            return script
     for tool in ("apt-get", "dpkg-source"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found (apt-get install dpkg-dev)")

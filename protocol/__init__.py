@@ -17,6 +17,7 @@ from ._catalog import (
 )
 from ._cformat import c_format
 from ._construct_engine import ConstructReader
+from ._context import SourceContext, parse_capabilities, parse_ram_blocks
 from ._errors import (
     CatalogError,
     InputError,
@@ -57,11 +58,17 @@ from ._forward import (
     VmEof,
 )
 from ._grammar import build_frame, frame_grammar, parse_frame
-from ._reader import RamBlock, Reader, machine_version
+from ._reader import (
+    RamBlock,
+    Reader,
+    legacy_switchover_ack,
+    machine_version,
+    switchover_acks_expected,
+)
 from ._releases import Release, parse_release
 from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
-from ._stream import ENGINES, StreamVerdict, check_stream
+from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 from ._vmstate import (
     DumpLayout,
     VmDescLayout,
@@ -118,6 +125,7 @@ __all__ = (
     "Scenario",
     "SectionHeader",
     "Shut",
+    "SourceContext",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
@@ -129,22 +137,27 @@ __all__ = (
     "build_frame",
     "c_format",
     "catalog",
+    "check_in_context",
     "check_stream",
     "decoded_value",
     "fields_dict",
     "find_vmdesc",
     "frame_grammar",
     "known_releases",
+    "legacy_switchover_ack",
     "machine_version",
     "make_frame",
     "overlays",
+    "parse_capabilities",
     "parse_dump_vmstate",
     "parse_frame",
+    "parse_ram_blocks",
     "parse_release",
     "parse_scenario",
     "parse_vmdesc",
     "resolve_line",
     "stream_catalog",
+    "switchover_acks_expected",
     "walk_fields",
 )
 

@@ -243,7 +243,9 @@ def resolve_line(release: Release | str) -> Release:
             raise InvalidRelease(
                 str(rel),
                 f"a development tree after {lines[-1]}, the newest line in the catalog; "
-                "rerun tools/extract_catalog.py on its sources",
+                "regenerate the catalog with tools/extract_catalog.py of the qemu-migcompat "
+                "repository (not installed by pip) from its sources, or point "
+                "MIGCOMPAT_CATALOG at a catalog that has it",
             )
         line = newer[0]
     if line not in lines:
@@ -253,7 +255,9 @@ def resolve_line(release: Release | str) -> Release:
             raise InvalidRelease(
                 str(rel),
                 f"newer than {lines[-1]}, the newest line in the catalog; "
-                "rerun tools/extract_catalog.py on its sources",
+                "regenerate the catalog with tools/extract_catalog.py of the qemu-migcompat "
+                "repository (not installed by pip) from its sources, or point "
+                "MIGCOMPAT_CATALOG at a catalog that has it",
             )
         raise InvalidRelease(str(rel), "no such QEMU release line")
     return line

@@ -76,19 +76,22 @@ class ConstructReader(EventSource):
         if self._error is not None:
             raise self._error
         m = self._model
+        # The source's stream state before this frame: the grammar checks it too.
+        state = {"acks_left": m.switchover_acks_pending, "block_named": m._block_named}
         ev = m.next_event()
         if not isinstance(ev, Message):
             return ev
         frame = m.buffer.span(ev.offset, ev.offset + ev.size)
         try:
             stream = io.BytesIO(frame)
-            parsed = self._grammar.parse_stream(stream)
+            parsed = self._grammar.parse_stream(stream, **state)
             if stream.tell() != len(frame):  # pragma: no cover - framing always agrees
                 raise cs.ConstructError(f"grammar read {stream.tell()} of {len(frame)} bytes")
         except cs.ConstructError as exc:
             self._error = RemoteViolation(
                 f"the construct grammar rejects this {ev.name}, which the {self.release} "
-                f"source accepts (the grammar is stricter: docs/performance.md): {exc}",
+                f"source accepts (the grammar is stricter than QEMU, which reads a "
+                f"RECV_BITMAP name past its frame from its stack buffer): {exc}",
                 offset=ev.offset,
                 release=self.release,
                 message_type=ev.type_id,

@@ -345,6 +345,12 @@ class FastReader(EventSource):
         #: The last fill into ``_batch``: the model's snapshot before it and its event
         #: count, so that context set midway can re-read what is pending.
         self._last_fill: tuple[ReaderSnapshot, int] | None = None
+        # REQ_PAGES before any REQ_PAGES_ID is the model's to reject ("no previous block").
+        cat = self.catalog
+        req = cat.by_name.get("MIG_RP_MSG_REQ_PAGES")
+        rid = cat.by_name.get("MIG_RP_MSG_REQ_PAGES_ID")
+        self._req_pages_key = (req.id << 16 | (req.length or 0)) if req else None
+        self._req_pages_id_type = rid.id if rid else None
 
     # -- public interface (Reader's) ------------------------------------------------------
     @property
@@ -448,7 +454,8 @@ class FastReader(EventSource):
         return fast_plan(
             self.release,
             ram_checks=m.ram_blocks is not None,
-            stateful_switchover_ack=m.switchover_ack_capability,
+            # Whether the source counts them may change with set_machine: always the model's.
+            stateful_switchover_ack=True,
         )
 
     def _unread_pending(self) -> None:
@@ -499,10 +506,15 @@ class FastReader(EventSource):
         # stream of similar runs measures each in one step.
         win = self._win
         seen = 0  # frames of the current run decoded by earlier steps
+        # REQ_PAGES waits for a REQ_PAGES_ID (the model's "no previous block" otherwise)
+        named = m._block_named
+        unnamed = None if named else self._req_pages_key
         while budget > 0 and end - pos >= 4:
             (key,) = _U32(data, pos)
             r = runs.get(key)
             if r is not None:
+                if key == unnamed:
+                    break
                 size = r.size
                 w = (end - pos) // size
                 if w > budget:
@@ -543,6 +555,8 @@ class FastReader(EventSource):
             npos = tail(data, pos, end, shift + pos, out)
             if npos < 0:
                 break
+            if key >> 16 == self._req_pages_id_type:
+                named, unnamed = True, None
             marks[(npos - pos - 4, True)] = pos + 4
             pos = npos
             budget -= 1
@@ -556,3 +570,4 @@ class FastReader(EventSource):
             pos,
             [(at, length, nul) for (length, nul), at in sorted(marks.items(), key=itemgetter(1))],
         )
+        m._block_named = named

@@ -7,6 +7,14 @@ that follows *outside* the frame (``ram_dirty_bitmap_reload``). It parses and
 builds symmetrically. :class:`~migcompat.protocol.Reader` is the exact model of
 QEMU's reader; the two are cross-checked by hypothesis (``tests/property``).
 
+Two rules depend on what the source saw before the frame, so they are checked when
+the caller passes that state as parse parameters (``frame_grammar(r).parse(data,
+acks_left=0, block_named=False)``): ``acks_left``, the SWITCHOVER_ACKs the source still
+takes (:func:`~migcompat.protocol.switchover_acks_expected`; ``None``: not counted), and
+``block_named``, whether a REQ_PAGES_ID came before (a REQ_PAGES without one is "no
+previous block"). Without them the grammar reads one frame on its own. The oracle
+``strategies.check_grammar_agrees`` and :class:`~migcompat.protocol.ConstructReader` pass them.
+
 Where QEMU is more lenient than any well-formed frame, the grammar is strict and
 says so: a RECV_BITMAP whose name-length byte points past the frame parses in
 QEMU from stale bytes of its stack buffer, and fails here.
@@ -52,13 +60,28 @@ def payload_grammar(cat: RpCatalog, table_name: str) -> cs.Construct:
     return cs.Struct(*fields)
 
 
+def _state_allows(ctx: Any, ack: int, req: int) -> bool:
+    """The handler's stream-state rules, when the caller passes the state (module doc)."""
+    if ctx._building:
+        return True
+    params = ctx._params
+    if ctx.type == ack:
+        left = params.get("acks_left")
+        return left is None or left > 0
+    if ctx.type == req:
+        return params.get("block_named") is not False
+    return True
+
+
 @cache
 def frame_grammar(release: Release | str) -> cs.Construct:
     """One return-path frame (plus RECV_BITMAP's blob) as ``release``'s source reads it."""
     cat = catalog(release)
     fixed = {m.id: m.length for m in cat.messages}
     cases = {m.id: payload_grammar(cat, m.short_name) for m in cat.messages if m.id}
-    recv_bitmap = next((m.id for m in cat.messages if m.short_name == "RECV_BITMAP"), -1)
+    ids = {m.short_name: m.id for m in cat.messages}
+    recv_bitmap = ids.get("RECV_BITMAP", -1)
+    ack, req = ids.get("SWITCHOVER_ACK", -1), ids.get("REQ_PAGES", -1)
     blob = cs.Struct(
         "bitmap_size" / cs.Int64ub,
         "bitmap" / cs.Bytes(this.bitmap_size),
@@ -79,14 +102,21 @@ def frame_grammar(release: Release | str) -> cs.Construct:
             )
         ),
         "payload" / cs.FixedSized(this.length, cs.Switch(this.type, cases)),
+        # the handler: SWITCHOVER_ACK counted, REQ_PAGES reuses the last block named
+        cs.Check(lambda ctx: _state_allows(ctx, ack, req)),
         "blob" / cs.If(this.type == recv_bitmap, blob),
     )
 
 
-def parse_frame(release: Release | str, data: bytes, offset: int = 0) -> cs.Container:
-    """Parse exactly one frame from ``data``; a construct error becomes a RemoteViolation."""
+def parse_frame(
+    release: Release | str, data: bytes, offset: int = 0, **state: Any
+) -> cs.Container:
+    """Parse exactly one frame from ``data``; a construct error becomes a RemoteViolation.
+
+    ``state``: ``acks_left``, ``block_named`` (see the module docstring).
+    """
     try:
-        return frame_grammar(release).parse(data)
+        return frame_grammar(release).parse(data, **state)
     except cs.ConstructError as exc:
         raise RemoteViolation(
             f"not a frame {Release(str(release))} accepts: {exc}",

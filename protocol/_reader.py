@@ -65,8 +65,10 @@ __all__ = [
     "ReaderSnapshot",
     "event_class",
     "first_counted_line",
+    "legacy_switchover_ack",
     "machine_version",
     "model_reads",
+    "switchover_acks_expected",
 ]
 
 
@@ -115,9 +117,13 @@ HANDLERS: Mapping[str, Handler] = {
     "RECV_BITMAP": Handler("_recv_bitmap_frame", ALWAYS),
     # Alignment, block and range against the source's RAMBlocks. REQ_PAGES_ID's length
     # rule (12 + 1 + the idstr length byte) is its pstr8 layout's, which the fast path has.
+    # Without RAM a REQ_PAGES still needs a REQ_PAGES_ID before it ("no previous block"):
+    # the fast path leaves a REQ_PAGES to the model until one was read (``_block_named``).
     "REQ_PAGES": Handler("_req_pages", WITH_RAM),
     "REQ_PAGES_ID": Handler("_req_pages_id", WITH_RAM),
-    # Counted against the devices' requests ("Switchover ack pending num underflowed").
+    # Counted against the devices' requests ("Switchover ack pending num underflowed");
+    # whether it is counted depends on machine type and capability, which may be set
+    # midway (switchover_acks_expected): the fast path always leaves it to the model.
     "SWITCHOVER_ACK": Handler("_switchover_ack", COUNTED),
 }
 
@@ -148,9 +154,9 @@ def event_class(spec: MessageSpec) -> type[Message]:
 
 
 #: Where a :class:`Reader` stood at a frame boundary (:meth:`Reader.snapshot`): the receive
-#: buffer's snapshot (a stream offset) and QEMU's stack buffer then. A plain tuple: the fast
-#: path takes one per batch.
-ReaderSnapshot = tuple[int, bytes]
+#: buffer's snapshot (a stream offset), QEMU's stack buffer then, and whether a REQ_PAGES_ID
+#: had named a block (``last_req_rb``). A plain tuple: the fast path takes one per batch.
+ReaderSnapshot = tuple[int, bytes, bool]
 
 
 class _Common(TypedDict):
@@ -193,6 +199,35 @@ def first_counted_line() -> Release | None:
     )
 
 
+def legacy_switchover_ack(release: Release | str, machine: str | None) -> bool:
+    """An 11.1+ source on a machine type older than the first counting line runs the
+    legacy mechanism (``switchover-ack-legacy``); ``None`` is the release's own newest
+    machine type (what ``-machine q35`` gives), never legacy."""
+    if catalog(release).switchover_ack_accounting != "counted" or machine is None:
+        return False
+    version, first = machine_version(machine), first_counted_line()
+    return version is not None and first is not None and version < first
+
+
+def switchover_acks_expected(
+    release: Release | str, *, machine: str | None, capability: bool, requested: int = 0
+) -> int | None:
+    """SWITCHOVER_ACKs the source of ``release`` takes in all; ``None``: it does not count them.
+
+    The one rule every engine, the strategies and the CLI's stated assumptions use.
+    Measured on 11.1.3 (``tests/qemu/test_switchover_ack_context.py``): on machine types
+    older than 11.1 the legacy mechanism counts one ACK for all devices only with the
+    ``switchover-ack`` capability on, and nothing with it off; on ``pc-q35-11.1`` the
+    source counts the devices' requests (``requested``, 0 without VFIO devices) with the
+    capability on or off. Releases before 11.1 never count (8.1 … 11.0 set a flag).
+    """
+    if catalog(release).switchover_ack_accounting != "counted":
+        return None
+    if legacy_switchover_ack(release, machine):
+        return max(requested, 1) if capability else None
+    return requested
+
+
 class RamBlock:
     """What the source knows of one RAMBlock, for the checks that need it."""
 
@@ -225,18 +260,24 @@ class Reader(EventSource):
     :param target_page_size: ``TARGET_PAGE_SIZE`` (bitmap sizes count target pages).
     :param host_page_size: ``qemu_real_host_page_size()`` (page requests must align to it).
     :param max_bitmap_size: refuse larger RECV_BITMAP blobs without buffering them.
-    :param switchover_ack_capability: the ``switchover-ack`` capability is on. Off,
-        an 11.1+ source counts nothing (lab: 11.1.3 → 7.2 and → 5.2).
-    :param switchover_acks_requested: ACKs the source expects (11.1+ with the
-        capability on): one per device request — 0 for a guest without VFIO devices,
-        where any SWITCHOVER_ACK is one too many ("Switchover ack pending num
-        underflowed", lab: 11.1.3 on pc-q35-11.1).
+    :param switchover_ack_capability: the ``switchover-ack`` capability is on. It
+        matters on machine types older than 11.1 only: off, an 11.1+ source counts
+        nothing there (lab: 11.1.3 on pc-q35-10.0 and pc-q35-7.2, and → 7.2, → 5.2);
+        on ``pc-q35-11.1`` it counts either way (:func:`switchover_acks_expected`).
+    :param switchover_acks_requested: ACKs the source expects (11.1+): one per device
+        request — 0 for a guest without VFIO devices, where any SWITCHOVER_ACK is one
+        too many ("Switchover ack pending num underflowed", lab: 11.1.3 on pc-q35-11.1).
     :param migration_state: the source's migration status (QAPI name), enabling the
         state rule of ``ram_dirty_bitmap_reload`` (RECV_BITMAP only in postcopy-recover).
     :param machine: the machine type; one older than the release line that began
         counting runs the legacy mechanism (``switchover-ack-legacy``), where the
         destination's one ACK for all devices is expected (lab: 11.1.3 on
-        pc-q35-10.0 takes one ACK, fails on a second).
+        pc-q35-10.0 takes one ACK, fails on a second). ``None``: the release's own
+        newest machine type.
+    :param req_pages_block: the RAMBlock the last REQ_PAGES_ID named before these
+        bytes (a return path resumed after postcopy recovery continues the source's
+        ``last_req_rb``). ``None``: the stream is the whole return path, so a REQ_PAGES
+        before any REQ_PAGES_ID is rejected ("… no previous block"), RAM known or not.
     """
 
     def __init__(
@@ -251,6 +292,7 @@ class Reader(EventSource):
         switchover_acks_requested: int = 0,
         machine: str | None = None,
         migration_state: str | None = None,
+        req_pages_block: str | None = None,
     ) -> None:
         self.catalog: RpCatalog = catalog(release)
         self.release = self.catalog.release
@@ -258,8 +300,14 @@ class Reader(EventSource):
         self.target_page_size = target_page_size
         self.host_page_size = host_page_size
         self.switchover_ack_capability = switchover_ack_capability
-        #: ACKs the source still expects (``counted`` releases, capability on).
-        self.switchover_acks_pending = switchover_acks_requested
+        self._acks_requested = switchover_acks_requested
+        #: ACKs the source still takes; ``None``: it does not count them.
+        self.switchover_acks_pending: int | None = switchover_acks_expected(
+            self.release,
+            machine=None,
+            capability=switchover_ack_capability,
+            requested=switchover_acks_requested,
+        )
         self._acks_seen = 0
         self.machine: str | None = None
         #: The source's MigrationStatus (``postcopy-active`` …), when known: bitmaps
@@ -279,6 +327,10 @@ class Reader(EventSource):
         # QEMU's `uint8_t buf[512]` on the thread's stack, kept across frames.
         self._stack_buf = bytearray(self.catalog.buffer_size + 1)
         self._last_block: RamBlock | None = None
+        #: A REQ_PAGES_ID has named a block (QEMU's ``last_req_rb`` is set), RAM known or not.
+        self._block_named = req_pages_block is not None
+        if req_pages_block is not None and self.ram_blocks is not None:
+            self._last_block = self.ram_blocks.get(req_pages_block)
         self._by_id = {m.id: m for m in self.catalog.messages}
         # Type id -> how the model reads the payload (the handler table, else the layout).
         self._readers: dict[int, Callable[[Reader, bytes], Event | type[NEED_DATA]]] = {}
@@ -295,12 +347,14 @@ class Reader(EventSource):
     def set_machine(self, machine: str) -> None:
         """The machine type, once known (a capture learns it from the forward stream)."""
         self.machine = machine
-        if self._acks_seen or self.catalog.switchover_ack_accounting != "counted":
-            return
-        version = machine_version(machine)
-        first = first_counted_line()
-        if version is not None and first is not None and version < first:
-            self.switchover_acks_pending = max(self.switchover_acks_pending, 1)
+        if self._acks_seen:
+            return  # the source chose its mechanism before the first ACK
+        self.switchover_acks_pending = switchover_acks_expected(
+            self.release,
+            machine=machine,
+            capability=self.switchover_ack_capability,
+            requested=self._acks_requested,
+        )
 
     @property
     def offset(self) -> int:
@@ -329,7 +383,9 @@ class Reader(EventSource):
     def receive_data(self, data: bytes) -> None:
         """Add bytes from the wire; ``b""`` means the connection ended."""
         # Once the thread has ended the source no longer reads: the bytes stay unread.
-        self._buf.receive(data, reading=self._phase not in (_STOPPED, _ERROR))
+        # Mid-frame, the frame's own bytes are kept (events and violations carry them).
+        keep = None if self._phase == _HEADER else self._frame_start
+        self._buf.receive(data, reading=self._phase not in (_STOPPED, _ERROR), keep_from=keep)
 
     def next_event(self) -> Event | type[NEED_DATA] | type[STOPPED]:
         """The next event, :data:`NEED_DATA`, or :data:`STOPPED` once the thread has ended.
@@ -354,16 +410,18 @@ class Reader(EventSource):
 
         The receive buffer keeps the bytes from here on until the next snapshot or
         :meth:`drop_snapshot`. Only position and stack buffer are kept: a reader that
-        decodes ahead (the fast path) takes it before frames no other state depends on.
+        decodes ahead (the fast path) takes it before frames no other state depends on
+        (but REQ_PAGES_ID's naming of a block, kept too).
         """
-        return (self._buf.snapshot(), bytes(self._stack_buf))
+        return (self._buf.snapshot(), bytes(self._stack_buf), self._block_named)
 
     def restore(self, snap: ReaderSnapshot) -> None:
         """Go back to ``snap`` (the newest snapshot): its bytes are read again."""
         assert self._phase == _HEADER
-        offset, stack = snap
+        offset, stack, named = snap
         self._buf.restore(offset)
         self._stack_buf[:] = stack
+        self._block_named = named
 
     def drop_snapshot(self) -> None:
         """Forget the snapshot (its bytes may be dropped)."""
@@ -557,7 +615,7 @@ class Reader(EventSource):
     def _switchover_ack(self, payload: bytes) -> Event:
         if self.catalog.switchover_ack_accounting == "counted":
             self._acks_seen += 1
-            if self.switchover_ack_capability:
+            if self.switchover_acks_pending is not None:
                 if self.switchover_acks_pending <= 0:
                     raise self._violation(
                         "switchover_ack_underflow",
@@ -609,28 +667,27 @@ class Reader(EventSource):
         Order as in QEMU: host-page alignment of start and len; the block (the last
         one named, or the one named now, which becomes the last); then the range,
         ``start + len - 1`` in ram_addr_t arithmetic, inside the block's used length.
+
+        Without the source's RAM only the previous-block rule applies (it needs no RAM:
+        QEMU's ``last_req_rb`` is unset until a REQ_PAGES_ID names a block), after the
+        alignment check that precedes it in QEMU (to the assumed host page size).
         """
         if self.ram_blocks is None:
+            if block_name is not None:
+                self._block_named = True
+            elif not self._block_named:
+                self._check_alignment(start, ln)
+                raise self._no_previous_block()
             return
-        hps = self.host_page_size
-        if start % hps or ln % hps:
-            raise self._violation(
-                "req_pages_misaligned",
-                start,
-                ln,
-                caret=4,
-                message=f"page request start 0x{start:x} len {ln} not aligned to the "
-                f"source's {hps}-byte host pages",
-            )
+        self._check_alignment(start, ln)
         if block_name is None:
             block = self._last_block
             if block is None:
-                raise self._violation(
-                    "req_pages_no_previous_block",
-                    caret=4,
-                    message="REQ_PAGES before any REQ_PAGES_ID named a RAMBlock",
-                )
+                if self._block_named:
+                    return  # named before the RAM was known: its range is not checked
+                raise self._no_previous_block()
         else:
+            self._block_named = True
             found = self.ram_blocks.get(block_name)
             if found is None:
                 raise self._violation(
@@ -649,6 +706,26 @@ class Reader(EventSource):
                 caret=4,
                 message=f"page request 0x{start:x}+{ln} beyond RAMBlock {block.idstr!r} "
                 f"({block.used_length} bytes)",
+            )
+
+    def _no_previous_block(self) -> RemoteViolation:
+        return self._violation(
+            "req_pages_no_previous_block",
+            caret=4,
+            message="REQ_PAGES before any REQ_PAGES_ID named a RAMBlock (assuming the "
+            "bytes are the whole return path)",
+        )
+
+    def _check_alignment(self, start: int, ln: int) -> None:
+        hps = self.host_page_size
+        if start % hps or ln % hps:
+            raise self._violation(
+                "req_pages_misaligned",
+                start,
+                ln,
+                caret=4,
+                message=f"page request start 0x{start:x} len {ln} not aligned to the "
+                f"source's {hps}-byte host pages",
             )
 
     def _recv_bitmap_frame(self, payload: bytes) -> Event | type[NEED_DATA]:
@@ -744,7 +821,9 @@ class Reader(EventSource):
                     "",
                     caret=4 + p.frame_len,
                     message=f"bitmap size {size} exceeds this reader's limit "
-                    f"({self.max_bitmap_size}); no RAMBlock the model allows is that large",
+                    f"({self.max_bitmap_size}); no RAMBlock the model allows is that large, so "
+                    "the source rejects it too, with a text that needs its RAMBlocks "
+                    "(ram_blocks) to predict",
                 )
             p.bitmap_size = size
             self._phase = _BLOB_DATA

@@ -58,11 +58,13 @@ class ReceiveBuffer:
         """Stream offset just past the last byte received."""
         return self.base + len(self.data)
 
-    def receive(self, data: bytes, *, reading: bool = True) -> None:
+    def receive(
+        self, data: bytes, *, reading: bool = True, keep_from: int | None = None
+    ) -> None:
         """A reader's ``receive_data``: ``b""`` ends the stream, nothing may follow it.
 
         ``reading=False`` (the reader has stopped): the bytes are not kept; they stay
-        unread, as they do in QEMU.
+        unread, as they do in QEMU. ``keep_from``: see :meth:`feed`.
         """
         if not data:
             self.eof = True
@@ -70,14 +72,20 @@ class ReceiveBuffer:
         if self.eof:
             raise ValueError("receive_data after EOF")
         if reading:
-            self.feed(data)
+            self.feed(data, keep_from=keep_from)
 
-    def feed(self, data: bytes) -> None:
-        """Append ``data``, first dropping consumed bytes if they are most of the array."""
+    def feed(self, data: bytes, *, keep_from: int | None = None) -> None:
+        """Append ``data``, first dropping consumed bytes if they are most of the array.
+
+        ``keep_from``: a stream offset whose bytes must stay (the start of a frame being
+        read, whose bytes its event or violation carries), consumed or not.
+        """
         pos = self.pos
         if pos > COMPACT_AFTER and pos * 2 > len(self.data):
             if self._pin is not None:
                 pos = min(pos, self._pin - self.base)
+            if keep_from is not None:
+                pos = min(pos, keep_from - self.base)
             if pos > 0:
                 del self.data[:pos]
                 self.base += pos

@@ -157,6 +157,24 @@ def parse_release(text: object) -> Release:
     return Release(text)
 
 
+#: ``X.Y+a+b``: more than one overlay (a package version has a ``-`` Debian revision).
+_OVERLAYS_RE = re.compile(r"\d+\.\d+(?:\.\d+)?((?:\+[A-Za-z0-9][A-Za-z0-9.~]*){2,})")
+
+
+def _check_overlays(text: object, first_line: str) -> None:
+    """A release takes one overlay: repeated or several are an error, never dropped."""
+    m = _OVERLAYS_RE.fullmatch(first_line)
+    if m is None:
+        return
+    names = m.group(1).split("+")[1:]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        reason = f"overlay {repeated[0]!r} given twice"
+    else:
+        reason = f"more than one overlay ({', '.join(names)}): a release takes one"
+    raise InvalidRelease(text, reason) from None
+
+
 def _parse(text: object) -> tuple[int, int, int | None, str | None]:
     if not isinstance(text, str):
         raise InvalidRelease(text, "not a string") from None
@@ -164,6 +182,7 @@ def _parse(text: object) -> tuple[int, int, int | None, str | None]:
     if not stripped:
         raise InvalidRelease(text, "empty") from None
     first_line = stripped.splitlines()[0].strip()
+    _check_overlays(text, first_line)
     for regex in (_PLAIN_RE, _BANNER_RE, _PACKAGE_RE):
         m = regex.fullmatch(first_line)
         if m:

@@ -12,13 +12,15 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._catalog import catalog
+from ._context import SourceContext, assumptions_text, context_alternatives
 from ._errors import RemoteViolation
 from ._events import EndOfStream, Event, Message, RawMessage, Shut
 from ._reader import Reader
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
-__all__ = ["ENGINES", "StreamVerdict", "check_stream"]
+__all__ = ["ENGINES", "StreamVerdict", "check_in_context", "check_stream"]
 
 
 def __dir__() -> list[str]:
@@ -38,6 +40,14 @@ class StreamVerdict:
     shut: Shut | None = None
     unread: int = 0
     total_bytes: int = 0
+    #: The source context the verdict was reached in (``None``: the readers' defaults).
+    context: SourceContext | None = None
+    #: What :func:`check_in_context` had to assume, in words, when the verdict depends on it.
+    assumed: str | None = None
+    #: The verdicts under the other contexts it could be (:func:`check_in_context`).
+    alternatives: list[dict[str, Any]] = field(default_factory=list)
+    #: Checks not applied for want of context ("RAMBlocks unknown: …").
+    unchecked: list[str] = field(default_factory=list)
 
     @property
     def verdict(self) -> str:
@@ -49,14 +59,21 @@ class StreamVerdict:
         return "accepted"
 
     @property
+    def offset(self) -> int | None:
+        """Where the verdict was decided: the rejected or cut-short frame, else ``None``."""
+        if self.rejection is not None:
+            return self.rejection.offset
+        if self.end is not None and self.end.truncated:
+            return self.end.offset
+        return None
+
+    @property
     def qemu_error(self) -> str | None:
         """The text the source prints about this stream, if any."""
         if self.rejection is not None:
             return self.rejection.qemu_error
         if self.shut is not None and self.shut.sibling_error:
             # The bytes are well-formed; the source still reports the destination's failure.
-            from ._catalog import catalog
-
             return catalog(self.release).format_error("shut_error", self.shut.sibling_error)
         return self.end.qemu_error if self.end is not None else None
 
@@ -103,6 +120,7 @@ def check_stream(
     on_event: Callable[[int, Event], None] | None = None,
     *,
     engine: str = "fast",
+    context: SourceContext | Sequence[SourceContext] | None = None,
 ) -> list[StreamVerdict]:
     """Feed ``chunks`` to one reader per source release, in one pass.
 
@@ -110,10 +128,23 @@ def check_stream(
         so long streams can be printed as they decode without being kept.
     :param engine: ``fast`` (the fast path, same events), ``model`` (the source-parser
         model itself) or ``construct`` (frames decoded by the construct grammar).
+    :param context: the source's context (machine type, capabilities, RAMBlocks), one
+        for all releases or one per release; ``None``: each reader's defaults.
     """
     reader_class = _reader_class(engine)
-    readers = [reader_class(r) for r in releases]
-    verdicts = [StreamVerdict(release=r.release) for r in readers]
+    if context is None or isinstance(context, SourceContext):
+        contexts: list[SourceContext | None] = [context] * len(releases)
+    else:
+        contexts = list(context)
+        if len(contexts) != len(releases):
+            raise ValueError("one context per release")
+    readers = [
+        reader_class(r, **(c.reader_options() if c is not None else {}))
+        for r, c in zip(releases, contexts, strict=True)
+    ]
+    verdicts = [
+        StreamVerdict(release=r.release, context=c) for r, c in zip(readers, contexts, strict=True)
+    ]
     live = list(range(len(readers)))
 
     def drain(i: int) -> bool:
@@ -166,4 +197,75 @@ def check_stream(
         v.total_bytes = total
         stop = v.rejection.stopped_at if v.rejection is not None else reader.offset
         v.unread = max(0, total - stop)
+    return verdicts
+
+
+#: Messages whose RAM rules (block names, ranges, bitmap sizes) need the source's RAMBlocks.
+_RAM_MESSAGES = ("MIG_RP_MSG_REQ_PAGES", "MIG_RP_MSG_REQ_PAGES_ID", "MIG_RP_MSG_RECV_BITMAP")
+
+
+def _depends_on_acks(v: StreamVerdict) -> bool:
+    """The verdict involves a SWITCHOVER_ACK the release may count."""
+    ack = catalog(v.release).by_name.get("MIG_RP_MSG_SWITCHOVER_ACK")
+    if ack is None:
+        return False
+    rej = v.rejection
+    return v.counts.get(ack.name, 0) > 0 or (rej is not None and rej.message_type == ack.id)
+
+
+def _summary(v: StreamVerdict) -> dict[str, Any]:
+    return {
+        "verdict": v.verdict,
+        "frames": v.frames,
+        "offset": v.offset,
+        "error": v.qemu_error,
+        "reason": v.rejection.message if v.rejection is not None else None,
+    }
+
+
+def check_in_context(
+    releases: Sequence[Release | str],
+    open_chunks: Callable[[], Iterable[bytes]],
+    context: SourceContext,
+    *,
+    engine: str = "fast",
+    on_event: Callable[[int, Event], None] | None = None,
+) -> list[StreamVerdict]:
+    """:func:`check_stream` in ``context``, saying what each verdict assumed.
+
+    Where a verdict depends on context ``context`` does not have (today: the
+    SWITCHOVER_ACK rule of 11.1+, on the machine type and ``switchover-ack``), the
+    stream is read again under each other context it could be and
+    :attr:`StreamVerdict.alternatives` holds those verdicts that differ;
+    :attr:`StreamVerdict.assumed` says what was assumed. Checks skipped for want of
+    RAMBlocks are listed in :attr:`StreamVerdict.unchecked`.
+
+    :param open_chunks: returns the stream's chunks from the start, each time it is
+        called (a second pass happens only when some verdict depends on the context).
+    """
+    verdicts = check_stream(releases, open_chunks(), on_event, engine=engine, context=context)
+    again: list[tuple[int, Any]] = []
+    for i, v in enumerate(verdicts):
+        if context.ram_blocks is None and any(v.counts.get(n) for n in _RAM_MESSAGES):
+            v.unchecked.append(
+                "RAMBlocks unknown: page-request block names and ranges, and bitmap sizes, "
+                "were not checked (give --ram-blocks IDSTR:SIZE,…)"
+            )
+        if _depends_on_acks(v):
+            again += [(i, alt) for alt in context_alternatives(v.release, context)]
+    if again:
+        others = check_stream(
+            [verdicts[i].release for i, _ in again],
+            open_chunks(),
+            engine=engine,
+            context=[alt.context for _, alt in again],
+        )
+        for (i, alt), w in zip(again, others, strict=True):
+            v = verdicts[i]
+            if _summary(w) == _summary(v):
+                continue
+            v.assumed = assumptions_text(v.release, context)
+            v.alternatives.append(
+                {"with": alt.label, "flags": alt.context.flags(), **_summary(w)}
+            )
     return verdicts

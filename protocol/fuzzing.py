@@ -289,7 +289,8 @@ def counterexample(
         "error": res.failure["error"],
         "found_by": f"migcompat fuzz --source {res.release} --seed {seed} --examples {examples}",
         "found_at": found_at,
-        "replay": "pytest tests/test_fuzz_regressions.py -k " + stem,
+        "replay": "in a checkout, under fixtures/fuzz/: pytest tests/test_fuzz_regressions.py -k "
+        + stem,
     }
     return stem, record
 

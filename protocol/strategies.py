@@ -43,7 +43,7 @@ Example::
     def test_my_parser(sample):
         ...  # sample.data, sample.accepted, sample.qemu_error, sample.offset
 
-Requires ``hypothesis`` (``pip install qemu-migcompat[test]``).
+``hypothesis`` is a dependency of qemu-migcompat (installed with it).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from ._errors import RemoteViolation
 from ._events import EndOfStream, Message, RecvBitmap, Shut
 from ._grammar import build_frame, frame_grammar
 from ._layouts import PAYLOAD_LAYOUTS
-from ._reader import Reader
+from ._reader import Reader, switchover_acks_expected
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
 
@@ -131,7 +131,6 @@ RAM_KINDS = frozenset(
         "req-pages-misaligned",
         "req-pages-no-block",
         "req-pages-overrun",
-        "req-pages-no-previous-block",
     }
 )
 
@@ -342,6 +341,19 @@ def _message(cat: RpCatalog, spec: MessageSpec, ram: _Ram | None) -> st.SearchSt
                 lambda r: sample(build_frame(rel, name, start=r[0], len=r[1], idstr=b[0]))
             )
         )
+    if ram is None and name == "REQ_PAGES":
+        # REQ_PAGES reuses the last block a REQ_PAGES_ID named (none: "no previous
+        # block", RAM known or not): send the pair.
+        return st.tuples(
+            _pstr(), st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+            st.integers(0, 2**64 - 1), st.integers(0, 2**32 - 1),
+        ).map(
+            lambda t: sample(
+                build_frame(rel, "REQ_PAGES_ID", start=t[1], len=t[2], idstr=t[0])
+                + build_frame(rel, name, start=t[3], len=t[4]),
+                frames=2,
+            )
+        )  # fmt: skip
     if ram is not None and name == "REQ_PAGES":
         # REQ_PAGES reuses the last block a REQ_PAGES_ID named: send the pair.
         return st.sampled_from(ram).flatmap(
@@ -961,10 +973,17 @@ def check_grammar_agrees(release: Release | str, data: bytes) -> None:
     if data:
         r.receive_data(data)
     messages, _, exc = _drain(r)
+    # The source's stream state, as the grammar takes it: the same context as Reader(rel)
+    # (switchover-ack on, the release's own newest machine type, no device requests).
+    state: dict[str, object] = {
+        "acks_left": switchover_acks_expected(rel, machine=None, capability=True),
+        "block_named": False,
+    }
+    ids = {m.short_name: m.id for m in catalog(rel).messages}
     pos = 0
     for ev in messages:
         try:
-            parsed = g.parse(data[pos:])
+            parsed = g.parse(data[pos:], **state)
         except cs.ConstructError as err:
             assert isinstance(ev, RecvBitmap) and ev.payload[0] + 1 > ev.length, (
                 f"grammar refuses the frame at {pos} the reader dispatched as {ev!r}: {err}"
@@ -981,11 +1000,15 @@ def check_grammar_agrees(release: Release | str, data: bytes) -> None:
                 assert getattr(ev, key) == value, f"{key}: {getattr(ev, key)!r} != {value!r}"
         if parsed.blob:
             assert isinstance(ev, RecvBitmap) and ev.bitmap == parsed.blob.bitmap
+        if parsed.type == ids.get("SWITCHOVER_ACK") and state["acks_left"] is not None:
+            state["acks_left"] = int(state["acks_left"]) - 1  # type: ignore[call-overload]
+        elif parsed.type == ids.get("REQ_PAGES_ID"):
+            state["block_named"] = True
         pos += ev.size
     if messages and isinstance(messages[-1], Shut):
         return  # the source reads nothing after a SHUT
     try:
-        parsed = g.parse(data[pos:])
+        parsed = g.parse(data[pos:], **state)
     except cs.ConstructError:
         return
     raise AssertionError(

@@ -196,3 +196,20 @@ def test_unextracted_destination_uses_lifecycle_prediction() -> None:
         decide_keepalive("11.1", "11.1", "pc-q35-5.0", proposal="keepalive")
     d = decide_keepalive("11.1", "11.1", "pc-q35-8.0", proposal="keepalive")
     assert "deprecated, predicted" in d.facts[0].text
+
+
+def test_backport_is_not_covered_by_its_compat_entry() -> None:
+    # 10.0.13+keepalive: the proposal applied to a released 10.0 build (a backport). Its
+    # compat entry sits in hw_compat_9_2, so pc-q35-10.0 keeps the default period, and an
+    # unpatched 10.0 source can run pc-q35-10.0: the verdict must not call that safe.
+    d = decide_keepalive(None, "10.0.13+keepalive", "pc-q35-10.0")
+    assert not d.safe and d.sends_keepalive and d.period == 60000
+    assert d.source_bound == Release("10.0") and d.source_knows is False
+    assert any("backport" in f.text and "hw_compat_9_2" in f.text for f in d.facts)
+    d = decide_keepalive("10.0.13", "10.0.13+keepalive", "pc-q35-10.0")
+    assert not d.safe and any("backport" in f.text for f in d.facts)
+    # older machine types are covered by the entry: period 0, safe whatever the source
+    d = decide_keepalive(None, "10.0.13+keepalive", "pc-q35-9.2")
+    assert d.safe and d.period == 0 and d.period_array == "hw_compat_9_2"
+    # the same proposal modelled as merged in 10.0 itself (no micro) stays as before
+    assert decide_keepalive(None, "10.0+keepalive", "pc-q35-10.0").safe

@@ -80,7 +80,8 @@ def test_every_fast_message_equals_the_model(release: object) -> None:
     }
     for name in fast_plan(cat.release).names:
         frame = build_frame(cat.release, name, **fields.get(name, {}))
-        model, fast = both(release, frame * 3 + frame[:-1])
+        # (a REQ_PAGES reuses the block of an earlier REQ_PAGES_ID: req_pages_block)
+        model, fast = both(release, frame * 3 + frame[:-1], req_pages_block="pc.ram")
         assert fast == model
         ev = fast[0]
         assert type(ev).__name__ == type(model[0]).__name__  # never the private builder
@@ -93,7 +94,7 @@ def test_runs_longer_than_window_and_batch() -> None:
     frame = build_frame("10.0", "REQ_PAGES", start=0x1000, len=4096)
     n = MAX_BATCH * 2 + _WINDOW + 3
     data = frame * n + build_frame("10.0", "PONG", value=1) + frame * 5
-    model, fast = both("10.0", data)
+    model, fast = both("10.0", data, req_pages_block="pc.ram")
     assert fast == model
     assert sum(isinstance(e, ReqPages) for e in fast) == n + 5
 
@@ -222,3 +223,21 @@ def test_catalog_message_without_layout_decodes_raw(monkeypatch: pytest.MonkeyPa
         assert type(fast[0]).__name__ == "RawMessage" and fast[0].payload == b"\0\0\0\7"  # type: ignore[attr-defined]
     finally:
         fast_plan.cache_clear()
+
+
+def test_req_pages_before_any_req_pages_id_is_the_models_to_reject() -> None:
+    """QEMU's ``last_req_rb`` is unset until a REQ_PAGES_ID: "no previous block", RAM
+    known or not; the fast path leaves such a REQ_PAGES to the model, then decodes runs."""
+    pages = build_frame("10.0", "REQ_PAGES", start=0x1000, len=4096) * 100
+    named = build_frame("10.0", "REQ_PAGES_ID", start=0, len=4096, idstr="pc.ram")
+    model, fast = both("10.0", pages)
+    assert fast == model
+    assert fast[0][1] == "MIG_RP_MSG_REQ_PAGES has no previous block"  # type: ignore[index]
+    model, fast = both("10.0", named + pages)
+    assert fast == model
+    assert sum(isinstance(e, ReqPages) for e in fast) == 100
+    r = FastReader("10.0")
+    r.receive_data(named)
+    assert r.drain()[0].name == "MIG_RP_MSG_REQ_PAGES_ID"  # type: ignore[union-attr]
+    r.receive_data(pages)  # a later fill: the block is still named
+    assert len(r.drain()) == 100

@@ -29,7 +29,9 @@ def test_real_source_agrees_with_the_model(
 ) -> None:
     rel = _build(release)
     if rel is None:
-        pytest.skip(f"no lab build for {release} (migcompat lab provision)")
+        from migcompat.lab import provision_hint
+
+        pytest.skip(f"no lab build for {release}: {provision_hint(release)}")
     if release == "10" and _build("11") is not None:
         pytest.skip("one 10.x/11.x release is enough: 11.x is provisioned")
     rc = main(

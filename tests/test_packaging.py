@@ -130,3 +130,19 @@ def test_version_and_entry_points_from_the_installed_wheel(wheel_dir: Path, tmp_
     assert plugin == project["entry-points"]["pytest11"]["migcompat"]
     assert plugin == "migcompat.lab.pytest_plugin"
     assert loaded == "[]"  # the root package imports no layer
+
+
+def test_hypothesis_is_a_runtime_dependency_and_the_license_ships(wheel_dir: Path) -> None:
+    """``migcompat fuzz`` and ``migcompat.protocol.strategies`` work after a plain install."""
+    (meta,) = wheel_dir.glob("qemu_migcompat-*.dist-info/METADATA")
+    requires = [
+        line.split(":", 1)[1].strip()
+        for line in meta.read_text().splitlines()
+        if line.startswith("Requires-Dist:")
+    ]
+    runtime = [r for r in requires if "extra ==" not in r]
+    assert any(r.startswith("hypothesis") for r in runtime), requires
+    # the catalog's provenance names these package resources
+    assert (wheel_dir / "migcompat/protocol/data/extracted/qemu-10.0.13.json").is_file()
+    licenses = list(wheel_dir.glob("qemu_migcompat-*.dist-info/**/LICENSE*"))
+    assert licenses and "MIT License" in licenses[0].read_text()

@@ -60,8 +60,9 @@ def decode_all(release: object, data: bytes, *, eof: bool = True) -> list[object
 def test_every_message_three_ways(release: object, table: str) -> None:
     fields = EXAMPLES[table]
     data = build_frame(release, table, **fields)  # type: ignore[arg-type]
-    # 1. whole (an 11.1+ source takes a SWITCHOVER_ACK only when a device asked for one)
-    r = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
+    # 1. whole (an 11.1+ source takes a SWITCHOVER_ACK only when a device asked for one,
+    # a REQ_PAGES only after a REQ_PAGES_ID named a block: req_pages_block)
+    r = Reader(release, switchover_acks_requested=1, req_pages_block="pc.ram")  # type: ignore[arg-type]
     r.receive_data(data)
     ev = r.next_event()
     assert ev.name == "MIG_RP_MSG_" + table  # type: ignore[union-attr]
@@ -69,7 +70,7 @@ def test_every_message_three_ways(release: object, table: str) -> None:
     for k, v in fields.items():
         assert getattr(ev, k) == v
     # 2. byte by byte: NEED_DATA until the last byte
-    r2 = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
+    r2 = Reader(release, switchover_acks_requested=1, req_pages_block="pc.ram")  # type: ignore[arg-type]
     for i, b in enumerate(data):
         r2.receive_data(bytes([b]))
         got = r2.next_event()
@@ -77,7 +78,7 @@ def test_every_message_three_ways(release: object, table: str) -> None:
             assert got is NEED_DATA
     assert got == ev
     # 3. with trailing bytes: they stay buffered, untouched
-    r3 = Reader(release, switchover_acks_requested=1)  # type: ignore[arg-type]
+    r3 = Reader(release, switchover_acks_requested=1, req_pages_block="pc.ram")  # type: ignore[arg-type]
     r3.receive_data(data + b"\x00\x02")
     assert r3.next_event() == ev
     if table == "SHUT":
@@ -276,7 +277,7 @@ def test_catalog_messages_without_layout_decode_raw(monkeypatch: pytest.MonkeyPa
 
 def test_fed_one_byte_at_a_time_stays_linear() -> None:
     data = build_frame("10.0", "REQ_PAGES", start=0, len=4096) * 20000
-    r = Reader("10.0")
+    r = Reader("10.0", req_pages_block="pc.ram")
     n = 0
     for i in range(0, len(data), 7):
         r.receive_data(data[i : i + 7])
@@ -298,9 +299,16 @@ def test_switchover_ack_counted_from_11_1() -> None:
     assert r.next_event().name == "MIG_RP_MSG_SWITCHOVER_ACK"  # type: ignore[union-attr]
     with pytest.raises(RemoteViolation):
         r.next_event()
-    off = Reader("11.1", switchover_ack_capability=False)  # lab: 11.1.3 -> 7.2, -> 5.2
+    # lab: 11.1.3 -> 7.2, -> 5.2 and 11.1.3 -> 11.1.3, all on machine types older than
+    # 11.1 (tests/qemu/test_switchover_ack_context.py); on pc-q35-11.1 it still counts
+    off = Reader("11.1", switchover_ack_capability=False, machine="pc-q35-7.2")
     off.receive_data(ack * 2)
     assert len(list(off.events())) == 2
+    off_newest = Reader("11.1", switchover_ack_capability=False, machine="pc-q35-11.1")
+    off_newest.receive_data(ack)
+    with pytest.raises(RemoteViolation) as exc:
+        off_newest.next_event()
+    assert exc.value.qemu_error == "Switchover ack pending num underflowed"
     legacy = Reader("11.1", machine="pc-q35-10.0")  # one ACK for all devices, then no more
     legacy.receive_data(ack * 2)
     assert legacy.next_event().name == "MIG_RP_MSG_SWITCHOVER_ACK"  # type: ignore[union-attr]
@@ -323,3 +331,29 @@ def test_recv_bitmap_outside_recovery_when_the_state_is_known() -> None:
     r = Reader("10.0", ram_blocks=ram, migration_state="postcopy-recover")
     r.receive_data(frame)
     assert isinstance(r.next_event(), RecvBitmap)
+
+
+def test_req_pages_without_a_previous_block_is_rejected_ram_known_or_not() -> None:
+    """ram_save_queue_pages: REQ_PAGES reuses ``last_req_rb``, unset until a REQ_PAGES_ID."""
+    lone = build_frame("10.0", "REQ_PAGES", start=0x1000, len=4096)
+    for ram in (None, {"pc.ram": 128 << 20}):
+        r = Reader("10.0", ram_blocks=ram)
+        r.receive_data(lone)
+        with pytest.raises(RemoteViolation) as exc:
+            r.next_event()
+        assert exc.value.qemu_error == "MIG_RP_MSG_REQ_PAGES has no previous block"
+        assert "whole return path" in exc.value.message  # the assumption, said
+    # QEMU checks the alignment first: a misaligned lone request says so
+    r = Reader("10.0")
+    r.receive_data(build_frame("10.0", "REQ_PAGES", start=0x1001, len=4096))
+    with pytest.raises(RemoteViolation) as exc:
+        r.next_event()
+    assert "Misaligned page request" in (exc.value.qemu_error or "")
+    # a stream resumed after recovery continues the source's last block
+    r = Reader("10.0", req_pages_block="pc.ram")
+    r.receive_data(lone)
+    assert r.next_event().name == "MIG_RP_MSG_REQ_PAGES"  # type: ignore[union-attr]
+    named = build_frame("10.0", "REQ_PAGES_ID", start=0, len=4096, idstr="pc.ram")
+    r = Reader("10.0")
+    r.receive_data(named + lone)
+    assert [e.name for e in r.events()][-1] == "MIG_RP_MSG_REQ_PAGES"  # type: ignore[union-attr]

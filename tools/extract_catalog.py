@@ -964,13 +964,14 @@ class Builder:
         constants = {}
         for key, fact in self.history["rp"]["constants"].items():
             constants[key] = base["rp"][key] if fact["with_message"] in names else None
-        rel_path = base["_path"].relative_to(REPO).as_posix()
+        # named as package resources: the same files in a checkout and once installed
+        rel_path = f"migcompat.protocol data/extracted/{base['_path'].name}"
         if extracted:
             errors = {k: v["format"] for k, v in base["rp"]["errors"].items()}
             props = {p: base["rp"][p] for p, _ in self.property_eras()}
             provenance = [f"extracted: {rel_path} (QEMU {base['qemu_version']}, "
                           f"{base['label']})",
-                          "since: protocol/data/history.json rp/mig_cmds messages"]
+                          "since: migcompat.protocol data/history.json rp/mig_cmds messages"]
         else:
             errors = self.errors_at(line)
             props = {}
@@ -978,9 +979,9 @@ class Builder:
                 era = self.era_for(eras, line)
                 props[p] = era["value"] if era else None
             provenance = [f"derived from {rel_path} (QEMU {base['qemu_version']}) and "
-                          "protocol/data/history.json",
+                          "migcompat.protocol data/history.json",
                           *rp_facts, *cmd_facts,
-                          "since: protocol/data/history.json rp/mig_cmds messages",
+                          "since: migcompat.protocol data/history.json rp/mig_cmds messages",
                           "errors/properties: history.json eras covering " + line]
         provenance += self.history.get("release_notes", {}).get(line, [])
         entry: dict[str, Any] = {

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from migcompat.lab import LabError, LabStalled, QemuBuild, find_build, installed_builds
+from migcompat.lab import (
+    LabError,
+    LabStalled,
+    QemuBuild,
+    find_build,
+    installed_builds,
+    provision_hint,
+)
 from migcompat.lab.builds import release_key
 from migcompat.lab.qemu import LabState, QemuInstance, StateError
 from migcompat.lab.runner import run_scenario as _run_scenario
@@ -28,7 +35,7 @@ def run_scenario(*args: Any, **kwargs: Any) -> Any:
 
 pytestmark = pytest.mark.qemu
 
-SKIP = "no QEMU provisioned: run `migcompat lab provision` (see README)"
+SKIP = f"no QEMU provisioned: {provision_hint()}"
 
 
 def _builds() -> list[QemuBuild]:
@@ -42,7 +49,7 @@ def _build(release: str) -> QemuBuild:
     b = find_build(release)
     if b is None:
         _builds()
-        pytest.skip(f"QEMU {release} not provisioned: run `migcompat lab provision {release}`")
+        pytest.skip(f"QEMU {release} not provisioned: {provision_hint(release)}")
     return b
 
 
@@ -54,7 +61,7 @@ def _modern() -> QemuBuild:
     """A source whose return-path errors land in error-desc (8.2 and later)."""
     modern = [b for b in _builds() if release_key(b.release) >= (8, 2)]
     if not modern:
-        pytest.skip("no QEMU >= 8.2 provisioned: run `migcompat lab provision 10.0`")
+        pytest.skip(f"no QEMU >= 8.2 provisioned: {provision_hint('10.0')}")
     return min(modern, key=lambda b: release_key(b.release))
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from migcompat.compat import predict_partition
-from migcompat.lab import installed_builds
+from migcompat.lab import installed_builds, provision_hint
 from migcompat.lab.builds import release_key
 from migcompat.lab.netns import netns_unavailable
 from migcompat.lab.partition import TOLERANCE_S, run_partition
@@ -25,7 +25,7 @@ def test_keepalive_destination_notices_within_bound(tmp_path: Path):
     builds = [b for b in installed_builds() if release_key(b.release) >= (10, 1)]
     if not builds:
         pytest.skip("no QEMU >= 10.1 provisioned (keep-alive on listening sockets): "
-                    "run `migcompat lab provision 11`")  # fmt: skip
+                    + provision_hint("11.1"))  # fmt: skip
     why = netns_unavailable()
     if why:
         pytest.skip(f"cannot make network namespaces here: {why}")

@@ -54,10 +54,14 @@ def test_build_parse_round_trip(pair: tuple[object, rps.FrameSample]) -> None:
     release, sample = pair
     g = frame_grammar(release)
     parsed = g.parse(sample.data)
-    assert g.build(parsed) == sample.data
+    # A REQ_PAGES sample is the pair REQ_PAGES_ID + REQ_PAGES (no previous block
+    # otherwise): the round trip is of its first frame.
+    first = sample.data[: 4 + parsed.length + (16 + parsed.blob.bitmap_size if parsed.blob else 0)]
+    assert sample.frames == 1 or sample.kind == "valid:REQ_PAGES"
+    assert g.build(parsed) == first
     ev = reader_first(release, sample.data)
     assert isinstance(ev, Message)
-    assert ev.size == len(sample.data) and ev.type_id == parsed.type
+    assert ev.size == len(first) and ev.type_id == parsed.type
 
 
 def _mutate(data: bytes, edits: list[tuple[int, int]]) -> bytes:

@@ -30,7 +30,10 @@ import pytest
 
 from migcompat.compat import compat_releases, compat_table, effective_properties
 from migcompat.compat._properties import versioned_array
+from migcompat.lab import provision_hint
 from migcompat.protocol import Release
+
+NO_QEMU = f"no QEMU provisioned: {provision_hint()}"
 
 pytestmark = pytest.mark.qemu
 
@@ -199,7 +202,7 @@ def _chain(parents: dict[str, str | None], name: str) -> list[str]:
     return out
 
 
-@pytest.mark.skipif(not BUILDS, reason="no QEMU provisioned: run `migcompat lab provision`")
+@pytest.mark.skipif(not BUILDS, reason=NO_QEMU)
 @pytest.mark.parametrize(("build", "machine"), _cases())
 def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
     table, exact = _table_for(build)
@@ -283,7 +286,7 @@ def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
 _HELP_RE = re.compile(r"^(?P<name>\S+)\s+(?P<desc>.*)$")
 
 
-@pytest.mark.skipif(not BUILDS, reason="no QEMU provisioned: run `migcompat lab provision`")
+@pytest.mark.skipif(not BUILDS, reason=NO_QEMU)
 @pytest.mark.parametrize("build", [pytest.param(b, id=b.release) for b in BUILDS])
 def test_machine_list_matches_machine_help(build: Any) -> None:
     table, exact = _table_for(build)
@@ -309,7 +312,7 @@ def test_machine_list_matches_machine_help(build: Any) -> None:
         assert m and m.group(1) == table.aliases[alias]
 
 
-@pytest.mark.skipif(not BUILDS, reason="no QEMU provisioned: run `migcompat lab provision`")
+@pytest.mark.skipif(not BUILDS, reason=NO_QEMU)
 @pytest.mark.parametrize("build", [pytest.param(b, id=b.release) for b in BUILDS])
 def test_lifecycle_prediction_for_unextracted_build(build: Any) -> None:
     """A build newer than every extracted tree: predict its list from the newest table."""

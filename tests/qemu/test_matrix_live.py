@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from migcompat.compat import Cell, common_machines, predict
-from migcompat.lab import run_cells
+from migcompat.lab import provision_hint, run_cells
 from migcompat.protocol import Release, known_releases
 
 pytestmark = pytest.mark.qemu
@@ -44,7 +44,7 @@ def _cells() -> list[Cell]:
 CELLS = _cells()
 
 
-@pytest.mark.skipif(not CELLS, reason="no QEMU provisioned: run `migcompat lab provision`")
+@pytest.mark.skipif(not CELLS, reason=f"no QEMU provisioned: {provision_hint()}")
 @pytest.mark.parametrize("cell", CELLS or [None], ids=[c.id for c in CELLS] or ["none"])
 def test_cell_matches_prediction(cell: Cell, tmp_path: Path) -> None:
     pred = predict(cell)
