@@ -875,7 +875,15 @@ class ForwardReader(EventSource):
             )
             yield from self._await_vmdesc()
             self._awaiting = None
-        vmsd = self.vmdesc.lookup(idstr, instance_id) if self.vmdesc is not None else None
+        entry = self.vmdesc.devices.get((idstr, instance_id)) if self.vmdesc else None
+        if entry is not None and entry[0] != version_id:
+            raise _Stuck(
+                f"device section {section_id} {idstr!r} is version {version_id}, its vmdesc "
+                f"entry version {entry[0]}",
+                section_id,
+                idstr,
+            )
+        vmsd = entry[1] if entry is not None else None
         buf = self._buf
         data_at = self.offset
         if vmsd is not None:

@@ -65,6 +65,8 @@ INT_TYPES: dict[str, bool] = {
     "uint8 equal": False, "uint16 equal": False, "uint32 equal": False,
     "uint64 equal": False,
 }  # fmt: skip
+#: Longest array a vmdesc may declare (QEMU's largest are RAM-sized bitmaps, sent as buffers).
+MAX_ARRAY_LEN = 1 << 20
 #: Types whose bytes are shown as they are (QEMU's own decoder shows them as hex too).
 BYTES_TYPES = frozenset({"buffer", "unused_buffer", "bitmap"})
 
@@ -116,12 +118,16 @@ def _vmsd(d: dict[str, Any], name: str | None = None) -> Vmsd:
             struct = _vmsd(f["struct"])
         elif f["type"] == "tmp" and "fields" in f:
             struct = _vmsd(f)
+        size = int(f.get("size", 0))
+        array_len = int(f["array_len"]) if "array_len" in f else None
+        if size < 0 or not 0 <= (array_len or 0) <= MAX_ARRAY_LEN:
+            raise VmstateError(f"vmdesc field {f['name']!r}: size {size}, array_len {array_len}")
         fields.append(
             VmsdField(
                 name=str(f["name"]),
                 type=str(f["type"]),
-                size=int(f.get("size", 0)),
-                array_len=int(f["array_len"]) if "array_len" in f else None,
+                size=size,
+                array_len=array_len,
                 struct=struct,
                 index=int(f["index"]) if "index" in f else None,
             )
@@ -156,8 +162,8 @@ def parse_vmdesc(data: bytes | str | dict[str, Any]) -> VmDescLayout:
         for dev in doc["devices"]:
             key = (str(dev["name"]), int(dev["instance_id"]))
             devices[key] = (int(dev.get("version", 0)), _vmsd(dev))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise VmstateError(f"vmdesc device entry malformed: {exc}") from exc
+    except (KeyError, TypeError, ValueError, AttributeError, RecursionError) as exc:
+        raise VmstateError(f"vmdesc device entry malformed: {exc!r}") from exc
     ps = doc.get("page_size")
     return VmDescLayout(
         page_size=int(ps) if isinstance(ps, int) else None, devices=devices, json_size=size

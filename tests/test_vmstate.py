@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from migcompat.protocol import (
     DeviceState,
     ForwardCommand,
+    ForwardEnd,
     ForwardStop,
+    RemoteViolation,
     VmDescription,
     VmEof,
     VmstateError,
@@ -28,7 +30,7 @@ from tests.test_forward import decode
 REL = "10.0"
 
 TIMER = {
-    "name": "timer", "instance_id": 0, "vmsd_name": "timer", "version": 2,
+    "name": "timer", "instance_id": 0, "vmsd_name": "timer", "version": 1,
     "fields": [
         {"name": "cpu_ticks_offset", "type": "int64", "size": 8},
         {"name": "unused", "type": "unused_buffer", "size": 8},
@@ -287,3 +289,44 @@ def test_walk_round_trip(fields: list, tail: bytes) -> None:
     if blob:
         with pytest.raises(EOFError):
             walk_fields(vmsd, data, 3, 3 + len(blob) - 1)
+
+
+def test_vmdesc_of_another_version_is_not_used() -> None:
+    doc = json.loads(json.dumps(VMDESC))
+    doc["devices"][0]["version"] = 2
+    data = header() + ram_start() + device_full(2, "timer", TIMER_DATA) + b"\x00"
+    stop = [e for e in decode(data + vmdesc_bytes(doc)) if isinstance(e, ForwardStop)]
+    assert len(stop) == 1 and "is version 1, its vmdesc entry version 2" in stop[0].reason
+
+
+@pytest.mark.parametrize(
+    "field",
+    [
+        {"name": "x", "type": "uint8", "size": -1},
+        {"name": "x", "type": "uint8", "size": 1, "array_len": -3},
+        {"name": "x", "type": "uint8", "size": 1, "array_len": 1 << 30},
+    ],
+)
+def test_vmdesc_with_impossible_sizes_is_rejected(field: dict) -> None:
+    doc = {"devices": [{"name": "d", "instance_id": 0, "version": 1, "fields": [field]}]}
+    with pytest.raises(VmstateError):
+        parse_vmdesc(json.dumps(doc))
+    with pytest.raises(VmstateError):
+        parse_vmdesc('{"devices": [{"name": "d", "instance_id": 0, "subsections": [1]}]}')
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_any_device_data_gives_events_or_a_violation(body: bytes, with_vmdesc: bool) -> None:
+    data = header() + ram_start() + device_full(2, "timer", b"")[:-5] + body
+    if with_vmdesc:
+        data += vmdesc_bytes()
+    try:
+        evs = decode(data, decode_fields=True)
+    except RemoteViolation:
+        return  # bytes the destination rejects too: the one error a reader raises
+    dev = [e for e in evs if isinstance(e, DeviceState)]
+    if dev:  # walked with the vmdesc: the data's length is what the layout says
+        assert dev[0].size == len(TIMER_DATA) and with_vmdesc
+    else:
+        assert any(isinstance(e, (ForwardStop, ForwardEnd)) for e in evs)
