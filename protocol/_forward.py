@@ -927,12 +927,12 @@ class ForwardReader(EventSource):
         if foot is None:
             return False
         buf.consume(foot)
-        entry = self.dump.lookup(idstr)
+        described = self.dump.lookup(idstr)
         yield DeviceState(
             release=self.release, offset=data_at, size=foot, section_id=section_id,
             idstr=idstr, instance_id=instance_id, version_id=version_id,
-            delimited_by="footer", vmsd_name=entry.name if entry else None,
-            device_type=entry.type_name if entry else None, depth=depth,
+            delimited_by="footer", vmsd_name=described.name if described else None,
+            device_type=described.type_name if described else None, depth=depth,
         )  # fmt: skip
         return True
 
