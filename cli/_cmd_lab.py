@@ -55,6 +55,16 @@ blackhole-idle    idle destination; the proxy stops forwarding both ways without
 cut[-idle]        the proxy resets both connections (RST) once postcopy is active
 recover           blackhole, migrate-pause on both sides, migrate-recover on the destination
                   through a new proxy port, migrate resume=true (RECV_BITMAP + RESUME_ACK)
+blackhole-active  the blackhole with a running guest (= active+blackhole)
+shut:V            MIG_RP_MSG_SHUT with be32 value V (shut:0 is the destination's goodbye)
+
+Specs compose with '+', in order (grammar: migcompat.protocol.parse_scenario):
+  src:CAP=on|off, dst:CAP=off, both:CAP=off, no-CAP   capabilities per side
+  idle | active                                       destination -S, or a running guest
+  ACTION@MOMENT   inject/shut/blackhole/cut/recover at precopy, postcopy-start (just after
+                  migrate-start-postcopy), postcopy-device, postcopy (default: both sides
+                  postcopy-active), frames=N, t=SECONDS, status=[src:|dst:]STATUS
+  e.g. no-switchover-ack+inject:7   inject:8@precopy   inject:8+recover   inject:7+inject:7
 partition-idle    silent network partition (netns + veth, nftables drop) during postcopy;
                   destination -S: time until each side reports postcopy-paused
 partition-active  same with the guest running on the destination (page requests in flight)

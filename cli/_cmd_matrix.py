@@ -59,7 +59,11 @@ examples:
 
 scenarios: plain, switchover-ack (inject 00 07 00 00 once postcopy is active),
 keepalive-proposal (inject 00 08 00 00), blackhole-idle, recover,
-resume-ack-outside-recovery, recv-bitmap-outside-recovery, or any lab spec inject:TYPE[:LEN[:HEX]].
+resume-ack-outside-recovery, recv-bitmap-outside-recovery, blackhole-active,
+keepalive-precopy, keepalive-postcopy-start, keepalive-then-recover, keepalive-pause-recover,
+two-switchover-acks, switchover-ack-cap-off, shut-0, shut-1 ('all': every named one), or any
+lab spec (parts joined by '+': no-switchover-ack+inject:7, inject:8@precopy, shut:0; see
+`migcompat lab run --help`). A cell without a rule says which observation is missing.
 A cell id is SRC->DST/MACHINE/SCENARIO. Every cell run leaves a record,
 OUT/<cell>/matrix-cell.json, which `matrix merge` combines across runs and machines.
 Exit status of `run` and `merge`: 0 all pass (or skipped; for `run` with --require-run, or

@@ -53,11 +53,36 @@ def _md(text: object) -> str:
 
 
 def _sb(pred: Prediction, observed: Mapping[str, Any] | None = None) -> str:
+    if observed and "guest" in observed:
+        return _guest(observed)
     if observed and observed.get("split_brain"):
         return "**SPLIT-BRAIN**"
     return {"always": "**SPLIT-BRAIN**", "possible": "**SPLIT-BRAIN possible**"}.get(
         pred.split_brain, "no"
     )
+
+
+def _guest(o: Mapping[str, Any]) -> str:
+    """The measured guest state with its progress marks (Markdown)."""
+    prog = o.get("guest_progress") or {}
+    marks = f"{prog.get('src')}/{prog.get('dst')} in {prog.get('window', 0):.0f} s"
+    label = {
+        "split-brain": "**SPLIT-BRAIN**",
+        "destination-stalled": "**destination stalled** (reports running: do not resume)",
+    }.get(o["guest"], o["guest"])
+    return f"{label} ({marks})"
+
+
+def _guest_prediction(p: Prediction) -> str:
+    if not p.guest:
+        return _sb(p)
+    parts = []
+    for status, states in p.guest:
+        names = " or ".join(
+            "**SPLIT-BRAIN**" if g == "split-brain" else g for g in states
+        )
+        parts.append(names if len(p.guest) == 1 else f"{status}: {names}")
+    return "; ".join(parts)
 
 
 def _runstates(p: Prediction, sep: str) -> str:
@@ -68,7 +93,7 @@ def predictions_markdown(preds: Sequence[Prediction]) -> str:
     """A Markdown table of predictions."""
     rows = [
         "| cell | source status | source error (exact) | destination status | runstates src / dst "
-        "| split brain | rule |",
+        "| guest (measured state) | rule |",
         "|---|---|---|---|---|---|---|",
     ]
     for p in preds:
@@ -80,7 +105,7 @@ def predictions_markdown(preds: Sequence[Prediction]) -> str:
         err = f"`{_md(p.src_error)}` ({p.error_channel})" if p.src_error else "—"
         rows.append(
             f"| `{p.cell.id}` | {p.src_status} | {err} | {' / '.join(sorted(p.dst_statuses))} "
-            f"| {_runstates(p, ' / ')} | {_sb(p)} | {p.rule} |"
+            f"| {_runstates(p, ' / ')} | {_guest_prediction(p)} | {p.rule} |"
         )
     return "\n".join(rows) + "\n"
 
@@ -105,8 +130,9 @@ def results_markdown(
     )
     lines.append(
         f"**{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
-        f"{s['error']} error** of {s['total']} cells; split brain observed in "
-        f"{s['split_brain']} cells." + observed
+        f"{s['error']} error** of {s['total']} cells; split brain (both guests executing, "
+        f"measured) in {s['split_brain']} cells; a destination that reports running with "
+        f"its vCPUs stalled in {s['stalled']}." + observed
     )
     lines.append("")
     if missing:
@@ -123,9 +149,10 @@ def results_markdown(
         ]
         lines.append("")
     lines += [
-        "| cell | result | source status (pred → seen) | source error | destination (allowed → "
-        "seen) | runstates src / dst | split brain | why |",
-        "|---|---|---|---|---|---|---|---|",
+        "| cell | result | source status (pred → seen) | source error | final error-desc "
+        "(timeline) | destination (allowed → seen) | runstates src / dst | guest (progress "
+        "marks src/dst) | why |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         p, o = r.prediction, r.observed
@@ -133,10 +160,16 @@ def results_markdown(
         if r.outcome == "observed" and o.get("src_error_desc"):
             err = f"seen: `{_md(o['src_error_desc'])}`"
         if r.outcome == "skipped":
-            lines.append(f"| `{p.cell.id}` | skipped | | | | | | {_md('; '.join(r.reasons))} |")
+            lines.append(f"| `{p.cell.id}` | skipped | | | | | | | {_md('; '.join(r.reasons))} |")
             continue
+        final = o.get("src_error_desc")
+        timeline = o.get("src_error_desc_seen") or []
+        desc = f"`{_md(final)}`" if final else "—"
+        if timeline and timeline != [final]:
+            desc += " (" + ", then ".join(f"`{_md(t)}`" for t in timeline) + ")"
         lines.append(
             f"| `{p.cell.id}` | {r.outcome} | {p.src_status} → {o.get('src_status')} | {err} "
+            f"| {desc} "
             f"| {'/'.join(sorted(p.dst_statuses))} → {o.get('dst_status')} "
             f"| {o.get('src_runstate')} / {o.get('dst_runstate')} | {_sb(p, o)} "
             f"| {_md('; '.join(r.reasons)) or p.rule} |"
@@ -201,6 +234,8 @@ def results_junit(results: Sequence[CellResult], *, name: str = "migcompat-matri
         observed = str(bool(r.observed.get("split_brain"))).lower()
         ET.SubElement(props, "property", name="split_brain_predicted", value=predicted)
         ET.SubElement(props, "property", name="split_brain_observed", value=observed)
+        if "guest" in r.observed:
+            ET.SubElement(props, "property", name="guest_observed", value=r.observed["guest"])
         out = [f"record: {r.record}"] if r.record else []
         if r.observed.get("split_brain"):
             out.insert(0, "SPLIT-BRAIN: the guest runs on both hosts")
@@ -412,6 +447,8 @@ def print_predictions(preds: Sequence[Prediction], fmt: str = "table") -> None:
             rows.append((p.cell.id, "not predicted", p.unpredicted, "", "", ""))
             continue
         sb = {"always": "SPLIT-BRAIN", "possible": "possible"}.get(p.split_brain, "no")
+        if p.guest:
+            sb = _guest_prediction(p).replace("**", "")
         rows.append((
             p.cell.id,
             p.src_status or "",
@@ -421,12 +458,12 @@ def print_predictions(preds: Sequence[Prediction], fmt: str = "table") -> None:
             sb,
         ))  # fmt: skip
     print_rows(
-        ("cell", "source", "source error (exact)", "destination", "runstates s/d", "split brain"),
+        ("cell", "source", "source error (exact)", "destination", "runstates s/d", "guest"),
         rows,
         fmt=fmt,
         title=f"predicted matrix ({len(preds)} cells)",
         styles={
-            "split brain": {"SPLIT-BRAIN": "bold red", "possible": "red"}.get,
+            "guest": lambda v: "bold red" if "SPLIT-BRAIN" in v else None,
             "source": lambda v: "dim" if v == "not predicted" else None,
         },
     )
@@ -449,6 +486,8 @@ def run_progress(
     def line(r: CellResult) -> str:
         colour = {"pass": "green", "mismatch": "red", "error": "red"}.get(r.outcome, "yellow")
         sb = " [bold red]SPLIT-BRAIN[/]" if r.observed.get("split_brain") else ""
+        if r.observed.get("guest") == "destination-stalled":
+            sb = " [yellow]destination stalled[/]"
         why = f" — {escape('; '.join(r.reasons))}" if r.reasons else ""
         return f"[{colour}]{r.outcome:8}[/] {escape(r.prediction.cell.id)}{sb}{why}"
 
@@ -485,6 +524,6 @@ def summary_line(
     return (
         f"[bold]{s['pass']} pass, {s['mismatch']} mismatch, {s['skipped']} skipped, "
         f"{s['error']} error, {s['observed']} observed without prediction[/] of {s['total']}; "
-        f"split brain observed in {s['split_brain']}; "
+        f"split brain measured in {s['split_brain']}, destination stalled in {s['stalled']}; "
         f"{where} {out}"
     )

@@ -22,6 +22,7 @@ from ._keepalive import (
 from ._matrix import (
     DEFAULT_FAMILY,
     DEFAULT_RELEASES,
+    GUEST_STATES,
     Cell,
     CellResult,
     Prediction,
@@ -92,6 +93,7 @@ __all__ = [
     "DEFAULT_RELEASES",
     "GITLAB_MATRIX_JOBS",
     "GITLAB_PIPELINE_JOBS",
+    "GUEST_STATES",
     "LINUX_TCP_DEFAULTS",
     "MACHINE_C",
     "RECORD_KIND",

@@ -34,10 +34,12 @@ from migcompat.protocol import (
     Reader,
     Release,
     RemoteViolation,
+    Scenario,
     build_frame,
     catalog,
     known_releases,
     legacy_switchover_ack,
+    machine_version,
     parse_scenario,
 )
 
@@ -46,6 +48,7 @@ from ._tables import MachineType, UnknownMachine, compat_releases, compat_table
 __all__ = [
     "DEFAULT_FAMILY",
     "DEFAULT_RELEASES",
+    "GUEST_STATES",
     "Cell",
     "CellResult",
     "Prediction",
@@ -109,12 +112,15 @@ def _lab_spec(scenario: str) -> str:
     s = _scenario_table().get(scenario)
     if s is not None:
         return str(s["lab"])
-    if scenario.startswith("inject:"):
-        return scenario
-    known = ", ".join(known_scenarios())
-    raise InputError(
-        f"unknown matrix scenario {scenario!r}; known: {known}, inject:TYPE[:LEN[:HEX]]"
-    )
+    try:  # any lab spec is a matrix scenario too (inject:8, no-switchover-ack+inject:7…)
+        parse_scenario(scenario)
+    except InputError:
+        known = ", ".join(known_scenarios())
+        raise InputError(
+            f"unknown matrix scenario {scenario!r}; known: {known}, or a lab spec "
+            "(inject:TYPE[:LEN[:HEX]], parts joined by '+': see `migcompat lab run --help`)"
+        ) from None
+    return scenario
 
 
 # -- machine types -------------------------------------------------------------------
@@ -205,7 +211,7 @@ class Prediction:
     src_error: str | None
     #: Where QEMU shows it: ``error-desc`` (and stderr) or ``stderr`` only.
     error_channel: str | None
-    #: Exact expected ``error-desc`` of the source (None: must be empty).
+    #: Exact ``error-desc`` of the source's *final* ``query-migrate`` (None: absent or empty).
     src_error_desc: str | None
     #: Lines (without the ``qemu-system-x86_64:`` prefix) the source's stderr must contain.
     src_stderr: tuple[str, ...]
@@ -222,10 +228,43 @@ class Prediction:
     #: Why the cell cannot be predicted (then it is skipped), or None.
     unpredicted: str | None = None
     notes: tuple[str, ...] = ()
+    #: The *timeline*: every distinct non-empty error-desc the source shows during the run,
+    #: in order (None: just the final one, if any — or one of its alternatives).
+    src_error_desc_seen: tuple[str, ...] | None = None
+    #: Exact error-desc of the destination's final ``query-migrate``.
+    dst_error_desc: str | None = None
+    #: Measured guest state allowed per final destination status (``(status, (states…))``;
+    #: states as :data:`GUEST_STATES`), or empty where no rule says it.
+    guest: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def guest_states(self, dst_status: str | None = None) -> frozenset[str]:
+        """Guest states allowed when the destination ends in ``dst_status`` (None: any)."""
+        return frozenset(
+            g for st, states in self.guest if dst_status in (None, st) for g in states
+        )
+
+    def expected_seen(self, final: str | None = None) -> tuple[str, ...]:
+        """The predicted timeline of error-descs (``final``: the observed final one, standing
+        in for the prediction where alternatives are allowed)."""
+        if self.src_error_desc_seen is not None:
+            return self.src_error_desc_seen
+        if final is not None and final in self.error_desc_alternatives:
+            return (final,)
+        return (self.src_error_desc,) if self.src_error_desc else ()
 
     @property
     def split_brain(self) -> str:
-        """``always`` / ``possible`` / ``never``: the guest running on both hosts."""
+        """``always`` / ``possible`` / ``never``: the guest *executing* on both hosts.
+
+        From the measured guest states where the rule has them; else, from the runstates
+        (both ``running``), which is only an upper bound: a destination whose vCPUs wait on
+        page faults nobody serves reports ``running`` too.
+        """
+        if self.guest:
+            states = self.guest_states()
+            if states == {"split-brain"}:
+                return "always"
+            return "possible" if "split-brain" in states else "never"
         s, d = "running" in self.src_runstates, "running" in self.dst_runstates
         if not (s and d):
             return "never"
@@ -250,11 +289,14 @@ class Prediction:
             "error_channel": self.error_channel,
             "src_error_desc": self.src_error_desc,
             "error_desc_alternatives": list(self.error_desc_alternatives),
+            "src_error_desc_seen": list(self.expected_seen()),
+            "dst_error_desc": self.dst_error_desc,
             "src_stderr": list(self.src_stderr),
             "dst_statuses": sorted(self.dst_statuses),
             "src_runstates": sorted(self.src_runstates),
             "dst_runstates": sorted(self.dst_runstates),
             "split_brain": self.split_brain,
+            "guest": {st: list(states) for st, states in self.guest},
             "timing": self.timing,
             "rule": self.rule,
             "evidence": list(self.evidence),
@@ -269,11 +311,19 @@ def _in_range(release: Release, rng: Mapping[str, str]) -> bool:
     return Release(rng["from"]) <= release.line <= Release(rng["to"])
 
 
-def _outcome_rule(event: str, phase: str | None, source: Release) -> Mapping[str, Any] | None:
+def _outcome_rule(
+    event: str, phase: str | None, source: Release, idle: bool = False
+) -> Mapping[str, Any] | None:
+    """The rule for ``event`` at ``phase`` on ``source``; a rule holds for the guest mode it
+    was observed with (``idle``: destination -S; default: a running guest)."""
     for rule in _model()["outcomes"]:
         if rule["event"] != event or not _in_range(source, rule["sources"]):
             continue
+        if "lines" in rule and str(source.line) not in rule["lines"]:
+            continue  # observed on exactly these lines; the others in the range are not
         if rule.get("phase") not in (None, phase):
+            continue
+        if "unobserved" not in rule and bool(rule.get("idle", False)) != idle:
             continue
         return rule
     return None
@@ -287,13 +337,79 @@ def capabilities(source: str, destination: str) -> frozenset[str]:
     return frozenset(caps)
 
 
-def _rule_applies(rule: Mapping[str, Any], source: str, destination: str, phase: str) -> bool:
+def _effective_caps(
+    source: str, destination: str, sc: Scenario | None
+) -> dict[str, frozenset[str]]:
+    """Capabilities on each side: the lab's defaults, then the scenario's overrides."""
+    out = {}
+    for side in ("src", "dst"):
+        caps = set(capabilities(source, destination))
+        for cap, on in (sc.capability_overrides(side) if sc else {}).items():
+            (caps.add if on else caps.discard)(cap)
+        out[side] = frozenset(caps)
+    return out
+
+
+def _rule_applies(
+    rule: Mapping[str, Any],
+    source: str,
+    destination: str,
+    phase: str,
+    caps: Mapping[str, frozenset[str]],
+    machine: str | None,
+) -> bool:
     if rule.get("unless_phase") == phase:
         return False
     if "sources" in rule and not _in_range(Release(source), rule["sources"]):
         return False
+    if "machines" in rule:
+        version = machine_version(machine) if machine else None
+        if version is None or not _in_range(version, rule["machines"]):
+            return False
     cap = rule.get("requires_capability")
-    return not (cap and cap not in capabilities(source, destination))
+    if cap and cap not in caps["src"]:
+        return False
+    off = rule.get("requires_capability_off")
+    return not (off and off in caps["src"])
+
+
+def _source_reader(
+    source: str,
+    destination: str,
+    caps: Mapping[str, frozenset[str]],
+    machine: str | None,
+    frames: Sequence[bytes] = (),
+    phase: str | None = None,
+) -> Reader:
+    """The source-parser model one cell's injected frames go through, in order.
+
+    A source that counts SWITCHOVER_ACKs (11.1) counts them whatever the capability: the
+    machine type decides how many it allows (legacy machine types: one). Measured on 11.1.3
+    (issue 16): with switchover-ack off, one ack is accepted on pc-q35-10.0, pc-q35-7.2 and
+    pc-q35-5.2 and a second one underflows; on pc-q35-11.1 the first one does. With the
+    capability on both sides the destination sends its own ack during precopy, before ours
+    (where its machine type expects one), so the first injected ack underflows.
+    """
+    cat = catalog(source)
+    blocks = _model()["ram_blocks"]
+    ram = {k: RamBlock(k, v) for k, v in blocks.items() if isinstance(v, int)}
+    recv_bitmap = any(f[:2] == b"\x00\x05" for f in frames)
+    counted = cat.switchover_ack_accounting == "counted"
+    def make() -> Reader:
+        return Reader(
+            source,
+            ram_blocks=ram if recv_bitmap else None,
+            switchover_ack_capability=True if counted else "switchover-ack" in caps["src"],
+            machine=machine if counted else None,
+            # injected mid-postcopy: the destination's page requests have named a block
+            req_pages_block="pc.ram" if phase == "postcopy-active" else None,
+        )
+    reader = make()
+    both = "switchover-ack" in caps["src"] and "switchover-ack" in caps["dst"]
+    if both and legacy_switchover_ack(source, machine):  # the legacy mechanism: one ack
+        reader.receive_data(build_frame(source, "SWITCHOVER_ACK"))
+        list(reader.events())
+    return reader
 
 
 def _frame_verdict(
@@ -301,9 +417,12 @@ def _frame_verdict(
     frame: bytes,
     phase: str,
     destination: str | None = None,
+    caps: Mapping[str, frozenset[str]] | None = None,
     machine: str | None = None,
+    reader: Reader | None = None,
 ) -> tuple[str, str | None, str | None, str]:
-    """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``.
+    """``(verdict, error text, unmodelled reason, why)`` of one injected frame at ``phase``
+    (``reader``: the model that already read the cell's earlier frames).
 
     Error texts come from the source's catalog; a semantic rule whose text the catalog
     lacks carries the text verbatim (``error_text``, with its provenance) until it does.
@@ -313,34 +432,39 @@ def _frame_verdict(
     type_id, _length = struct.unpack_from(">HH", frame.ljust(4, b"\0"))
     spec = cat.by_id.get(type_id) if cat.knows(type_id) else None
     name = spec.short_name if spec else None
-    blocks = _model()["ram_blocks"]
-    ram = {k: RamBlock(k, v) for k, v in blocks.items() if isinstance(v, int)}
-    # Observed on 11.1.3 (tests/qemu/test_switchover_ack_context.py): with the capability
-    # off the source counts acks on pc-q35-11.1 but not on older machine types; with it on
-    # it counts them on every machine type (on older ones the destination's own legacy
-    # ACK comes first, before the injected frame: fed first here).
-    capability = "switchover-ack" in capabilities(source, destination)
-    reader = Reader(
-        source,
-        ram_blocks=ram if name == "RECV_BITMAP" else None,
-        switchover_ack_capability=capability,
-        machine=machine,
-        # injected mid-postcopy: the destination's page requests have named a block
-        req_pages_block="pc.ram" if phase == "postcopy-active" else None,
-    )
-    if capability and legacy_switchover_ack(source, machine):
-        reader.receive_data(build_frame(source, "SWITCHOVER_ACK"))
-        list(reader.events())
+    caps = caps or _effective_caps(source, destination, None)
+    for rule in _model()["semantic_rules"]:
+        if rule["message"] == name and rule["verdict"] == "unobserved" and _rule_applies(
+            rule, source, destination, phase, caps, machine
+        ):
+            reason = f"{rule['unobserved']} on a {Release(source).line} source"
+            return "accepted", None, reason, reason
+    reader = reader or _source_reader(source, destination, caps, machine, [frame], phase)
     reader.receive_data(frame)
     try:
         list(reader.events())
     except RemoteViolation as exc:
         return "rejected", exc.qemu_error, None, f"frame parser of {cat.line}: {exc}"
     for rule in _model()["semantic_rules"]:
-        if rule["message"] != name or not _rule_applies(rule, source, destination, phase):
+        if rule["message"] != name or not _rule_applies(
+            rule, source, destination, phase, caps, machine
+        ):
             continue
+        value = struct.unpack_from(">I", frame, 4)[0] if len(frame) >= 8 else None
+        if "when_value" in rule and (value == 0) != (rule["when_value"] == "zero"):
+            continue
+        seen_on = rule.get("observed_sources")
+        if seen_on and not _in_range(Release(source), seen_on):
+            what = f"{name} {value}" if value is not None else name
+            reason = f"no observation of {what} on {Release(source).line}"
+            return rule["verdict"], None, reason, reason
+        if rule["verdict"] == "unobserved":
+            continue  # checked before the frame parser
+        if rule["verdict"] == "ends":
+            return "ends", None, None, f"semantic rule {rule['id']}: {rule.get('effect', '')}"
         if rule["verdict"] == "rejected":
-            args = [phase if a == "$phase" else a for a in rule.get("args", [])]
+            subst = {"$phase": phase, "$value": value}
+            args = [subst.get(a, a) for a in rule.get("args", [])]
             if rule["error"] in cat.errors:
                 text = cat.format_error(rule["error"], *args)
             else:
@@ -348,44 +472,78 @@ def _frame_verdict(
             return "rejected", text, None, f"semantic rule {rule['id']}"
         return "accepted", None, None, f"semantic rule {rule['id']}: {rule.get('effect', '')}"
     if name in _model()["unmodelled_messages"]:
-        return "accepted", None, _model()["unmodelled_messages"][name], "not modelled"
+        what = name if len(frame) <= 4 else f"{name} {frame[4:].hex()}"
+        if name == "SHUT" and len(frame) == 8:
+            what = f"SHUT {struct.unpack_from('>I', frame, 4)[0]}"
+        reason = f"no observation of {what} on {Release(source).line}"
+        return "accepted", None, f"{reason} ({_model()['unmodelled_messages'][name]})", reason
     return "accepted", None, None, f"{name} is a message {cat.line} dispatches"
 
 
-def _scenario_event(lab: str) -> tuple[str, str | None]:
-    if lab.startswith("inject:"):
-        return "inject", "postcopy-active"
-    if lab.startswith("blackhole"):
-        return "blackhole", "postcopy-active"
-    if lab.startswith("cut"):
-        return "cut", "postcopy-active"
-    if lab == "recover":
-        return "recover", "postcopy-recover"
-    return "completes", None
+def _observed_capabilities(sc: Scenario, source: Release) -> str | None:
+    """Why the scenario's capability overrides have no observation on ``source`` (or None)."""
+    if not sc.capabilities:
+        return None
+    want = sorted(f"{s}:{c}={'on' if on else 'off'}" for s, c, on in sc.capabilities)
+    for entry in _model().get("observed_capabilities", []):
+        if sorted(entry["set"]) != want or not _in_range(source, entry["sources"]):
+            continue
+        if str(source.line) in entry.get("lines", [str(source.line)]):
+            return None
+    return f"no observation with {'+'.join(want)} on a {source.line} source"
 
 
 def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
-    """The prediction of one cell (never raises for a well-formed cell: unknowns say why)."""
+    """The prediction of one cell (never raises for a well-formed cell: unknowns say why).
+
+    A scenario's steps compose: the injected frames go through one source-parser model in
+    order (the first rejected one decides), then the outcome rule of the event sequence.
+    """
     src = Release(cell.source)
-    lab = cell.lab_scenario
-    kind, phase = _scenario_event(lab)
-    verdict = error = unmodelled = None
-    why = ""
+    sc = parse_scenario(cell.lab_scenario)
+    caps = _effective_caps(cell.source, cell.destination, sc)
+    verdict = error = None
+    unmodelled = _observed_capabilities(sc, src)
     notes: list[str] = []
-    if kind == "inject":
-        sc = parse_scenario(lab)
-        if sc.trigger != "postcopy":
-            unmodelled = f"trigger {sc.trigger!r}: the phase the frame lands in is not fixed"
-        assert sc.frame is not None
-        verdict, error, reason, why = _frame_verdict(
-            cell.source, sc.frame, phase or "", cell.destination, cell.machine
-        )
-        unmodelled = unmodelled or reason
-        notes.append(why)
-        event = "rp-error" if verdict == "rejected" else "completes"
-    else:
-        event = kind
-    rule = _outcome_rule(event, phase, src)
+    events: list[str] = []
+    phase: str | None = None
+    rejected = False
+    frames = [st.frame for st in sc.actions if st.frame is not None]
+    first = next((st.phase for st in sc.actions if st.frame is not None), None)
+    reader = _source_reader(cell.source, cell.destination, caps, cell.machine, frames, first)
+    for step in sc.actions:
+        if step.kind == "plain":
+            continue
+        step_phase = step.phase
+        if step_phase is None:
+            unmodelled = unmodelled or (
+                f"moment {step.trigger!r}: the phase the step lands in is not fixed"
+            )
+        if step.kind == "inject":
+            if rejected:
+                notes.append("after the first rejected frame: what follows does not decide")
+                continue
+            assert step.frame is not None
+            v, e, reason, why = _frame_verdict(
+                cell.source, step.frame, step_phase or "", cell.destination, caps, cell.machine,
+                reader,
+            )  # fmt: skip
+            notes.append(why)
+            unmodelled = unmodelled or reason
+            verdict = "rejected" if v == "rejected" else (verdict or v)
+            if v in ("rejected", "ends"):  # the return-path thread ends here
+                rejected, error = True, e
+                events.append("rp-error" if v == "rejected" else "rp-shut")
+                phase = step_phase
+            continue
+        events.append(step.kind)
+        if phase is None or step.kind != "recover":
+            phase = "postcopy-recover" if step.kind == "recover" else step_phase
+    if not events:
+        events.append("completes")
+        phase = None if verdict is None else phase
+    event = "+".join(events)
+    rule = _outcome_rule(event, phase, src, sc.idle)
     base: dict[str, Any] = {
         "cell": cell,
         "event": event,
@@ -421,11 +579,17 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
             unpredicted=reason,
         )
     channel = rule.get("error_channel") if error else None
+    seen = tuple(rule["src_error_desc_seen"]) if "src_error_desc_seen" in rule else None
     if error and channel == "error-desc":
         desc: str | None = error
+    elif error and channel == "error-desc-cleared":
+        # set in error-desc while it lasts, gone from the final query-migrate (recovered)
+        desc, seen = None, (error,)
     else:
         desc = rule.get("src_error_desc")
-    stderr = ((error,) if error else ()) + tuple(rule.get("src_stderr_after", ()) if error else ())
+    shown = error and channel != "error-desc-cleared"
+    stderr = ((error,) if shown else ()) + tuple(rule.get("src_stderr_after", ()) if error else ())
+    stderr += tuple(rule.get("src_stderr", ()))
     return Prediction(
         **base,
         src_status=rule["src_status"],
@@ -440,7 +604,34 @@ def predict(cell: Cell, *, machine_basis: str = "") -> Prediction:
         basis=rule.get("basis", ""),
         timing=rule.get("timing"),
         error_desc_alternatives=tuple(rule.get("src_error_desc_alternatives", ())),
+        src_error_desc_seen=seen,
+        dst_error_desc=rule.get("dst_error_desc"),
+        guest=_guest_rule(rule),
     )
+
+
+#: The measured guest states (``migcompat.lab.guest_state``).
+GUEST_STATES = (
+    "split-brain", "destination-stalled", "source-stalled", "source-only",
+    "destination-only", "neither",
+)  # fmt: skip
+
+
+def _guest_rule(rule: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """A rule's ``guest``: one state (or list) for every destination status, or a mapping
+    from destination status to state(s)."""
+    g = rule.get("guest")
+    if g is None:
+        return ()
+    per = g if isinstance(g, dict) else dict.fromkeys(rule["dst_statuses"], g)
+    out = []
+    for st in sorted(per):
+        states = (per[st],) if isinstance(per[st], str) else tuple(per[st])
+        bad = [x for x in states if x not in GUEST_STATES]
+        if bad:
+            raise InputError(f"compat/data/matrix.json rule {rule['id']}: guest state {bad}")
+        out.append((st, states))
+    return tuple(out)
 
 
 def matrix_cells(
@@ -549,9 +740,29 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
         why.append(
             f"destination status {obs.get('dst_status')!r} not in {sorted(pred.dst_statuses)}"
         )
-    desc = obs.get("src_error_desc") or None
-    if desc != pred.src_error_desc and desc not in pred.error_desc_alternatives:
-        why.append(f"source error-desc {desc!r}, predicted {pred.src_error_desc!r}")
+    allowed_desc = (pred.src_error_desc, *pred.error_desc_alternatives)
+    if "src_error_desc" in obs:  # the final query-migrate's error-desc
+        desc = obs.get("src_error_desc") or None
+        if desc not in allowed_desc:
+            why.append(f"source final error-desc {desc!r}, predicted {pred.src_error_desc!r}")
+    elif "src_error_desc_last_nonempty" in obs:  # observed before finals were recorded
+        desc = obs.get("src_error_desc_last_nonempty") or None
+        seen = pred.expected_seen(desc)
+        if desc != (seen[-1] if seen else None):
+            why.append(f"source last error-desc {desc!r}, predicted {(seen or [None])[-1]!r}")
+    if "src_error_desc_seen" in obs:
+        seen_obs = tuple(obs["src_error_desc_seen"])
+        final = obs.get("src_error_desc") or None
+        if seen_obs != pred.expected_seen(final):
+            why.append(
+                f"source error-desc timeline {list(seen_obs)}, "
+                f"predicted {list(pred.expected_seen(final))}"
+            )
+    if "dst_error_desc" in obs and (obs["dst_error_desc"] or None) != pred.dst_error_desc:
+        why.append(
+            f"destination final error-desc {obs['dst_error_desc']!r}, "
+            f"predicted {pred.dst_error_desc!r}"
+        )
     stderr = obs.get("src_stderr") or []
     for line in pred.src_stderr:
         if line not in stderr:
@@ -559,9 +770,17 @@ def compare(pred: Prediction, obs: Mapping[str, Any]) -> list[str]:
     for side, allowed in (("src", pred.src_runstates), ("dst", pred.dst_runstates)):
         if obs.get(f"{side}_runstate") not in allowed:
             why.append(f"{side} runstate {obs.get(f'{side}_runstate')!r} not in {sorted(allowed)}")
+    if "guest" in obs and pred.guest:
+        allowed_g = pred.guest_states(obs.get("dst_status"))
+        if obs["guest"] not in allowed_g:
+            prog = obs.get("guest_progress") or {}
+            why.append(
+                f"guest {obs['guest']} (progress marks src {prog.get('src')}, dst "
+                f"{prog.get('dst')} in {prog.get('window')} s), predicted {sorted(allowed_g)}"
+            )
     if obs.get("split_brain") and pred.split_brain == "never":
         why.append("SPLIT BRAIN observed where the model rules it out")
-    if not obs.get("split_brain") and pred.split_brain == "always":
+    if "split_brain" in obs and not obs["split_brain"] and pred.split_brain == "always":
         why.append("no split brain although the model says always")
     return why
 
@@ -572,11 +791,12 @@ _OUTCOMES = ("pass", "mismatch", "skipped", "error", "observed")
 
 
 def results_summary(results: Sequence[CellResult]) -> dict[str, int]:
-    """Counts per outcome plus observed split-brain cells."""
+    """Counts per outcome plus split-brain and stalled-destination cells (measured)."""
     out = {"total": len(results), **dict.fromkeys(_OUTCOMES, 0)}
     for r in results:
         out[r.outcome] = out.get(r.outcome, 0) + 1
     out["split_brain"] = sum(1 for r in results if r.observed.get("split_brain"))
+    out["stalled"] = sum(1 for r in results if r.observed.get("guest") == "destination-stalled")
     return out
 
 

@@ -9,6 +9,7 @@ the very same file.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 from importlib import resources
@@ -50,7 +51,7 @@ def guest_kernel(
     for tool in ("as", "ld"):
         if shutil.which(tool) is None:
             raise LabError(f"{tool} not found: install binutils to build the guest kernel")
-    work = target_dir / f".build-{digest[:16]}"
+    work = target_dir / f".build-{digest[:16]}-{os.getpid()}"  # two runs may build at once
     work.mkdir(exist_ok=True)
     (work / "guest.S").write_bytes(source)
     (work / "guest.ld").write_bytes(script)

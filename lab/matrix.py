@@ -91,9 +91,27 @@ def observed_summary(rec: Any) -> dict[str, Any]:
         # No answer to query-status at the end: QMP was blocked (the lab then kills it).
         out[f"{side}_runstate"] = rs.get("status") or "unresponsive"
         out[f"{side}_running"] = rs.get("running")
-        out[f"{side}_error_desc"] = rec.error_desc.get(side)
+        answers = rec.final.get(side)
+        if answers is not None:  # the final query-migrate, exactly (None: no error-desc key)
+            out[f"{side}_error_desc"] = answers.get("error-desc")
+        else:  # a record from before finals were kept: its last non-empty error-desc
+            out[f"{side}_error_desc_last_nonempty"] = rec.error_desc.get(side)
+        seen: list[str] = []
+        for change in rec.timeline.get(side, []):
+            desc = change.get("error-desc")
+            if desc and desc not in seen:
+                seen.append(desc)
+        if rec.timeline.get(side):
+            out[f"{side}_error_desc_seen"] = seen
         out[f"{side}_stderr"] = [_QEMU_PREFIX.sub("", x) for x in rec.stderr_lines(side)]
-    out["split_brain"] = bool(rec.split_brain)
+    out["runstates_both_running"] = bool(rec.split_brain)
+    g = getattr(rec, "guest", None)
+    if g:  # measured: split brain is both guests executing, not both runstates running
+        out["guest"] = g["state"]
+        out["guest_progress"] = {
+            "window": g["window"], "src": g["src"]["dots"], "dst": g["dst"]["dots"]
+        }  # fmt: skip
+        out["split_brain"] = g["state"] == "split-brain"
     out["versions"] = {"src": rec.src.get("version_text"), "dst": rec.dst.get("version_text")}
     out["machine"] = rec.machine
     out["timed_out"] = rec.timed_out
@@ -297,10 +315,14 @@ def observations_json(
         if keep not in runs:
             runs.append(keep)
     doc = {
-        "schema": 2,
+        "schema": 3,
         "about": "Observed outcome of matrix cells on real QEMU, one entry per distinct run, "
         "merged by `migcompat matrix run --record-observations`; the model (matrix.json) must "
-        "predict every entry (tests/test_matrix.py).",
+        "predict every entry (tests/test_matrix.py). Schema 3: `*_error_desc` is the final "
+        "query-migrate's error-desc, `*_error_desc_seen` every distinct one of the run's "
+        "timeline, `guest` the measured guest progress; entries recorded before schema 3 "
+        "carry `*_error_desc_last_nonempty` (the last non-empty error-desc seen, which is all "
+        "the lab kept then) instead.",
         "cells": dict(sorted(cells.items())),
     }
     return json.dumps(doc, indent=1, ensure_ascii=False) + "\n"

@@ -33,17 +33,20 @@ from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.scenarios import Scenario, parse_scenario
+from migcompat.lab.scenarios import Scenario, Step, parse_scenario
 
 __all__ = [
+    "GUEST_WINDOW",
     "SETTLED",
     "QmpPair",
     "RunRecord",
+    "guest_state",
     "instance_record",
     "print_record",
     "progress_console",
     "run_scenario",
     "run_scenario_async",
+    "side_state",
 ]
 
 
@@ -60,6 +63,39 @@ PRECOPY_BANDWIDTH = 32 * 1024 * 1024
 POSTCOPY_BANDWIDTH = 10 * 1000 * 1000
 #: Guest RAM.
 RAM = "128M"
+#: Seconds over which guest progress is counted on both sides at the end of a run.
+GUEST_WINDOW = 3.0
+
+#: The guest's progress mark on its serial port (``lab/guest/guest.S``: one per 16 laps).
+_MARK = "."
+
+
+def side_state(dots: int, running: bool | None) -> str:
+    """``executes`` (made progress), ``stalled`` (runstate running, no progress: vCPUs
+    blocked, e.g. on page faults nobody serves) or ``stopped``."""
+    if dots > 0:
+        return "executes"
+    return "stalled" if running else "stopped"
+
+
+def guest_state(src: str, dst: str) -> str:
+    """The pair's state from :func:`side_state` of each side.
+
+    ``split-brain`` (both guests execute); ``destination-stalled`` (the destination reports
+    running but its vCPUs make no progress: management software must not resume it);
+    ``source-stalled``; ``source-only`` / ``destination-only``; ``neither``.
+    """
+    if src == dst == "executes":
+        return "split-brain"
+    if dst == "stalled":
+        return "destination-stalled"
+    if src == "stalled":
+        return "source-stalled"
+    if src == "executes":
+        return "source-only"
+    if dst == "executes":
+        return "destination-only"
+    return "neither"
 
 
 @dataclass
@@ -85,8 +121,24 @@ class RunRecord:
     events: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     runstates: dict[str, Any] = field(default_factory=dict)
     final_migrate: dict[str, Any] = field(default_factory=dict)
+    #: Per side, at the end of the run, exactly as QEMU answered: ``query-migrate`` (whole),
+    #: ``query-status`` and ``error-desc`` (None: the key was absent). ``error_desc`` above
+    #: keeps, as before, the last non-empty error-desc seen at any time.
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Per side, every change of ``query-migrate``'s status or error-desc, in order:
+    #: ``{"t", "status", "error-desc"}``.
+    timeline: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    #: Runstates of both sides say ``running`` (what the lab called split brain before it
+    #: measured guest progress: see ``guest``).
     split_brain: bool = False
+    #: Guest progress measured over :data:`GUEST_WINDOW` s at the end of the run: per side
+    #: ``dots`` printed in the window (one per 16 laps of the RAM window), ``before``/``after``
+    #: counts, ``running`` (runstate) and ``state`` (``executes``/``stalled``/``stopped``);
+    #: ``state`` of the pair (see :func:`guest_state`) and ``window``.
+    guest: dict[str, Any] = field(default_factory=dict)
     killed: dict[str, bool] = field(default_factory=dict)
+    #: Capability -> state per side where the scenario overrides the defaults.
+    capabilities_per_side: dict[str, dict[str, bool]] = field(default_factory=dict)
     step_errors: list[dict[str, Any]] = field(default_factory=list)
     steps: list[dict[str, Any]] = field(default_factory=list)
     proxy: dict[str, Any] = field(default_factory=dict)
@@ -159,16 +211,27 @@ class QmpPair:
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
 
-    async def set_capabilities(self) -> None:
-        """postcopy-ram and return-path on both sides; switchover-ack where both are >= 8.1."""
+    async def set_capabilities(self, sc: Scenario | None = None) -> None:
+        """postcopy-ram and return-path on both sides; switchover-ack where both are >= 8.1;
+        then the scenario's per-side overrides (``src:switchover-ack=off``)."""
         caps = ["events", "postcopy-ram", "return-path"]
         if min(release_key(self.srcb.release), release_key(self.dstb.release)) >= (8, 1):
             caps.append("switchover-ack")
         caps = [c for c in caps if c not in self.without_capabilities]
         self.rec.capabilities = caps
-        cap_list = [{"capability": c, "state": True} for c in caps]
+        per_side = {}
         for side in ("dst", "src"):
+            states = dict.fromkeys(caps, True)
+            if sc is not None:
+                # off and not on by default: left out (a release without it refuses the name)
+                states.update(
+                    {c: on for c, on in sc.capability_overrides(side).items() if on or c in caps}
+                )
+            per_side[side] = states
+            cap_list = [{"capability": c, "state": on} for c, on in states.items()]
             await self.qmp(side, "migrate-set-capabilities", {"capabilities": cap_list})
+        if sc is not None and sc.capabilities:
+            self.rec.capabilities_per_side = per_side
 
     def now(self) -> float:
         return round(time.monotonic() - self.clock, 4)
@@ -208,7 +271,9 @@ class QmpPair:
         self.step("guest-silent", waited=timeout)
 
     async def poll(self) -> None:
-        """Record every status change of both sides (plus MIGRATION events, recorded anyway)."""
+        """Record every status change of both sides (plus MIGRATION events, recorded anyway),
+        and every change of status or error-desc into the timeline."""
+        seen: dict[str, tuple[Any, Any]] = {}
         while True:
             for side, inst in (("src", self.src), ("dst", self.dst)):
                 assert inst is not None
@@ -223,6 +288,13 @@ class QmpPair:
                     self.step("status", side=side, status=st)
                 if info.get("error-desc"):
                     self.rec.error_desc[side] = info["error-desc"]
+                now = (st, info.get("error-desc"))
+                timeline = getattr(self.rec, "timeline", None)  # a partition record has none
+                if st and seen.get(side) != now and timeline is not None:
+                    seen[side] = now
+                    timeline.setdefault(side, []).append(
+                        {"t": self.now(), "status": st, "error-desc": now[1]}
+                    )
             await asyncio.sleep(0.1)
 
     async def wait_status(self, side: str, wanted: set[str], timeout: float) -> bool:
@@ -275,6 +347,7 @@ class _Run(QmpPair):
         self.src: QemuInstance | None = None
         self.dst: QemuInstance | None = None
         self.proxy: Proxy | None = None
+        self.postcopy_started = False
 
     def on_status(self, side: str, status: str) -> None:
         self.settled_at[side] = self.now() if status in SETTLED else None
@@ -311,11 +384,8 @@ class _Run(QmpPair):
                 raise r
         self.proxy = Proxy(self.outdir, src_release=self.srcb.protocol_release, clock=self.clock)
         self.proxy_port = await self.proxy.listen(self.dst_port)
-        self.proxy_port2 = (
-            await self.proxy.listen(self.dst_port2)
-            if self.sc.kind == "recover" or self.sc.then_recover
-            else None
-        )
+        recovers = any(st.kind == "recover" for st in self.sc.actions)
+        self.proxy_port2 = await self.proxy.listen(self.dst_port2) if recovers else None
         await self.start_tcpdump()
 
     async def start_tcpdump(self) -> None:
@@ -338,7 +408,7 @@ class _Run(QmpPair):
         self.rec.files["pcap"] = str(pcap)
 
     async def migrate(self) -> None:
-        await self.set_capabilities()
+        await self.set_capabilities(self.sc)
         params = {
             "max-bandwidth": PRECOPY_BANDWIDTH,
             "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
@@ -358,6 +428,9 @@ class _Run(QmpPair):
         await self.qmp("src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port}"})
 
     async def start_postcopy(self) -> None:
+        if self.postcopy_started:
+            return
+        self.postcopy_started = True
         if not await self.wait_status("src", {"active"}, 20):
             self.step("never-active")
             return
@@ -365,69 +438,112 @@ class _Run(QmpPair):
         self.step("migrate-start-postcopy")
         await self.qmp("src", "migrate-start-postcopy")
 
-    async def scenario_action(self) -> None:
+    async def wait_moment(self, trigger: str) -> bool:
+        """Wait for a step's moment (protocol ``Step.trigger``); False: not reached."""
         assert self.proxy is not None
-        sc = self.sc
-        if sc.kind == "plain":
-            return
-        if sc.kind == "inject":
-            assert sc.frame is not None
-            if sc.trigger == "postcopy":
-                # both sides: the destination runs the guest (and faults) from then on
-                ok = await self.wait_status("src", {"postcopy-active"}, 30)
-                ok = ok and await self.wait_status("dst", {"postcopy-active"}, 10)
-                self.step("trigger", trigger=sc.trigger, reached=ok)
-            elif sc.trigger.startswith("frames="):
-                ok = await self.proxy.wait_frames(int(sc.trigger[7:]), 30)
-                self.step("trigger", trigger=sc.trigger, reached=ok)
-            else:
-                delay = float(sc.trigger[2:]) - (self.now() - self.migrate_t)
-                await asyncio.sleep(max(0.0, delay))
-                self.step("trigger", trigger=sc.trigger, reached=True)
+        if trigger == "precopy":
+            ok = await self.wait_status("src", {"active"}, 20)
+            await asyncio.sleep(0.5)
+            return ok
+        if trigger.startswith("t="):
+            delay = float(trigger[2:]) - (self.now() - self.migrate_t)
+            await asyncio.sleep(max(0.0, delay))
+            return True
+        if trigger.startswith("frames="):
+            return await self.proxy.wait_frames(int(trigger[7:]), 30)
+        await self.start_postcopy()
+        if trigger == "postcopy-start":
+            return True
+        if trigger == "postcopy-device":
+            return await self.wait_status_seen("src", "postcopy-device", 15)
+        if trigger.startswith("status="):
+            side, _, status = trigger[7:].rpartition(":")
+            return await self.wait_status_seen(side or "src", status, 30)
+        # postcopy: both sides; the destination runs the guest (and faults) from then on
+        ok = await self.wait_status("src", {"postcopy-active"}, 30)
+        return ok and await self.wait_status("dst", {"postcopy-active"}, 10)
+
+    async def wait_status_seen(self, side: str, status: str, timeout: float) -> bool:
+        """Wait until ``side`` reported ``status`` (polled, or in a MIGRATION event)."""
+        inst = self.src if side == "src" else self.dst
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.last[side] == status or any(
+                e.get("event") == "MIGRATION" and (e.get("data") or {}).get("status") == status
+                for e in (inst.events if inst is not None else [])
+            ):
+                return True
+            if self.last[side] in SETTLED - {status}:
+                return False
+            await asyncio.sleep(0.02)
+        return False
+
+    async def scenario_action(self) -> None:
+        """Each step at its moment, in order; postcopy is started before the first step
+        that needs it (and after the last one otherwise)."""
+        for step in self.sc.actions:
+            if step.kind == "plain":
+                continue
+            ok = await self.wait_moment(step.trigger)
+            self.step("trigger", trigger=step.trigger, reached=ok)
+            await self.act(step)
+        await self.start_postcopy()
+
+    async def act(self, step: Step) -> None:
+        assert self.proxy is not None
+        if step.kind == "inject":
+            assert step.frame is not None
             if self.proxy.conns:
                 try:
-                    inj = await asyncio.wait_for(self.proxy.inject(sc.frame), 10)
+                    inj = await asyncio.wait_for(self.proxy.inject(step.frame), 10)
                     self.step("inject", **inj)
-                except (LabError, TimeoutError) as exc:
+                except (LabError, TimeoutError, OSError, RuntimeError) as exc:
+                    # RuntimeError: asyncio's "write() after write_eof()", a connection the
+                    # source already closed (an earlier step's frame ended it)
                     self.rec.step_errors.append(
                         {"t": self.now(), "side": "proxy", "command": "inject", "error": str(exc)}
                     )
-            if sc.then_recover:
-                ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
-                ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
-                self.step("paused", src=ok_src, dst=ok_dst)
-                if ok_src and ok_dst:
-                    await self.resume()
-                else:
-                    self.step("no-recovery", src=self.last["src"], dst=self.last["dst"])
-            return
-        if sc.kind == "blackhole":
-            await self.wait_status("src", {"postcopy-active"}, 30)
+            await asyncio.sleep(0.5)  # the next step sees the source's reaction
+        elif step.kind == "blackhole":
             self.proxy.blackhole()
             self.step("blackhole")
-            return
-        if sc.kind == "cut":
+        elif step.kind == "cut":
             # an abrupt, visible failure (RST both ways): the opposite of a blackhole
-            await self.wait_status("src", {"postcopy-active"}, 30)
-            await self.wait_status("dst", {"postcopy-active"}, 10)
             self.proxy.cut(reset=True)
             self.step("cut")
-            return
-        if sc.kind == "recover":
+        elif step.kind == "pause":
+            await self.pause()
+        elif step.kind == "recover" and len(self.sc.actions) == 1:
             await self.recover()
+        elif step.kind == "recover":  # after other steps: only once both sides paused
+            ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
+            ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
+            self.step("paused", src=ok_src, dst=ok_dst)
+            if ok_src and ok_dst:
+                await self.resume()
+            else:
+                self.step("no-recovery", src=self.last["src"], dst=self.last["dst"])
+
+    async def pause(self) -> None:
+        """``migrate-pause`` on both sides, unless both are paused already."""
+        if self.last["src"] == self.last["dst"] == "postcopy-paused":
+            self.step("already-paused")
+            return
+        self.step("migrate-pause")
+        await self.qmp("dst", "migrate-pause")
+        await self.qmp("src", "migrate-pause")
 
     async def recover(self) -> None:
+        """The whole recovery: blackhole, migrate-pause on both sides, then :meth:`resume`."""
         assert self.proxy is not None and self.proxy_port2 is not None
-        if not await self.wait_status("src", {"postcopy-active"}, 30):
-            self.step("never-postcopy-active")
+        if self.last["src"] != "postcopy-active":
+            self.step("never-postcopy-active", src=self.last["src"])
             return
         await asyncio.sleep(1.0)
         self.proxy.blackhole()
         self.step("blackhole")
         await asyncio.sleep(0.5)
-        self.step("migrate-pause")
-        await self.qmp("dst", "migrate-pause")
-        await self.qmp("src", "migrate-pause")
+        await self.pause()
         ok_src = await self.wait_status("src", {"postcopy-paused"}, 15)
         ok_dst = await self.wait_status("dst", {"postcopy-paused"}, 15)
         self.step("paused", src=ok_src, dst=ok_dst)
@@ -457,12 +573,36 @@ class _Run(QmpPair):
                 return
             if s is not None and now - s >= self.observe:
                 return
-            if self.sc.kind == "blackhole" and self.proxy and self.proxy.notes:
+            blackholes = self.sc.actions[-1].kind == "blackhole"
+            if blackholes and self.proxy and self.proxy.notes:
                 bh = [n["t"] for n in self.proxy.notes if n["what"] == "blackhole"]
                 if bh and now - bh[0] >= self.observe:
                     return
             await asyncio.sleep(0.1)
         self.rec.timed_out = True
+
+    def _marks(self, side: str) -> int:
+        with contextlib.suppress(OSError):
+            return (self.workdir / f"{side}.serial").read_text(errors="replace").count(_MARK)
+        return 0
+
+    async def measure_guest(self, window: float = GUEST_WINDOW) -> None:
+        """Count each guest's progress marks over ``window`` seconds (both sides at once)."""
+        before = {side: self._marks(side) for side in ("src", "dst")}
+        self.step("guest-window", seconds=window)
+        await asyncio.sleep(window)
+        after = {side: self._marks(side) for side in ("src", "dst")}
+        g: dict[str, Any] = {"window": window}
+        for side, inst in (("src", self.src), ("dst", self.dst)):
+            st = await inst.try_execute("query-status") if inst is not None else None
+            running = st.get("running") if isinstance(st, dict) else None
+            dots = after[side] - before[side]
+            g[side] = {
+                "before": before[side], "after": after[side], "dots": dots,
+                "running": running, "state": side_state(dots, running),
+            }  # fmt: skip
+        g["state"] = guest_state(g["src"]["state"], g["dst"]["state"])
+        self.rec.guest = g
 
     async def collect(self) -> None:
         for side, inst in (("src", self.src), ("dst", self.dst)):
@@ -472,6 +612,11 @@ class _Run(QmpPair):
             if st is not None:
                 self.rec.runstates[side] = st
             mig = await inst.try_execute("query-migrate")
+            self.rec.final[side] = {
+                "query-migrate": mig,
+                "query-status": st,
+                "error-desc": mig.get("error-desc") if isinstance(mig, dict) else None,
+            }
             if isinstance(mig, dict):
                 self.rec.final_migrate[side] = {
                     k: mig[k] for k in ("status", "error-desc") if k in mig
@@ -531,10 +676,10 @@ class _Run(QmpPair):
             poller = asyncio.create_task(self.poll())
             await self.wait_guest()
             await self.migrate()
-            await self.start_postcopy()
             await self.scenario_action()
             await self.settle()
             await asyncio.sleep(0.3)
+            await self.measure_guest()
             await self.collect()
         finally:
             if poller is not None:
@@ -652,6 +797,17 @@ def print_record(rec: RunRecord) -> None:
     for f in rec.proxy.get("frames", []):
         frames[f["name"]] = frames.get(f["name"], 0) + 1
     c.print(f"return-path frames: {frames}; injections: {len(rec.proxy.get('injections', []))}")
-    if rec.split_brain:
-        c.print("[bold red]split-brain: the guest runs on both sides[/]")
+    g = rec.guest
+    if g:
+        c.print(
+            f"guest over {g['window']:.0f} s: {g['state']} (progress marks: src "
+            f"{g['src']['dots']}, dst {g['dst']['dots']})"
+        )
+        if g["state"] == "split-brain":
+            c.print("[bold red]split-brain: the guest executes on both sides[/]")
+        elif g["state"] == "destination-stalled":
+            c.print("[bold yellow]the destination reports running but its vCPUs are stalled: "
+                    "do not resume it[/]")  # fmt: skip
+    elif rec.split_brain:
+        c.print("[bold red]both runstates are running (guest progress not measured)[/]")
     c.print(f"record: {rec.files.get('record')}")

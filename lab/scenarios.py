@@ -6,10 +6,10 @@ The lab raises its own error type for a name it cannot run (``LabError``, exit s
 from __future__ import annotations
 
 from migcompat.lab._errors import LabError
-from migcompat.protocol import SCENARIO_KINDS, InputError, Scenario
+from migcompat.protocol import SCENARIO_KINDS, InputError, Scenario, Step
 from migcompat.protocol import parse_scenario as _parse
 
-__all__ = ["SCENARIO_KINDS", "Scenario", "parse_scenario"]
+__all__ = ["SCENARIO_KINDS", "Scenario", "Step", "parse_scenario"]
 
 
 def __dir__() -> list[str]:

@@ -66,7 +66,7 @@ from ._reader import (
     switchover_acks_expected,
 )
 from ._releases import Release, parse_release
-from ._scenario import SCENARIO_KINDS, Scenario, make_frame, parse_scenario
+from ._scenario import MOMENTS, SCENARIO_KINDS, Scenario, Step, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
 from ._vmstate import (
@@ -85,6 +85,7 @@ from ._vmstate import (
 __all__ = (
     "ENGINES",
     "MAX_VMDESC_BUFFER",
+    "MOMENTS",
     "NEED_DATA",
     "SCENARIO_KINDS",
     "STOPPED",
@@ -126,6 +127,7 @@ __all__ = (
     "SectionHeader",
     "Shut",
     "SourceContext",
+    "Step",
     "StreamCatalog",
     "StreamHeader",
     "StreamVerdict",
