@@ -38,6 +38,7 @@ import time
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "fixtures" / "fuzz" / "corpus"
@@ -61,9 +62,10 @@ def __dir__() -> list[str]:
 def _imports() -> None:
     """Import the decoders (inside atheris' instrumentation when fuzzing with it)."""
     global RELEASES, DEFAULT_RAM, Reader, RemoteViolation, InputError, parse_frame, check_stream
-    global ForwardReader, decode_capture, CaptureOptions, rps
+    global ForwardReader, decode_capture, CaptureOptions, rps, FastReader
     from migcompat.capture import CaptureOptions, decode_capture
     from migcompat.protocol import (
+        FastReader,
         ForwardReader,
         InputError,
         Reader,
@@ -147,6 +149,27 @@ def _oracle(release: object, stream: bytes, mode: int) -> None:
         rps.check_stop_position(release, stream, DEFAULT_RAM if mode & 4 else None)
 
 
+def _fast_vs_model(release: object, stream: bytes, mode: int) -> None:
+    """The generated fast path equals the model: same events, same violation, same state."""
+    ram = DEFAULT_RAM if mode & 4 else None
+
+    def run(cls: Callable[..., object]) -> list[object]:
+        r: Any = cls(release, ram_blocks=ram)
+        out: list[object] = []
+        cut = stream[0] % (len(stream) + 1) if stream else 0
+        try:
+            for chunk in [c for c in (stream[:cut], stream[cut:]) if c] + [b""]:
+                r.receive_data(chunk)
+                out += list(r.events())
+        except RemoteViolation as exc:
+            out.append((exc.offset, exc.qemu_error, exc.stopped_at, str(exc)))
+        out.append((r.offset, r.buffered, r.stopped))
+        return out
+
+    model, fast = run(Reader), run(FastReader)
+    assert fast == model, f"fast path {fast[-3:]!r} != model {model[-3:]!r}"
+
+
 def _forward(release: object, stream: bytes, mode: int) -> None:
     """The forward stream (``ForwardReader``), on the same bytes: channel from byte 0."""
     channel = ("main", "auto", "preempt")[stream[0] % 3] if stream else "main"
@@ -182,6 +205,7 @@ def _pcap(release: object, stream: bytes, mode: int) -> None:
 #: (``RemoteViolation``; ``InputError`` for a file that is not a capture).
 DECODERS: dict[str, Callable[[object, bytes, int], None]] = {
     "rp-reader": _rp_reader,
+    "fast-vs-model": _fast_vs_model,
     "rp-grammar": _grammar,
     "check-stream": _check_stream,
     "oracles": _oracle,
@@ -325,6 +349,10 @@ def _atheris_child(libfuzzer_args: list[str]) -> None:
         _imports()
     for name in filter(None, os.environ.get("FUZZ_DECODERS_SKIP", "").split(",")):
         DECODERS.pop(name, None)
+    only = os.environ.get("FUZZ_DECODERS_ONLY")
+    if only:
+        for name in [n for n in DECODERS if n != only]:
+            DECODERS.pop(name)
     atheris.Setup([sys.argv[0], *libfuzzer_args], _one_input)
     atheris.Fuzz()
 
@@ -360,12 +388,19 @@ def _run_atheris(seconds: int, update_corpus: bool) -> int:
             check=False,
         )
         elapsed = time.monotonic() - start
+        cov = [ln for ln in proc.stderr.splitlines() if " cov: " in ln]
+        LAST_RUN.clear()
+        LAST_RUN.update(elapsed=elapsed, cov=cov[-1].split(" cov: ")[1].split()[0] if cov else "?",
+                        ft=cov[-1].split(" ft: ")[1].split()[0] if cov and " ft: " in cov[-1]
+                        else "?")  # fmt: skip
         stats = {
             line.split(":")[2].strip(): line.split(":")[-1].strip()
             for line in proc.stderr.splitlines()
             if line.startswith("stat::")
         }
         execs = int(stats.get("number_of_executed_units", "0") or 0)
+        LAST_RUN["execs"] = execs
+        LAST_RUN["rss"] = stats.get("peak_rss_mb", "?")
         new = len(list(work.iterdir())) - (len(list(CORPUS.iterdir())) if CORPUS.is_dir() else 0)
         print(
             f"atheris: {execs} executions in {elapsed:.0f} s ({execs / elapsed:.0f}/s), "
@@ -373,6 +408,7 @@ def _run_atheris(seconds: int, update_corpus: bool) -> int:
             f"peak rss {stats.get('peak_rss_mb', '?')} MB"
         )
         crashes = sorted(p for p in artifacts.iterdir() if p.is_file())
+        LAST_RUN["crashes"] = len(crashes)
         for p in crashes:
             tail = [ln for ln in proc.stderr.splitlines() if "Error" in ln or "assert" in ln][-3:]
             _save_crash(p.read_bytes(), "; ".join(tail) or p.name)
@@ -383,6 +419,30 @@ def _run_atheris(seconds: int, update_corpus: bool) -> int:
         if update_corpus:
             _merge(work)
         return 1 if crashes else 0
+
+
+#: Numbers of the last atheris run (for the campaign table).
+LAST_RUN: dict[str, Any] = {}
+
+
+def _campaign(seconds: int, targets: list[str]) -> int:
+    """Each target alone for ``seconds`` (atheris); a markdown table of the results."""
+    rows = []
+    worst = 0
+    for name in targets:
+        os.environ["FUZZ_DECODERS_ONLY"] = name
+        print(f"-- {name}: {seconds} s", flush=True)
+        rc = _run_atheris(seconds, update_corpus=False)
+        worst = max(worst, rc)
+        r = dict(LAST_RUN)
+        rows.append(f"| {name} | {r.get('execs', 0)} | {r.get('elapsed', 0):.0f} s | "
+                    f"{r.get('cov', '?')} edges, {r.get('ft', '?')} features | "
+                    f"{r.get('rss', '?')} MB | {r.get('crashes', '?')} |")  # fmt: skip
+    os.environ.pop("FUZZ_DECODERS_ONLY", None)
+    print("\n| target | executions | time | coverage (libFuzzer) | peak RSS | crashes |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    return worst
 
 
 def _merge(work: Path) -> None:
@@ -446,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update-corpus", action="store_true", help="merge new coverage (atheris)")
     p.add_argument("--write-seed-corpus", action="store_true", help="(re)write the seed inputs")
     p.add_argument(
+        "--campaign",
+        action="store_true",
+        help="atheris: each decoder alone for --seconds, then a table (docs/reliability.md)",
+    )
+    p.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -467,6 +532,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             engine = "hypothesis"
     print(f"fuzzing the decoders for {args.seconds} s with {engine}")
+    if engine == "atheris" and args.campaign:
+        return _campaign(args.seconds, sorted(DECODERS))
     if engine == "atheris":
         return _run_atheris(args.seconds, args.update_corpus)
     return _run_hypothesis(args.seconds)

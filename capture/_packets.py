@@ -1,6 +1,6 @@
-"""Packets from pcap and pcapng files (read with dpkt), down to TCP segments.
+"""Link, IP and TCP headers of one captured packet, sliced down to its TCP segment.
 
-dpkt reads the file formats; the link, IP and TCP headers are sliced here with
+The file formats are read in :mod:`._readers`; the link, IP and TCP headers are sliced here with
 ``struct`` so that truncated packets (``caplen < len``: a snaplen, or a
 shrunk fixture) keep their *wire* payload length from the IP header, which
 the reassembly needs to report the missing bytes as a hole of known size.
@@ -8,14 +8,9 @@ the reassembly needs to report the missing bytes as a hole of known size.
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
-
-from migcompat.protocol import InputError
 
 __all__ = [
     "LINKTYPES",
@@ -23,8 +18,6 @@ __all__ = [
     "TcpSegment",
     "addr_text",
     "decode_tcp",
-    "iter_packets",
-    "sniff_format",
 ]
 
 
@@ -46,8 +39,6 @@ LINKTYPES = {
     276: "LINUX_SLL2",  # `tcpdump -i any` since libpcap 1.10
 }
 
-_PCAP_MAGICS = {b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d"}
-_PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
 
 _BE16 = struct.Struct(">H")
 _TCP = struct.Struct(">HHIIBB")
@@ -94,128 +85,6 @@ class TcpSegment:
     @property
     def has_ack(self) -> bool:
         return bool(self.flags & 0x10)
-
-
-def sniff_format(path: str) -> str:
-    """``pcap``, ``pcapng``, ``raw`` (a lab recording folder) or raise :class:`InputError`."""
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "chunks.jsonl")):
-            return "raw"
-        if os.path.exists(os.path.join(path, "capture.pcap")):
-            return "pcap-dir"
-        raise InputError(
-            f"{path}: a folder without chunks.jsonl or capture.pcap (not a lab recording)"
-        )
-    if not os.path.exists(path):
-        raise InputError(f"{path}: no such file")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(4)
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from None
-    if head in _PCAP_MAGICS:
-        return "pcap"
-    if head == _PCAPNG_MAGIC:
-        return "pcapng"
-    if os.path.basename(path) == "chunks.jsonl":
-        return "raw"
-    raise InputError(
-        f"{path}: not a pcap or pcapng file (starts with {head.hex() or 'nothing'}); "
-        "for a raw return-path stream use `migcompat decode`"
-    )
-
-
-class _BoundedFile:
-    """A read-only file whose ``read(n)`` never asks for more than the bytes left.
-
-    dpkt reads a record's ``caplen`` (pcap) or block length (pcapng) straight from
-    the file's header and passes it to ``read``; a damaged header saying 4 GiB would
-    make the read allocate 4 GiB before finding a 40-byte file. Capping each read at
-    what remains keeps allocation bounded by the file, and marks the file damaged.
-    """
-
-    def __init__(self, f: BinaryIO, size: int) -> None:
-        self._f = f
-        self._size = size
-        #: Set when a read asked for more than the file holds (a damaged length field).
-        self.overrun: int | None = None
-
-    def read(self, n: int = -1) -> bytes:
-        left = self._size - self._f.tell()
-        if n is None or n < 0 or n > left:
-            if n is not None and n > left and self.overrun is None:
-                self.overrun = n
-            n = max(left, 0)
-        return self._f.read(n)
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seek(self, *args: int) -> int:
-        return self._f.seek(*args)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._f, name)
-
-
-def iter_packets(
-    path: str,
-    *,
-    problems: list[str],
-    on_progress: Callable[[int], None] | None = None,
-) -> Iterator[Packet]:
-    """Yield every record of a pcap or pcapng file.
-
-    A damaged record ends the iteration with a note in ``problems`` (what was read
-    before it is kept); a file dpkt cannot open at all raises :class:`InputError`.
-    """
-    import dpkt
-
-    kind = sniff_format(path)
-    try:
-        raw = open(path, "rb")  # closed in the finally below
-        size = os.fstat(raw.fileno()).st_size
-    except OSError as exc:
-        raise InputError(f"{path}: {exc.strerror or exc}") from None
-    f = _BoundedFile(raw, size)
-    try:
-        try:
-            reader = dpkt.pcapng.Reader(f) if kind == "pcapng" else dpkt.pcap.Reader(f)
-            linktype = int(reader.datalink())
-        except Exception as exc:  # dpkt raises ValueError, struct.error, its own errors
-            raise InputError(f"{path}: cannot read the {kind} header: {exc}") from None
-        if linktype not in LINKTYPES:
-            raise InputError(
-                f"{path}: link type {linktype} is not one loopback or Ethernet captures use "
-                f"(supported: {', '.join(sorted(set(LINKTYPES.values())))})"
-            )
-        index = 0
-        it = iter(reader)
-        while True:
-            try:
-                ts, buf = next(it)
-            except StopIteration:
-                break
-            except Exception as exc:  # a damaged record: keep what came before
-                problems.append(
-                    f"record {index}: damaged ({type(exc).__name__}: {exc}); "
-                    "the rest of the file is not read"
-                )
-                break
-            if f.overrun is not None:
-                problems.append(
-                    f"record {index}: claims {f.overrun} bytes, more than the file has left; "
-                    "the rest of the file is not read"
-                )
-                break
-            yield Packet(index, float(ts), linktype, bytes(buf))
-            index += 1
-            if on_progress is not None and index % 256 == 0:
-                on_progress(f.tell())
-        if on_progress is not None:
-            on_progress(f.tell())
-    finally:
-        raw.close()
 
 
 def _network(linktype: int, buf: bytes) -> tuple[int, int] | None:

@@ -4,14 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._session import (
-    CaptureReport,
-    ConnectionInfo,
-    Migration,
-    keepalives,
-    percentile,
-    rp_silences,
-)
+from ._correlate import Migration
+from ._decode import ConnectionInfo
+from ._session import CaptureReport, keepalives, percentile, rp_silences
 
 __all__ = ["latency_stats", "summarize"]
 
@@ -103,6 +98,15 @@ def _migration(m: Migration, report: CaptureReport) -> dict[str, Any]:
             f"{m.fwd_holes} hole(s) in the forward stream: pages sent inside them are not seen"
         )
     states = sorted(m.states, key=lambda st: st[0])
+    rel = lambda t: None if t is None else round(t - report.start_ts, 6)  # noqa: E731
+    notes = list(m.wire_notes)
+    lab = report.lab_statuses
+    if lab:
+        wire_last = states[-1][1] if states else None
+        said = ", ".join(f"{'source' if k == 'src' else 'destination'} {v}" for k, v in lab.items())
+        notes.append(
+            f"the lab recorded {said} (QMP); the wire's last inferred state is {wire_last}"
+        )
     return {
         "index": m.index,
         "machine_type": m.machine_type,
@@ -119,6 +123,39 @@ def _migration(m: Migration, report: CaptureReport) -> dict[str, Any]:
         "page_requests": page,
         "pages_walked": m.pages_walked,
         "forward_blind_from": blind,
+        "postcopy_device": {
+            "ping_t": rel(m.device_ping_ts),
+            "pong_t": rel(m.device_pong_ts),
+            "pong_read_by_source": m.device_pong_read if m.device_pong_ts is not None else None,
+        },
+        "rejected": (
+            None
+            if m.rejected is None
+            else {"t": rel(m.rejected[0]), "offset": m.rejected[1], "error": m.rejected[2]}
+        ),
+        "split_brain": m.split_brain,
+        "wire_notes": notes,
+    }
+
+
+def _bound(report: CaptureReport) -> dict[str, Any] | None:
+    b = report.bound
+    if b is None:
+        return None
+    pinned = report.pinned
+    return {
+        "low": str(b.low),
+        "high": str(b.high),
+        "text": b.text(),
+        "evidence": [
+            {"t": round(e.t - report.start_ts, 6), "what": e.what, "low": e.low, "high": e.high}
+            for e in b.evidence
+        ],
+        "contradiction": b.contradiction,
+        "read_as": str(pinned or b.high),
+        "given": None if pinned is None else {"release": str(pinned), "basis": report.source_basis,
+                                              "inside_bound": b.contains(pinned)},
+        "ambiguous": report.ambiguous,
     }
 
 
@@ -130,9 +167,12 @@ def summarize(report: CaptureReport, keepalive_period: float) -> dict[str, Any]:
         "source": str(report.source) if report.source else None,
         "source_basis": report.source_basis,
         "metadata_source": report.metadata_source,
+        "release_bound": _bound(report),
         "packets": report.packets,
         "duration_s": round(report.duration, 6),
         "connections": [_conn(c, report, keepalive_period) for c in report.connections.values()],
         "migrations": [_migration(m, report) for m in report.migrations],
         "problems": report.problems,
+        "damaged": report.damaged,
+        "rejected": report.rejected,
     }

@@ -65,6 +65,9 @@ class HalfStream:
         self.mid_stream = False
         self.next = 0
         self.peer_ack = 0
+        #: The latest raw acknowledgement number not yet taken into ``peer_ack`` (the
+        #: hot path stores it; every other entry point settles it first).
+        self.raw_ack: int | None = None
         self.fin_at: int | None = None
         self._ooo: dict[int, tuple[bytes, int, float, int]] = {}
         self._ooo_bytes = 0
@@ -96,6 +99,8 @@ class HalfStream:
         packet: int,
     ) -> Iterator[Data | Hole]:
         """Take one segment; yield what becomes deliverable."""
+        if self.raw_ack is not None:
+            self._settle()
         if self.first_ts is None:
             self.first_ts = ts
         self.last_ts = ts
@@ -120,6 +125,8 @@ class HalfStream:
 
     def ack(self, ackno: int, ts: float, packet: int) -> Iterator[Data | Hole]:
         """The reverse direction acknowledged ``ackno`` (for this direction's bytes)."""
+        if self.raw_ack is not None:
+            self._settle()
         if self.isn is None:
             return
         off = self._off(ackno)
@@ -127,8 +134,39 @@ class HalfStream:
             self.peer_ack = off
             yield from self._check_ack(ts, packet)
 
+    def in_order(self, seq: int, payload: bytes, ts: float, packet: int) -> Data | None:
+        """The common case in one call: a whole segment at the next expected offset with
+        nothing waiting behind a gap is delivered at once (``None``: use :meth:`segment`)."""
+        if self.isn is None or self._ooo:
+            return None
+        rel = (seq - self.isn) % _MOD
+        if rel != self.next % _MOD or not payload:
+            return None
+        off = self.next
+        self.last_ts = ts
+        n = len(payload)
+        self.next = off + n
+        self.delivered += n
+        return Data(off, payload, ts, packet)
+
+    def ack_only(self, ackno: int) -> bool:
+        """:meth:`ack` without a generator: True when pieces became deliverable (then
+        :meth:`ack` must be iterated with the same number)."""
+        if self.raw_ack is not None:
+            self._settle()
+        if self.isn is None:
+            return False
+        off = self._off(ackno)
+        if off > self.peer_ack and off - self.next < _HALF:
+            if self._ooo and off > self.next and off >= min(self._ooo):
+                return True
+            self.peer_ack = off
+        return False
+
     def finish(self, ts: float, packet: int) -> Iterator[Data | Hole]:
         """The capture ended: whatever still waits behind a gap is delivered after a hole."""
+        if self.raw_ack is not None:
+            self._settle()
         while self._ooo:
             first = min(self._ooo)
             yield from self._hole(first - self.next, ts, packet, "lost")
@@ -140,6 +178,14 @@ class HalfStream:
             yield from self._hole(acked - self.next, ts, packet, "lost")
 
     # -- machinery ----------------------------------------------------------------
+    def _settle(self) -> None:
+        ackno, self.raw_ack = self.raw_ack, None
+        if self.isn is None or ackno is None:
+            return
+        off = self._off(ackno)
+        if off > self.peer_ack and off - self.next < _HALF:
+            self.peer_ack = off
+
     def _place(
         self, off: int, payload: bytes, wire_len: int, ts: float, packet: int
     ) -> Iterator[Data | Hole]:

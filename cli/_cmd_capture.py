@@ -31,21 +31,27 @@ def register(sub: Any) -> None:
             "folder with chunks.jsonl), reassemble both TCP directions, decode the forward "
             "stream's header, sections and MIG_CMD commands and every return-path frame as "
             "the source release reads it, and correlate them (PING→PONG, RECV_BITMAP, "
-            "POSTCOPY_RESUME→RESUME_ACK, page-request latency). Exit 0: decoded; 1: the "
-            "source (or a --check-against release) rejects a return path; 2: bad input."
+            "POSTCOPY_RESUME→RESUME_ACK, page-request latency, 10.2+'s postcopy-device "
+            "PING/PONG 0x42 and the split-brain boundary), in time order. Without a release, "
+            "the source's is bounded from the wire (machine type, MIG_CMD_* first releases, "
+            "postcopy-device) and the newest inside the bound reads the return path. "
+            "Exit 0: decoded; 1: the source (or a release inside the bound, or a "
+            "--check-against release) rejects a return path; 2: bad input (not a capture, "
+            "an unknown release, a filter matching nothing, or a damaged capture: what could "
+            "be read is decoded, the problems go to stderr)."
         ),
     )
     p.add_argument(
         "path",
-        help="pcap/pcapng file, a lab recording folder, or a migration file (raw forward "
-        "stream, as `migrate \"exec:cat > mig.bin\"` writes it)",
+        help="pcap/pcapng file, '-' for stdin, a lab recording folder, or a migration file "
+        '(raw forward stream, as `migrate "exec:cat > mig.bin"` writes it)',
     )
     p.add_argument(
         "--source",
         default="auto",
         metavar="REL|auto",
         help="source release; auto (default): a lab run's metadata.json/record.json beside "
-        "the capture if any, else the newest release consistent with the capture",
+        "the capture if any, else bounded from the wire (read as the newest inside the bound)",
     )
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="one JSON object per event")
@@ -106,16 +112,16 @@ def _releases(values: list[str]) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _fields_text(kind: str, fields: dict[str, Any]) -> str:
+def _fields_text(rec: Any) -> str:
     parts = []
-    for k, v in fields.items():
+    for k, v in rec.fields.items():
         if v is None or v == {} or v == [] or (k == "depth" and v == 0):
             continue
-        if kind == "rp-frame" and k in ("type", "length"):
+        if rec.kind in ("rp-frame", "rp-unread") and k in ("type", "length"):
             continue
         if isinstance(v, int) and k in ("start", "addr", "end_mark"):
             parts.append(f"{k}=0x{v:x}")
-        elif isinstance(v, str) and len(v) > 60:
+        elif isinstance(v, str) and len(v) > 60 and k not in ("note", "meaning", "evidence"):
             parts.append(f"{k}={v[:60]}…")
         elif isinstance(v, dict | list) and len(str(v)) > 80:
             parts.append(f"{k}={str(v)[:80]}…")
@@ -124,48 +130,41 @@ def _fields_text(kind: str, fields: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _line(rec: dict[str, Any]) -> str:
-    t = rec["t"]
-    conn = rec["conn"] or "-"
-    d = rec["dir"] or ""
-    name = str(rec["name"]).removeprefix("MIG_RP_MSG_")
-    kind = rec["kind"]
-    label = {
-        "rp-frame": name,
-        "command": name,
-        "section": name,
-        "connection": f"connection {name}",
-        "hole": f"HOLE ({name})",
-        "fwd-stop": "FORWARD DECODE STOPS",
-        "fwd-violation": "FORWARD REJECTED",
-        "rp-violation": "RETURN PATH REJECTED",
-        "rp-end": f"return path ends ({name})",
-        "fwd-end": f"forward stream ends ({name})",
-        "resync": f"resync: {name}",
-        "page-served": "requested page sent",
-        "page": f"page {name}",
-        "ram-blocks": "RAM blocks",
-        "header": "QEVM header",
-        "note": f"note: {name}",
-    }.get(kind, f"{kind} {name}")
-    off = "" if rec["offset"] is None else f"@{rec['offset']}"
-    return f"{t:>11.6f}  {conn:>3} {d:3}  {label:28} {off:>10}  {_fields_text(kind, rec['fields'])}"
+_LABELS = {
+    "connection": "connection {}",
+    "hole": "HOLE ({})",
+    "fwd-stop": "FORWARD DECODE STOPS",
+    "fwd-violation": "FORWARD REJECTED",
+    "rp-violation": "RETURN PATH REJECTED",
+    "rp-unread": "unread by source: {}",
+    "rp-end": "return path ends ({})",
+    "fwd-end": "forward stream ends ({})",
+    "resync": "resync: {}",
+    "page-served": "requested page sent",
+    "page": "page {}",
+    "ram-blocks": "RAM blocks",
+    "header": "QEVM header",
+    "note": "note: {}",
+    "postcopy-device": "POSTCOPY-DEVICE {}",
+    "split-brain": "SPLIT-BRAIN BOUNDARY",
+    "release": "release bound: {}",
+}
+
+
+def _line(rec: Any) -> str:
+    conn = rec.conn or "-"
+    d = rec.dir or ""
+    name = str(rec.name).removeprefix("MIG_RP_MSG_")
+    label = _LABELS.get(rec.kind, "{}").format(name)
+    off = "" if rec.offset is None else f"@{rec.offset}"
+    return f"{rec.t:>11.6f}  {conn:>3} {d:3}  {label:28} {off:>10}  {_fields_text(rec)}"
 
 
 def run(args: argparse.Namespace) -> int:
-    from migcompat.capture import (
-        CaptureOptions,
-        decode_capture,
-        decode_migration_file,
-        is_migration_file,
-        sniff_format,
-        summarize,
-    )
+    from migcompat.capture import CaptureOptions, decode_capture, sniff_format, summarize
 
     path = args.path
-    migfile = is_migration_file(path)
-    if not migfile:
-        sniff_format(path)  # a clear error before anything else
+    sniff_format(path)  # a clear error before anything else
     dump = _read_dump(args.dump_vmstate) if args.dump_vmstate else None
     source = None
     if args.source != "auto":
@@ -192,30 +191,32 @@ def run(args: argparse.Namespace) -> int:
         decode_fields=args.fields or args.devices,
         dump=dump,
     )
+    options.validate()  # every release named, before any output
     frames: list[tuple[float, str, str]] = []
     out = sys.stdout
 
-    def on_record(rec: dict[str, Any]) -> None:
-        if args.plot and rec["kind"] == "rp-frame":
-            frames.append((rec["t"], rec["conn"], rec["name"]))
+    def on_record(rec: Any) -> None:
+        if args.plot and rec.kind == "rp-frame":
+            frames.append((rec.t, rec.conn, rec.name))
         if args.summary:
             return
-        if args.devices and rec["kind"] not in ("device", "fwd-stop", "fwd-violation"):
+        if args.devices and rec.kind not in ("device", "fwd-stop", "fwd-violation"):
             return
         if args.devices and not args.json:
             out.write(_device_text(rec))
             return
         if args.json:
-            print_json(rec)
+            print_json(rec.to_json())
         else:
             out.write(_line(rec) + "\n")
 
     progress, done = _progress(path)
     try:
-        decode = decode_migration_file if migfile else decode_capture
-        report = decode(path, options, on_record, progress)
+        report = decode_capture(path, options, on_record, progress)
     finally:
         done()
+    if report.unmatched_filter:
+        raise InputError(report.unmatched_filter)
     summary = summarize(report, period)
     if args.json:
         print_json(
@@ -239,14 +240,11 @@ def run(args: argparse.Namespace) -> int:
         plot_capture(report, frames, args.plot, period)
         if not args.json:
             out.write(f"plot written to {args.plot}\n")
-    rejected = any(
-        c.get("return_path", {}).get("verdict") == "rejected"
-        or any(
-            v["verdict"] == "rejected" for v in c.get("return_path", {}).get("checks", {}).values()
-        )
-        for c in summary["connections"]
-    )
-    return 1 if rejected else 0
+    for prob in report.problems:
+        print(f"migcompat capture: problem: {prob}", file=sys.stderr)
+    if report.damaged:
+        return 2
+    return 1 if report.rejected else 0
 
 
 def _read_dump(path: str) -> Any:
@@ -284,23 +282,22 @@ def _field_lines(fields: dict[str, Any], indent: str) -> list[str]:
     return lines
 
 
-def _device_text(rec: dict[str, Any]) -> str:
+def _device_text(rec: Any) -> str:
     """The ``--devices`` view of one record: the section, then its fields indented."""
-    f = rec["fields"]
-    if rec["kind"] != "device":
-        return f"{rec['conn'] or '-'} @{rec['offset']}  {_line(rec).split('  ', 2)[-1].strip()}\n"
+    if rec.kind != "device":
+        return f"{rec.conn or '-'} @{rec.offset}  {_line(rec).split('  ', 2)[-1].strip()}\n"
     head = (
-        f"{rec['conn'] or '-'} @{rec['offset']}  section {f['section_id']} {rec['name']} "
-        f"(instance {f['instance_id']}, version {f['version_id']}): {f['size']} bytes, "
-        f"delimited by {f['delimited_by']}"
+        f"{rec.conn or '-'} @{rec.offset}  section {rec.section_id} {rec.name} "
+        f"(instance {rec.instance_id}, version {rec.version_id}): {rec.size} bytes, "
+        f"delimited by {rec.delimited_by}"
     )
-    if f.get("device_type"):
-        head += f", {f['device_type']}"
-    if f.get("depth"):
+    if rec.device_type:
+        head += f", {rec.device_type}"
+    if rec.depth:
         head += " (inside PACKAGED)"
     lines = [head]
-    if "fields" in f:
-        lines += _field_lines(f["fields"], "    ")
+    if rec.values is not None:
+        lines += _field_lines(rec.values, "    ")
     return "\n".join(lines) + "\n"
 
 
@@ -342,6 +339,21 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s["metadata_source"] and not s["source_basis"].endswith(".json"):
         w(f"; the lab's record says {s['metadata_source']}")
     w("\n")
+    b = s["release_bound"]
+    if b:
+        w(f"  bound from the wire: {b['text']}; read as {b['read_as']}")
+        g = b["given"]
+        if g is None:
+            w(" (the newest release inside the bound)\n" if b["low"] != b["high"] else "\n")
+        elif g["inside_bound"]:
+            w(f" ({g['basis']}, inside the bound)\n")
+        else:
+            w(f" ({g['basis']}) — OUTSIDE the bound: the wire contradicts it\n")
+        for e in b["evidence"]:
+            side = f"≥ {e['low']}" if e["low"] else f"≤ {e['high']}"
+            w(f"    {e['t']:.3f} s  {e['what']} ⇒ {side}\n")
+        for conn, diff in b["ambiguous"].items():
+            w(f"  still ambiguous on {conn}: inside the bound, {'; '.join(diff)}\n")
     for c in s["connections"]:
         w(f"\n{c['id']} {c['client']} → {c['server']}: {c['role']}")
         if c["migration"] is not None:
@@ -444,5 +456,21 @@ def _print_summary(s: dict[str, Any]) -> None:
             if pr.get("why_unmatched"):
                 w(f" ({pr['why_unmatched']})")
             w("\n")
-    for prob in s["problems"]:
-        w(f"problem: {prob}\n")
+        pd = m["postcopy_device"]
+        if pd["ping_t"] is not None or pd["pong_t"] is not None:
+            ping = "not in the capture" if pd["ping_t"] is None else f"at {pd['ping_t']:.3f} s"
+            pong = "not in the capture" if pd["pong_t"] is None else f"at {pd['pong_t']:.3f} s"
+            w(f"  postcopy-device (10.2+): PING 0x42 {ping}, PONG 0x42 {pong}")
+            if pd["pong_read_by_source"] is False:
+                w(" (on the wire after the source stopped reading)")
+            w("\n")
+        if m["rejected"]:
+            r = m["rejected"]
+            w(f"  source rejected the return path at {r['t']:.3f} s (offset {r['offset']}): "
+              f"{r['error']}\n")
+        if m["split_brain"]:
+            w(f"  SPLIT-BRAIN BOUNDARY: {m['split_brain']}\n")
+        for note in m["wire_notes"]:
+            w(f"  wire: {note}\n")
+    if s["problems"]:
+        w(f"{len(s['problems'])} problem(s) with the input (on stderr)\n")

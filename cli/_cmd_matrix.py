@@ -22,6 +22,7 @@ from migcompat.compat import (
     shard,
 )
 from migcompat.lab import (
+    MatrixInterrupted,
     cell_record_path,
     observations_json,
     read_cell_records,
@@ -360,23 +361,28 @@ def _run(args: argparse.Namespace) -> int:
             print(p.cell.id + (f"  (skipped: {p.unpredicted})" if p.unpredicted else ""))
         return 0
     out = args.out or Path("matrix-runs") / time.strftime("%Y%m%d-%H%M%S")
+    interrupted: MatrixInterrupted | None = None
     with run_progress(len(preds)) as (started, done):
-        results = run_cells(
-            preds,
-            out,
-            jobs=args.jobs,
-            timeout=args.timeout,
-            observe=args.observe,
-            keep=args.keep,
-            run_unpredicted=args.run_unpredicted,
-            retries=args.retries,
-            on_start=started,
-            on_done=done,
-            selection=sel,
-            shard_spec=shard_spec,
-        )
+        try:
+            results = run_cells(
+                preds,
+                out,
+                jobs=args.jobs,
+                timeout=args.timeout,
+                observe=args.observe,
+                keep=args.keep,
+                run_unpredicted=args.run_unpredicted,
+                retries=args.retries,
+                on_start=started,
+                on_done=done,
+                selection=sel,
+                shard_spec=shard_spec,
+            )
+        except MatrixInterrupted as exc:  # ^C: report the finished cells, name the rest
+            interrupted, results = exc, exc.results
+    finished = [p for p in preds if interrupted is None or p.cell.id not in interrupted.not_run]
     # The report comes from the records just written, through `matrix merge`'s path.
-    records = read_cell_records(cell_record_path(out, p.cell) for p in preds)
+    records = read_cell_records(cell_record_path(out, p.cell) for p in finished)
     merged = merge_records(records, expected=preds)
     _reports(args, merged_reports(merged, command=sel.command(*more)))
     if args.record_observations == "-":
@@ -384,6 +390,9 @@ def _run(args: argparse.Namespace) -> int:
     elif args.record_observations:
         record_observations(results, Path(args.record_observations))
     Console(stderr=True, soft_wrap=True).print(summary_line(merged.results, out))
+    if interrupted is not None:
+        Console(stderr=True, soft_wrap=True).print(f"[bold red]{interrupted}[/]", highlight=False)
+        return 130
     if merged.failed:
         return 1
     ran = [r for r in results if r.outcome != "skipped"]

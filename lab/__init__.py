@@ -17,7 +17,7 @@ Public API (stable; other parts of the project depend on it):
 * :class:`LabError`, the one error type (a ``MigcompatError``).
 """
 
-from migcompat.lab._errors import LabError, LabStalled
+from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
 from migcompat.lab.builds import (
     QemuBuild,
     find_build,
@@ -29,6 +29,7 @@ from migcompat.lab.fixtures import save_fixture
 from migcompat.lab.host import read_tcp_sysctls
 from migcompat.lab.matrix import (
     RECORD_NAME,
+    MatrixInterrupted,
     build_versions,
     cell_record_path,
     observations_json,
@@ -49,8 +50,10 @@ __all__ = [
     "RECORD_NAME",
     "SUITES",
     "LabError",
+    "LabInterrupted",
     "LabStalled",
     "LabState",
+    "MatrixInterrupted",
     "Proxy",
     "QemuBuild",
     "QemuInstance",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from migcompat.protocol import MigcompatError
 
-__all__ = ["LabError", "LabStalled"]
+__all__ = ["LabError", "LabInterrupted", "LabStalled"]
 
 
 def __dir__() -> list[str]:
@@ -39,6 +39,13 @@ class LabError(MigcompatError):
 class LabStalled(LabError):
     """A run produced no result within its overall budget and was torn down.
 
-    Seen about once in 60–130 runs under load (the proxy stops forwarding and every
-    step waits): a fault of the harness, not an outcome of QEMU's, so callers may retry.
+    A bug of the lab, not an outcome of QEMU's: the run's state (the proxy's included) is in
+    ``stall-report.json`` next to the record. (The stall once seen about once in 60–130 runs
+    was a dropped cancel in Python 3.11's ``asyncio.wait_for``; see docs/reliability.md.)
     """
+
+
+class LabInterrupted(LabError, KeyboardInterrupt):
+    """^C (SIGINT) stopped a run; its QEMUs were stopped first. Still a ``KeyboardInterrupt``."""
+
+    exit_code = 130

@@ -18,11 +18,15 @@ guest kernel can be named by one path on both sides.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import json
 import os
 import re
 import shutil
+import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,13 +35,16 @@ from migcompat.lab._errors import LabError
 __all__ = [
     "LAB_BUILD_PREFIX",
     "MARKER_NAME",
+    "UNIX_PATH_MAX",
     "QemuBuild",
     "build_roots_dir",
     "cache_dir",
+    "check_socket_path",
     "find_build",
     "installed_builds",
     "lab_builds",
     "lab_builds_file",
+    "new_run_dir",
     "probe_version",
     "register_user_build",
     "release_from_version",
@@ -63,6 +70,7 @@ _ROOT_BINARY = "/usr/bin/qemu-system-x86_64"
 # `mount --rbind` brings /dev's submounts (pts, shm) along; /dev/userfaultfd is a plain node.
 # `exec chroot` then chroot's own exec make the PID the caller holds QEMU's PID.
 _ROOT_SCRIPT = r"""set -e
+umask 077
 r=$1; run=$2; shift 2
 for d in proc sys dev; do mount --rbind "/$d" "$r/$d"; done
 mkdir -p "$r$run"
@@ -102,14 +110,90 @@ def user_builds_file() -> Path:
     return cache_dir() / "user-builds.json"
 
 
-def run_dir() -> Path:
-    """Shared run dir (short path: unix socket paths are limited to 108 bytes).
+#: Longest path ``bind(2)`` takes for a unix socket (``sun_path`` is 108 bytes, NUL included).
+UNIX_PATH_MAX = 107
 
-    Set ``MIGCOMPAT_LAB_RUN_DIR`` to move it. Created on first use.
+# The process's default base (a fresh mkdtemp), once made.
+_default_base: Path | None = None
+
+
+def _check_private(path: Path) -> None:
+    """Refuse ``path`` unless it is a real directory owned by us that no one else can write.
+
+    A root lab puts QMP sockets, ``-serial file:`` targets and the guest kernel there: a
+    directory another user made (or can write) lets them plant symlinks that root's QEMU
+    writes through, or a kernel that it boots.
     """
-    path = Path(os.environ.get("MIGCOMPAT_LAB_RUN_DIR") or "/tmp/migcompat-lab")
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        st = os.lstat(path)
+    except OSError as exc:
+        raise LabError(f"run dir {path}: cannot stat it", exc=exc) from exc
+    uid = os.geteuid()
+    if stat.S_ISLNK(st.st_mode):
+        raise LabError(f"run dir {path} is a symlink: refusing it (set MIGCOMPAT_LAB_RUN_DIR "
+                       "to a directory of your own)")  # fmt: skip
+    if not stat.S_ISDIR(st.st_mode):
+        raise LabError(f"run dir {path} is not a directory: refusing it")
+    if st.st_uid != uid:
+        raise LabError(f"run dir {path} is owned by uid {st.st_uid}, not by this user "
+                       f"(uid {uid}): refusing it (others could plant files there)")  # fmt: skip
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise LabError(f"run dir {path} is writable by group or others (mode "
+                       f"{stat.S_IMODE(st.st_mode):04o}): refusing it (chmod 700 it)")  # fmt: skip
+
+
+def _tidy_default_base(base: Path) -> None:
+    """At exit: drop the cached kernel and empty run dirs; keep records a run pointed at."""
+    shutil.rmtree(base / "guest", ignore_errors=True)
+    for sub in sorted(base.glob("*/**"), key=lambda p: len(p.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()  # only empty ones go
+    with contextlib.suppress(OSError):
+        base.rmdir()
+
+
+def run_dir() -> Path:
+    """The lab's base directory, private to this user (checked on every call).
+
+    ``MIGCOMPAT_LAB_RUN_DIR`` names it: created mode 0700 when missing; when it exists it must
+    be a directory owned by this user and not writable by group or others, else
+    :class:`LabError` says why. Unset: a fresh ``mkdtemp`` directory per process (0700), removed
+    at exit. Runs work in their own fresh subdirectory (:func:`new_run_dir`). Paths stay short:
+    unix socket paths are limited to 108 bytes.
+    """
+    global _default_base
+    configured = os.environ.get("MIGCOMPAT_LAB_RUN_DIR")
+    if not configured:
+        if _default_base is None or not _default_base.is_dir():
+            _default_base = Path(tempfile.mkdtemp(prefix="mc-"))
+            atexit.register(_tidy_default_base, _default_base)
+        path = _default_base
+    else:
+        path = Path(configured)
+        if not path.is_absolute():
+            raise LabError(f"MIGCOMPAT_LAB_RUN_DIR={configured!r}: give an absolute path")
+        if not os.path.lexists(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # mkdir never follows a planted symlink; if someone wins the race, the check refuses.
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(path, 0o700)
+    _check_private(path)
     return path
+
+
+def new_run_dir(prefix: str) -> Path:
+    """A fresh private directory for one run (``mkdtemp`` in :func:`run_dir`: mode 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=run_dir()))
+    _check_private(path)
+    return path
+
+
+def check_socket_path(path: Path) -> None:
+    """:class:`LabError` when ``path`` is too long for a unix socket (``bind`` would fail)."""
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise LabError(f"unix socket path {path} is {len(os.fsencode(path))} bytes, over the "
+                       f"{UNIX_PATH_MAX}-byte limit: set MIGCOMPAT_LAB_RUN_DIR to a shorter "
+                       "directory")  # fmt: skip
 
 
 _VERSION_RE = re.compile(r"version (\d+)\.(\d+)")

@@ -209,9 +209,8 @@ def plan_cases(pools: dict[str, list[tuple[str, bytes]]], n: int) -> list[RealCa
 
 async def _one_run(runner: Any, build: Any, sc: Any, outdir: Path) -> Any:
     """One lab run, cancelled (the lab tears its QEMUs down) if it outlives its own timeout."""
-    return await asyncio.wait_for(
-        runner(build, build, sc, outdir=outdir, timeout=60.0, observe=4.0), REAL_CASE_TIMEOUT
-    )
+    async with asyncio.timeout(REAL_CASE_TIMEOUT):  # not wait_for (see docs/reliability.md)
+        return await runner(build, build, sc, outdir=outdir, timeout=60.0, observe=4.0)
 
 
 def run_real(

@@ -18,6 +18,7 @@ import platform
 import re
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -34,13 +35,14 @@ from migcompat.compat import (
     cell_record,
     compare,
 )
-from migcompat.lab._errors import LabError
+from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
 from migcompat.lab.builds import find_build, provision_hint
 from migcompat.lab.runner import RunRecord, run_scenario
 from migcompat.protocol import InputError
 
 __all__ = [
     "RECORD_NAME",
+    "MatrixInterrupted",
     "build_versions",
     "cell_record_path",
     "cell_slug",
@@ -130,6 +132,7 @@ def run_cell(
     run_unpredicted: bool = False,
     selection: Selection | None = None,
     shard_spec: str | None = None,
+    stop: threading.Event | None = None,
 ) -> CellResult:
     """Run one cell on the lab (:func:`migcompat.lab.run_scenario`), compare, and write the
     cell's record (:func:`write_cell_record`, with ``selection`` and ``shard_spec``).
@@ -140,7 +143,9 @@ def run_cell(
     A passing cell keeps only its ``record.json`` (unless ``keep``); a mismatch or an
     error keeps the whole run directory (capture, streams, record).
     """
-    result = _run_cell(pred, outdir, timeout, observe, keep, hard_timeout, run_unpredicted)
+    result = _run_cell(pred, outdir, timeout, observe, keep, hard_timeout, run_unpredicted, stop)
+    if stop is not None and stop.is_set() and result.outcome == "error":
+        return result  # stopped by ^C half-way: no record (the cell did not run)
     write_cell_record(result, outdir, selection=selection, shard_spec=shard_spec)
     return result
 
@@ -153,6 +158,7 @@ def _run_cell(
     keep: bool,
     hard_timeout: float | None,
     run_unpredicted: bool,
+    stop: threading.Event | None = None,
 ) -> CellResult:
     cell = pred.cell
     if pred.unpredicted and not run_unpredicted:
@@ -165,7 +171,10 @@ def _run_cell(
     cell_dir = Path(outdir) / cell_slug(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
-    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout)
+    status, payload = _run_isolated(cell, cell_dir, timeout, observe, hard_timeout, stop)
+    if status == "stalled":  # a lab bug with its state dumped: reported, never retried
+        return CellResult(pred, "error", [f"lab stall (not retried): {payload}"],
+                          record=str(cell_dir), duration=time.monotonic() - t0)  # fmt: skip
     if status != "ok":
         return CellResult(
             pred,
@@ -195,7 +204,9 @@ def _run_cell(
     return CellResult(pred, outcome, reasons, obs, record, time.monotonic() - t0)
 
 
-def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float) -> None:
+def _child(
+    conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float, budget: float
+) -> None:
     """Child process body: new process group, one lab run, the record back through ``conn``."""
     os.setsid()
     try:
@@ -207,8 +218,11 @@ def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float)
             Path(cell_dir),
             timeout=timeout,
             observe=observe,
+            budget=budget,
         )
         conn.send(("ok", rec.to_json()))
+    except LabStalled as exc:
+        conn.send(("stalled", str(exc)))
     except LabError as exc:
         conn.send(("error", str(exc)))
     except Exception as exc:  # report, not lose, a lab bug
@@ -218,21 +232,41 @@ def _child(conn: Any, cell: Cell, cell_dir: str, timeout: float, observe: float)
 
 
 def _run_isolated(
-    cell: Cell, cell_dir: Path, timeout: float, observe: float, hard_timeout: float | None
+    cell: Cell,
+    cell_dir: Path,
+    timeout: float,
+    observe: float,
+    hard_timeout: float | None,
+    stop: threading.Event | None = None,
 ) -> tuple[str, Any]:
+    """One cell in a child process; ``stop`` set (^C): the child gets SIGINT and tears its run
+    down (its QEMUs first), with 30 s before its process group is killed."""
+    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
+    # the run's own budget fires first, so that a stall is dumped, not just killed
+    budget = max(1.0, limit - 15.0)
     ctx = multiprocessing.get_context("spawn")
     parent, child = ctx.Pipe(duplex=False)
-    args = (child, cell, str(cell_dir), timeout, observe)
+    args = (child, cell, str(cell_dir), timeout, observe, budget)
     proc = ctx.Process(target=_child, args=args, daemon=False)
     proc.start()
     child.close()
-    limit = hard_timeout if hard_timeout is not None else timeout + observe + 60.0
     result: tuple[str, Any] = ("error", f"no result within {limit:.0f} s: run ended")
-    if parent.poll(limit):
-        try:
-            result = parent.recv()
-        except EOFError:
-            result = ("error", f"the run's process died (exit {proc.exitcode})")
+    end = time.monotonic() + limit
+    interrupted = False
+    while time.monotonic() < end:
+        if parent.poll(0.2):
+            try:
+                result = parent.recv()
+            except EOFError:
+                result = ("error", f"the run's process died (exit {proc.exitcode})")
+            break
+        if stop is not None and stop.is_set() and not interrupted:
+            interrupted = True
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGINT)  # type: ignore[arg-type]
+            end = min(end, time.monotonic() + 30)
+    if interrupted and result[0] == "error" and "no result" in str(result[1]):
+        result = ("error", "interrupted (SIGINT)")
     proc.join(10)
     if proc.is_alive() or result[0] != "ok":
         # Its process group holds only what this run started (QEMUs, tcpdump): end it by id.
@@ -261,13 +295,19 @@ def run_cells(
 ) -> list[CellResult]:
     """Run cells, at most ``jobs`` at a time (each in its own process); results in order.
 
-    A cell whose lab run fails (``error``: QEMU did not start, the run never returned) is
-    run again up to ``retries`` times; a mismatch never is. Each cell's record
-    (:func:`write_cell_record`) names ``selection`` and ``shard_spec``, so that
-    ``matrix merge`` knows which cells belong together and which are missing.
-    """
+    A cell whose lab run fails (``error``: QEMU did not start) is run again up to ``retries``
+    times; a mismatch never is, nor a lab stall (a bug report, with the run's state dumped).
+    Each cell's record (:func:`write_cell_record`) names ``selection`` and ``shard_spec``, so
+    that ``matrix merge`` knows which cells belong together and which are missing.
 
-    def one(p: Prediction) -> CellResult:
+    :raises MatrixInterrupted: ^C: the cells running were stopped (their QEMUs first);
+        it carries the finished cells' results and the ids of the cells that did not run.
+    """
+    stop = threading.Event()
+
+    def one(p: Prediction) -> CellResult | None:
+        if stop.is_set():
+            return None
         if on_start:
             on_start(p)
         errors: list[str] = []
@@ -281,8 +321,11 @@ def run_cells(
                 run_unpredicted=run_unpredicted,
                 selection=selection,
                 shard_spec=shard_spec,
+                stop=stop,
             )
-            if r.outcome != "error":
+            if stop.is_set() and r.outcome == "error":
+                return None  # stopped half-way: no result
+            if r.outcome != "error" or r.reasons[0].startswith("lab stall"):
                 break
             errors += r.reasons  # a lab failure is no observation: run the cell again
         if errors and r.outcome != "error":
@@ -293,8 +336,34 @@ def run_cells(
             on_done(r)
         return r
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return list(pool.map(one, preds))
+    pool = ThreadPoolExecutor(max_workers=max(1, jobs))
+    futures = [pool.submit(one, p) for p in preds]
+    try:
+        results = [f.result() for f in futures]
+    except KeyboardInterrupt:
+        stop.set()
+        for f in futures:
+            f.cancel()
+        pool.shutdown(wait=True)  # the running cells end their runs (SIGINT to each child)
+        got = [None if f.cancelled() or f.exception() else f.result() for f in futures]
+        raise MatrixInterrupted(
+            [r for r in got if r is not None],
+            [p.cell.id for p, r in zip(preds, got, strict=True) if r is None],
+        ) from None
+    pool.shutdown()
+    return [r for r in results if r is not None]
+
+
+class MatrixInterrupted(LabInterrupted):
+    """^C during :func:`run_cells`: ``results`` (finished cells), ``not_run`` (cell ids)."""
+
+    def __init__(self, results: list[CellResult], not_run: list[str]) -> None:
+        super().__init__(
+            f"interrupted (SIGINT): {len(results)} cell(s) finished, {len(not_run)} did not "
+            f"run: {', '.join(not_run) or 'none'}"
+        )
+        self.results = results
+        self.not_run = not_run
 
 
 def observations_json(

@@ -47,12 +47,12 @@ from migcompat.compat import (
     retransmission_schedule_s,
 )
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild, require_build, run_dir
+from migcompat.lab.builds import QemuBuild, new_run_dir, require_build
 from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.netns import VethPair
 from migcompat.lab.qemu import QemuInstance, newest_common_machine, query_machines
-from migcompat.lab.runner import QmpPair, instance_record, progress_console
+from migcompat.lab.runner import QmpPair, end_tasks, instance_record, progress_console
 
 __all__ = [
     "DEFAULT_WINDOW",
@@ -244,8 +244,7 @@ class _PartitionRun(QmpPair):
         self.srcb, self.dstb = srcb, dstb
         self.idle = scenario == "partition-idle"
         self.strategy, self.window = strategy, window
-        self.workdir = run_dir() / f"p{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = new_run_dir("p")
         self.outdir = outdir or (self.workdir / "out")
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.console = console
@@ -340,7 +339,8 @@ class _PartitionRun(QmpPair):
         )
         assert self.tcpdump.stderr is not None
         try:
-            said = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+            async with asyncio.timeout(10):
+                said = await self.tcpdump.stderr.readline()
         except TimeoutError:
             said = b""
         self.step("tcpdump", said=said.decode(errors="replace").strip())
@@ -359,13 +359,13 @@ class _PartitionRun(QmpPair):
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGINT)  # our own child, by PID
         try:
-            await asyncio.wait_for(proc.wait(), 5)
+            async with asyncio.timeout(5):
+                await proc.wait()
         except TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._dump_task, 5)
+        await asyncio.wait({self._dump_task}, timeout=5)
 
     async def cut(self, pair: VethPair) -> None:
         if not await self.wait_status("src", {"active"}, 30):
@@ -509,10 +509,8 @@ class _PartitionRun(QmpPair):
                 for side in ("src", "dst"):
                     dropped[side] = await asyncio.to_thread(pair.dropped, side)
             finally:
-                for t in tasks:
-                    t.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await t
+                self.stop_polling()
+                await end_tasks(tasks)
                 await self.stop_tcpdump()
                 for inst in (self.src, self.dst):
                     if inst is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import socket
 import struct
@@ -193,6 +194,7 @@ class _Conn:
     pending: list[tuple[bytes, asyncio.Future[dict[str, Any]]]] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
+    rp_eof: bool = False  #: the destination ended the return path (FIN passed on to the source)
 
 
 class Proxy:
@@ -202,6 +204,7 @@ class Proxy:
     :param src_release: source release line; selects the Reader that frames the return path.
     :param clock: the run's time origin (``time.monotonic()``), so times line up with QEMU's.
     :param fwd_cap: bytes of the forward stream kept per connection (``None``: all).
+    :param host: where it listens and connects: a loopback address (anything else is refused).
     """
 
     def __init__(
@@ -213,6 +216,12 @@ class Proxy:
         fwd_cap: int | None = 256 * 1024,
         host: str = "127.0.0.1",
     ) -> None:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise LabError(f"proxy host {host!r}: the lab listens on loopback addresses only")
         self.outdir = outdir
         self.src_release = src_release
         self.clock = time.monotonic() if clock is None else clock
@@ -229,6 +238,8 @@ class Proxy:
         outdir.mkdir(parents=True, exist_ok=True)
         self._chunks = open(outdir / "chunks.jsonl", "w")
         self._frame_waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        #: Why recording stopped (a full disk), if it did; the relay goes on regardless.
+        self.disk_error: str | None = None
 
     # ------------------------------------------------------------------
     # Section: Public interface
@@ -264,6 +275,9 @@ class Proxy:
         c = self.conns[conn]
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         async with c.lock:
+            if c.closed or c.rp_eof:
+                why = "closed" if c.closed else "past its return-path EOF"
+                raise LabError(f"inject: connection {c.index} is {why}")
             if not c.unsent:
                 return self._write_injection(c, data)
             c.pending.append((data, fut))
@@ -295,19 +309,66 @@ class Proxy:
             s.close()
         for c in self.conns:
             self._close_conn(c, reset=False)
-        for c in self.conns:
-            for t in c.tasks:
-                if not t.done():
-                    t.cancel()
-            for t in c.tasks:
-                with contextlib.suppress(BaseException):
-                    await t
-            c.fwd_file.close()
-            c.rp_file.close()
+        tasks = [t for c in self.conns for t in c.tasks if not t.done()]
+        for t in tasks:
+            t.cancel()
+        if tasks:  # asyncio.wait: lets a cancel of ours through, never raises a task's
+            await asyncio.wait(tasks, timeout=5)
+        files = [f for c in self.conns for f in (c.fwd_file, c.rp_file)] + [self._chunks]
+        for f in files:
+            try:
+                f.close()
+            except OSError as exc:
+                self.disk_error = self.disk_error or f"{f.name}: {type(exc).__name__}: {exc}"
         self._flowing.set()
-        if not self._chunks.closed:
-            self._chunks.close()
+        if self.disk_error is not None:
+            # incomplete streams would mislead whoever reads them: absent, and said why
+            for f in files:
+                with contextlib.suppress(OSError):
+                    Path(f.name).unlink()
         return self.summary()
+
+    def state(self) -> dict[str, Any]:
+        """Live state, for a stall report: every pump, every transport, the framer, the queue."""
+
+        def leg(w: asyncio.StreamWriter, r: asyncio.StreamReader) -> dict[str, Any]:
+            t = w.transport
+            proto = getattr(w, "_protocol", None)
+            return {
+                "closing": t.is_closing(),
+                "reading": t.is_reading() if hasattr(t, "is_reading") else None,
+                "write_buffer": t.get_write_buffer_size(),
+                "writing_paused": getattr(proto, "_paused", None),
+                "read_buffer": len(getattr(r, "_buffer", b"")),
+                "at_eof": r.at_eof(),
+            }
+
+        def task(t: asyncio.Task[None]) -> dict[str, Any]:
+            exc = t.exception() if t.done() and not t.cancelled() else None
+            return {
+                "name": t.get_name(), "done": t.done(), "cancelled": t.cancelled(),
+                "exception": repr(exc) if exc else None,
+                "waits_at": [f"{f.f_code.co_name}:{f.f_lineno}" for f in t.get_stack(limit=4)],
+            }  # fmt: skip
+
+        def conn(c: _Conn) -> dict[str, Any]:
+            return {
+                "index": c.index, "closed": c.closed, "fwd_total": c.fwd_total,
+                "rp_from_dst": c.framer.received, "rp_to_src": c.rp_out,
+                "boundary": c.framer.boundary, "unsent": len(c.unsent),
+                "pending_injections": len(c.pending), "lock_held": c.lock.locked(),
+                "passthrough": c.framer.passthrough,
+                "src": leg(c.src_writer, c.src_reader), "dst": leg(c.dst_writer, c.dst_reader),
+                "pumps": [task(t) for t in c.tasks],
+            }  # fmt: skip
+
+        return {
+            "flowing": self._flowing.is_set(),
+            "waiters": len(self._frame_waiters),
+            "frames": len(self.frames),
+            "connections": [conn(c) for c in self.conns],
+            "last_notes": self.notes[-10:],
+        }
 
     def summary(self) -> dict[str, Any]:
         """JSON-able account of what went through."""
@@ -332,6 +393,7 @@ class Proxy:
             "frames": self.frames,
             "injections": self.injections,
             "notes": self.notes,
+            "disk_error": self.disk_error,
         }
 
     # ------------------------------------------------------------------
@@ -341,9 +403,19 @@ class Proxy:
         self.notes.append({"t": self.now(), "what": what, **kw})
 
     def _chunk(self, conn: int, direction: str, offset: int, length: int) -> None:
-        if not self._chunks.closed:
+        if not self._chunks.closed and self.disk_error is None:
             rec = {"t": self.now(), "conn": conn, "dir": direction, "offset": offset, "len": length}
-            self._chunks.write(json.dumps(rec) + "\n")
+            self._record(self._chunks, json.dumps(rec) + "\n")
+
+    def _record(self, f: Any, data: Any) -> None:
+        """Write to a recording; a full disk stops recording (said once), never the relay."""
+        if self.disk_error is not None:
+            return
+        try:
+            f.write(data)
+        except OSError as exc:
+            self.disk_error = f"{getattr(f, 'name', '?')}: {type(exc).__name__}: {exc}"
+            self._note("recording-stopped", error=self.disk_error)
 
     async def _accept(
         self, sr: asyncio.StreamReader, sw: asyncio.StreamWriter, target: int
@@ -363,8 +435,8 @@ class Proxy:
         )  # fmt: skip
         self.conns.append(c)
         self._note("connect", conn=index, target=target)
-        c.tasks.append(asyncio.create_task(self._pump_fwd(c)))
-        c.tasks.append(asyncio.create_task(self._pump_rp(c)))
+        c.tasks.append(asyncio.create_task(self._pump_fwd(c), name=f"proxy-fwd-{index}"))
+        c.tasks.append(asyncio.create_task(self._pump_rp(c), name=f"proxy-rp-{index}"))
 
     async def _pump_fwd(self, c: _Conn) -> None:
         try:
@@ -380,13 +452,15 @@ class Proxy:
                 self._chunk(c.index, "fwd", c.fwd_total, len(data))
                 if self.fwd_cap is None or c.fwd_total < self.fwd_cap:
                     keep = len(data) if self.fwd_cap is None else self.fwd_cap - c.fwd_total
-                    c.fwd_file.write(data[:keep])
+                    self._record(c.fwd_file, data[:keep])
                 c.fwd_total += len(data)
                 c.dst_writer.write(data)
                 await c.dst_writer.drain()
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._note("error", conn=c.index, dir="fwd", error=f"{type(exc).__name__}: {exc}")
             self._propagate_failure(c)
+        except Exception as exc:  # a relay bug: said, and both legs reset, never a silent hang
+            self._crashed(c, "fwd", exc)
 
     async def _pump_rp(self, c: _Conn) -> None:
         try:
@@ -401,6 +475,7 @@ class Proxy:
                         self._send_rp(c, bytes(c.unsent))
                         c.unsent.clear()
                         self._note("eof", conn=c.index, dir="rp")
+                        c.rp_eof = True
                         with contextlib.suppress(OSError):
                             c.src_writer.write_eof()
                         self._fail_pending(c, "return path ended")
@@ -430,6 +505,16 @@ class Proxy:
             self._note("error", conn=c.index, dir="rp", error=f"{type(exc).__name__}: {exc}")
             self._fail_pending(c, str(exc))
             self._propagate_failure(c)
+        except Exception as exc:  # a relay bug: said, and both legs reset, never a silent hang
+            self._crashed(c, "rp", exc)
+
+    def _crashed(self, c: _Conn, direction: str, exc: Exception) -> None:
+        import traceback
+
+        self._note("pump-crashed", conn=c.index, dir=direction, error=repr(exc),
+                   traceback=traceback.format_exc(limit=6))  # fmt: skip
+        self._fail_pending(c, f"the relay's {direction} pump crashed: {exc!r}")
+        self._propagate_failure(c)
 
     def _propagate_failure(self, c: _Conn) -> None:
         """A reset or error on one leg resets the other, as one direct connection would.
@@ -446,7 +531,7 @@ class Proxy:
         if not data:
             return
         self._chunk(c.index, "rp", c.rp_out, len(data))
-        c.rp_file.write(data)
+        self._record(c.rp_file, data)
         c.rp_out += len(data)
         c.src_writer.write(data)
 
@@ -459,7 +544,7 @@ class Proxy:
             "hex": data.hex(),
         }
         self._chunk(c.index, "inject", c.rp_out, len(data))
-        c.rp_file.write(data)
+        self._record(c.rp_file, data)
         c.rp_out += len(data)
         c.src_writer.write(data)
         self.injections.append(rec)
@@ -491,7 +576,8 @@ class Proxy:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._frame_waiters.append((cond, fut))
         try:
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
             return True
         except TimeoutError:
             return False

@@ -26,7 +26,7 @@ from qemu.qmp import EventListener, ExecuteError, QMPClient, QMPError
 
 from migcompat.compat import MachineType
 from migcompat.lab._errors import LabError
-from migcompat.lab.builds import QemuBuild
+from migcompat.lab.builds import QemuBuild, check_socket_path
 from migcompat.protocol import InputError, Release
 
 __all__ = ["LabState", "QemuInstance", "StateError", "newest_common_machine", "query_machines"]
@@ -131,6 +131,35 @@ class QemuInstance:
         """Seconds since the run's clock origin (the unit of every timestamp we record)."""
         return round(time.monotonic() - self.clock, 4)
 
+    def fault(self) -> str | None:
+        """What went wrong with a RUNNING instance behind our back, or ``None``.
+
+        Killed by a signal we did not send, or its QMP connection gone. (An exit with a status
+        is QEMU's own outcome, e.g. a destination whose incoming migration failed.)
+        """
+        if self.state is not LabState.RUNNING or self._proc is None:
+            return None
+        rc = self._proc.returncode
+        # killed from outside (SIGABRT or SIGSEGV would be QEMU's own crash: an outcome)
+        if rc is not None and -rc in _EXTERNAL_KILLS and not self.killed:
+            sig = signal.Signals(-rc).name
+            pid = self._proc.pid
+            return f"{self.name}: QEMU {self.build.label} (pid {pid}) was killed by {sig}"
+        qmp = self._qmp
+        if rc is None and qmp is not None and qmp.runstate.name not in ("RUNNING", "CONNECTING"):
+            return (f"{self.name}: the QMP connection to QEMU {self.build.label} "
+                    f"(pid {self._proc.pid}, {self.qmp_path}) was lost")  # fmt: skip
+        return None
+
+    async def wait_exit(self, timeout: float) -> int | None:
+        """Wait up to ``timeout`` s for the process to end; its return code, or ``None``."""
+        if self._proc is None:
+            return None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._proc.wait()
+        return self._proc.returncode
+
     @property
     def pid(self) -> int | None:
         """QEMU's PID (the only process this instance ever signals)."""
@@ -143,6 +172,7 @@ class QemuInstance:
         :raises LabError: QEMU exited or QMP did not come up; carries QEMU's stderr verbatim.
         """
         self.state = LabState.STARTING
+        check_socket_path(self.qmp_path)
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
         #: QEMU's own arguments (what a bug report quotes) and the full command run.
@@ -156,10 +186,12 @@ class QemuInstance:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                umask=0o077,  # QMP socket and serial files 0600, whoever can reach the dir
             )
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stderr, "stderr")))
             self._tasks.append(asyncio.create_task(self._read_lines(self._proc.stdout, "stdout")))
-            await asyncio.wait_for(self._connect(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connect()
         except (OSError, QMPError, TimeoutError, LabError) as exc:
             await self._rollback()
             text = self.stderr_text()
@@ -201,7 +233,10 @@ class QemuInstance:
     async def try_execute(self, cmd: str, arguments: Mapping[str, object] | None = None) -> Any:
         """:meth:`execute`, but ``None`` instead of raising (for best-effort queries at the end)."""
         try:
-            return await asyncio.wait_for(self.execute(cmd, arguments), 5)
+            # asyncio.timeout, not wait_for: 3.11's wait_for drops a cancel that lands as the
+            # reply arrives (cpython gh-86296), which once left the status poller running.
+            async with asyncio.timeout(5):
+                return await self.execute(cmd, arguments)
         except (LabError, TimeoutError):
             return None
 
@@ -218,7 +253,8 @@ class QemuInstance:
             assert self._qmp is not None
             self.qmp_log.append({"t": self.now(), "dir": "send", "execute": "quit"})
             with contextlib.suppress(Exception):
-                reply = await asyncio.wait_for(self._qmp.execute("quit"), 2)
+                async with asyncio.timeout(2):
+                    reply = await self._qmp.execute("quit")
                 self.qmp_log.append(
                     {"t": self.now(), "dir": "recv", "execute": "quit", "return": reply}
                 )
@@ -237,6 +273,8 @@ class QemuInstance:
             if self._proc is not None and self._proc.returncode is not None:
                 raise LabError(f"{self.name}: QEMU exited with status {self._proc.returncode}")
             await asyncio.sleep(0.02)
+        with contextlib.suppress(OSError):
+            os.chmod(self.qmp_path, 0o600)  # in case QEMU ignored the umask
         qmp = QMPClient(self.name)
         # QEMU creates the socket file before listen(); retry briefly.
         for attempt in range(100):
@@ -287,27 +325,32 @@ class QemuInstance:
         """Leave nothing behind: disconnect QMP, reap (or kill) our own process."""
         if self._qmp is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._qmp.disconnect(), 2)
+                async with asyncio.timeout(2):
+                    await self._qmp.disconnect()
         proc = self._proc
         if proc is not None and proc.returncode is None:
             try:
-                await asyncio.wait_for(proc.wait(), grace)
+                async with asyncio.timeout(grace):
+                    await proc.wait()
             except TimeoutError:
                 self.log.info("pid %d still alive after %.1fs: SIGKILL", proc.pid, grace)
                 self.killed = True
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
-        for task in self._tasks:
-            if not task.done():
-                try:
-                    await asyncio.wait_for(asyncio.shield(task), 1)
-                except TimeoutError:
-                    task.cancel()
+        live = [t for t in self._tasks if not t.done()]
+        if live:  # the readers end at EOF; give them a second, then cancel
+            await asyncio.wait(live, timeout=1)
+            for task in live:
+                task.cancel()
         self.returncode = proc.returncode if proc else None
         self.state = LabState.STOPPED
         with contextlib.suppress(FileNotFoundError):
             self.qmp_path.unlink()
+
+
+#: Signals that end a QEMU from outside (someone or something killed it).
+_EXTERNAL_KILLS = frozenset({signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
 
 
 def _plain(value: Any) -> Any:

@@ -27,8 +27,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migcompat.lab._errors import LabError, LabStalled
-from migcompat.lab.builds import QemuBuild, release_key, require_build, run_dir
+from migcompat.lab._errors import LabError, LabInterrupted, LabStalled
+from migcompat.lab.builds import QemuBuild, new_run_dir, release_key, require_build
 from migcompat.lab.host import host_info
 from migcompat.lab.kernel import guest_kernel
 from migcompat.lab.proxy import Proxy
@@ -37,9 +37,11 @@ from migcompat.lab.scenarios import Scenario, Step, parse_scenario
 
 __all__ = [
     "GUEST_WINDOW",
+    "LOOPBACK",
     "SETTLED",
     "QmpPair",
     "RunRecord",
+    "end_tasks",
     "guest_state",
     "instance_record",
     "print_record",
@@ -47,6 +49,9 @@ __all__ = [
     "run_scenario",
     "run_scenario_async",
     "side_state",
+    "task_stacks",
+    "tcp_uri",
+    "write_json_atomic",
 ]
 
 
@@ -167,10 +172,59 @@ class RunRecord:
         return asdict(self)
 
 
+#: The only address a lab run binds or connects to (QMP is a unix socket in the private run dir).
+LOOPBACK = "127.0.0.1"
+
+
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
+
+
+def tcp_uri(port: int) -> str:
+    """The migration URI of a lab port: always on loopback."""
+    return f"tcp:{LOOPBACK}:{port}"
+
+
+async def end_tasks(tasks: list[asyncio.Task[Any]], timeout: float = 5.0) -> list[str]:
+    """Cancel ``tasks`` and wait for them, at most ``timeout`` s; name those still running.
+
+    Never ``suppress(CancelledError)`` around ``await task``: that also swallows a cancel of
+    the caller. ``asyncio.wait`` lets a caller's cancel through and never raises a task's.
+    """
+    for t in tasks:
+        t.cancel()
+    live = [t for t in tasks if not t.done()]
+    if live:
+        await asyncio.wait(live, timeout=timeout)
+    return [t.get_name() for t in tasks if not t.done()]
+
+
+def task_stacks() -> list[dict[str, Any]]:
+    """Every task of the running loop with where it waits (for a stall report)."""
+    out = []
+    for t in asyncio.all_tasks():
+        frames = [f"{f.f_code.co_filename}:{f.f_lineno} {f.f_code.co_name}"
+                  for f in t.get_stack(limit=12)]  # fmt: skip
+        out.append({"task": t.get_name(), "coro": getattr(t.get_coro(), "__qualname__", "?"),
+                    "done": t.done(), "stack": frames})  # fmt: skip
+    return out
+
+
+def write_json_atomic(path: Path, doc: Any) -> None:
+    """``path`` holds the whole document or is absent: write a temp file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(json.dumps(doc, indent=2, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _build_json(b: QemuBuild) -> dict[str, Any]:
@@ -207,6 +261,12 @@ class QmpPair:
     workdir: Path
     #: Capabilities left off although both sides have them (``lab run --without-capability``).
     without_capabilities: frozenset[str] = frozenset()
+    #: Set by :meth:`stop_polling`: :meth:`poll` ends at its next turn even if a cancel is lost.
+    _polling_stopped: bool = False
+
+    def stop_polling(self) -> None:
+        """Make :meth:`poll` return at its next turn (a second way out besides ``cancel()``)."""
+        self._polling_stopped = True
 
     def on_status(self, side: str, status: str) -> None:
         """Hook: a side's ``query-migrate`` status changed."""
@@ -247,7 +307,8 @@ class QmpPair:
         inst = self.src if side == "src" else self.dst
         assert inst is not None
         try:
-            return await asyncio.wait_for(inst.execute(cmd, args), 15)
+            async with asyncio.timeout(15):
+                return await inst.execute(cmd, args)
         except (LabError, TimeoutError) as exc:
             err = {
                 "t": self.now(), "side": side, "command": cmd, "arguments": args,
@@ -274,7 +335,7 @@ class QmpPair:
         """Record every status change of both sides (plus MIGRATION events, recorded anyway),
         and every change of status or error-desc into the timeline."""
         seen: dict[str, tuple[Any, Any]] = {}
-        while True:
+        while not self._polling_stopped:
             for side, inst in (("src", self.src), ("dst", self.dst)):
                 assert inst is not None
                 info = await inst.try_execute("query-migrate")
@@ -327,8 +388,7 @@ class _Run(QmpPair):
     ) -> None:
         self.clock = time.monotonic()
         self.srcb, self.dstb, self.sc = src_build, dst_build, scenario
-        self.workdir = run_dir() / f"r{os.getpid()}-{int(time.time() * 1000) % 10**8}"
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = new_run_dir("r")
         self.outdir = outdir or (self.workdir / "out")
         self.outdir.mkdir(parents=True, exist_ok=True)
         self.timeout = timeout
@@ -382,7 +442,9 @@ class _Run(QmpPair):
         for r in results:
             if isinstance(r, BaseException):
                 raise r
-        self.proxy = Proxy(self.outdir, src_release=self.srcb.protocol_release, clock=self.clock)
+        self.proxy = Proxy(
+            self.outdir, src_release=self.srcb.protocol_release, clock=self.clock, host=LOOPBACK
+        )
         self.proxy_port = await self.proxy.listen(self.dst_port)
         recovers = any(st.kind == "recover" for st in self.sc.actions)
         self.proxy_port2 = await self.proxy.listen(self.dst_port2) if recovers else None
@@ -401,7 +463,8 @@ class _Run(QmpPair):
         )  # fmt: skip
         assert self.tcpdump.stderr is not None
         try:
-            line = await asyncio.wait_for(self.tcpdump.stderr.readline(), 10)
+            async with asyncio.timeout(10):
+                line = await self.tcpdump.stderr.readline()
         except TimeoutError:
             line = b""
         self.step("tcpdump", filter=flt, said=line.decode(errors="replace").strip())
@@ -422,10 +485,10 @@ class _Run(QmpPair):
             if isinstance(got, dict):
                 self.rec.migrate_parameters[side] = got
         self.step("migrate-incoming", port=self.dst_port)
-        await self.qmp("dst", "migrate-incoming", {"uri": f"tcp:127.0.0.1:{self.dst_port}"})
+        await self.qmp("dst", "migrate-incoming", {"uri": tcp_uri(self.dst_port)})
         self.step("migrate", port=self.proxy_port)
         self.migrate_t = self.now()
-        await self.qmp("src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port}"})
+        await self.qmp("src", "migrate", {"uri": tcp_uri(self.proxy_port)})
 
     async def start_postcopy(self) -> None:
         if self.postcopy_started:
@@ -495,7 +558,8 @@ class _Run(QmpPair):
             assert step.frame is not None
             if self.proxy.conns:
                 try:
-                    inj = await asyncio.wait_for(self.proxy.inject(step.frame), 10)
+                    async with asyncio.timeout(10):
+                        inj = await self.proxy.inject(step.frame)
                     self.step("inject", **inj)
                 except (LabError, TimeoutError, OSError, RuntimeError) as exc:
                     # RuntimeError: asyncio's "write() after write_eof()", a connection the
@@ -555,12 +619,12 @@ class _Run(QmpPair):
         self.proxy.cut(reset=False)
         self.proxy.unblock()
         self.step("migrate-recover", port=self.dst_port2)
-        await self.qmp("dst", "migrate-recover", {"uri": f"tcp:127.0.0.1:{self.dst_port2}"})
+        await self.qmp("dst", "migrate-recover", {"uri": tcp_uri(self.dst_port2)})
         await self.wait_status("dst", {"postcopy-recover"}, 5)
         await asyncio.sleep(0.3)
         self.step("migrate-resume", port=self.proxy_port2)
         await self.qmp(
-            "src", "migrate", {"uri": f"tcp:127.0.0.1:{self.proxy_port2}", "resume": True}
+            "src", "migrate", {"uri": tcp_uri(self.proxy_port2), "resume": True}
         )
 
     async def settle(self) -> None:
@@ -641,7 +705,8 @@ class _Run(QmpPair):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.tcpdump.pid, signal.SIGINT)
             try:
-                await asyncio.wait_for(self.tcpdump.wait(), 5)
+                async with asyncio.timeout(5):
+                    await self.tcpdump.wait()
             except TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(self.tcpdump.pid, signal.SIGKILL)
@@ -666,30 +731,95 @@ class _Run(QmpPair):
             if (self.outdir / name).exists():
                 self.rec.files[name.replace(".", "_", 1)] = str(self.outdir / name)
         self.rec.duration = self.now()
-        (self.outdir / "record.json").write_text(json.dumps(self.rec.to_json(), indent=2) + "\n")
         self.rec.files["record"] = str(self.outdir / "record.json")
+        try:
+            write_json_atomic(self.outdir / "record.json", self.rec.to_json())
+        except OSError as exc:
+            self.rec.files.pop("record")
+            raise LabError(f"cannot write the run's record {self.outdir / 'record.json'} "
+                           "(none was left behind)", exc=exc) from exc  # fmt: skip
+        disk = self.rec.proxy.get("disk_error")
+        if disk:
+            record = self.outdir / "record.json"
+            raise LabError(f"recording the streams failed ({disk}); the incomplete streams "
+                           f"were removed, the record is {record}")  # fmt: skip
 
-    async def run(self) -> RunRecord:
+    async def steps(self) -> None:
+        """Steps 1–5 of the module docstring, without the teardown (see :meth:`finish`)."""
         poller: asyncio.Task[None] | None = None
         try:
             await self.prepare()
-            poller = asyncio.create_task(self.poll())
-            await self.wait_guest()
-            await self.migrate()
-            await self.scenario_action()
-            await self.settle()
-            await asyncio.sleep(0.3)
-            await self.measure_guest()
-            await self.collect()
+            poller = asyncio.create_task(self.poll(), name="status-poller")
+            await self.watched(self.body())
         finally:
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            self.stop_polling()
+            if poller is not None and await end_tasks([poller]):
+                self.rec.step_errors.append(
+                    {"t": self.now(), "side": "lab", "command": "poll",
+                     "error": "the status poller did not stop when cancelled"}
+                )  # fmt: skip
+
+    async def body(self) -> None:
+        await self.wait_guest()
+        await self.migrate()
+        await self.scenario_action()
+        await self.settle()
+        await asyncio.sleep(0.3)
+        await self.measure_guest()
+        await self.collect()
+
+    async def watched(self, coro: Any) -> None:
+        """Run ``coro``; a QEMU killed behind our back or a lost QMP connection ends it."""
+        task = asyncio.create_task(coro, name="lab-steps")
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.2)
+                if done:
+                    task.result()
+                    return
+                for inst in (self.src, self.dst):
+                    why = inst.fault() if inst is not None else None
+                    if why and inst is not None and "QMP" in why:
+                        # QMP goes first when QEMU dies: wait for the exit, then say which
+                        await inst.wait_exit(1.0)
+                        why = inst.fault()  # None: QEMU exited by itself (an outcome)
+                    if why:
+                        self.step("fault", error=why)
+                        await end_tasks([task])
+                        raise LabError(f"{why} during the run; the run was stopped")
+        finally:
+            await end_tasks([task])
+
+    async def finish(self) -> None:
+        """Tear down (QEMUs, proxy, tcpdump), write the record, drop the work dir."""
+        try:
             await self.teardown()
+        finally:
             if self.outdir != self.workdir / "out":
                 shutil.rmtree(self.workdir, ignore_errors=True)
+
+    async def run(self) -> RunRecord:
+        try:
+            await self.steps()
+        finally:
+            await self.finish()
         return self.rec
+
+    def stall_report(self, budget: float) -> Path:
+        """Dump what the run and the proxy were doing when the budget ran out (a bug report)."""
+        report = {
+            "budget": budget,
+            "t": self.now(),
+            "statuses": self.last,
+            "last_steps": self.rec.steps[-20:],
+            "step_errors": self.rec.step_errors,
+            "proxy": self.proxy.state() if self.proxy is not None else None,
+            "tasks": task_stacks(),
+        }
+        path = self.outdir / "stall-report.json"
+        write_json_atomic(path, report)
+        self.rec.files["stall_report"] = str(path)
+        return path
 
 
 async def run_scenario_async(
@@ -706,6 +836,7 @@ async def run_scenario_async(
     without_capabilities: frozenset[str] = frozenset(),
     dst_parameters: dict[str, Any] | None = None,
     src_parameters: dict[str, Any] | None = None,
+    budget: float | None = None,
 ) -> RunRecord:
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
@@ -713,20 +844,34 @@ async def run_scenario_async(
     run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters,
                src_parameters)
     run.without_capabilities = frozenset(without_capabilities)
-    # Every step has its own bound; this one catches a run whose steps all wait on a
-    # stalled proxy, tearing both QEMUs down (``run()``'s finally) instead of hanging.
-    budget = 3 * timeout + observe + 120
-    try:
-        if console is None:
-            return await asyncio.wait_for(run.run(), budget)
-        with console.status(f"{src.label} → {dst.label}: {sc.name}") as status:
-            run.status = status
-            return await asyncio.wait_for(run.run(), budget)
-    except TimeoutError:
-        raise LabStalled(
-            f"{src.label} → {dst.label} {sc.name}: no result within {budget:.0f} s; "
-            "both QEMUs torn down (a lab stall, not a QEMU outcome: retry)"
-        ) from None
+    # Every step has its own bound; this one is a safety net. A run that reaches it is a bug
+    # of the lab: its state (the proxy's included) is dumped, then both QEMUs are torn down.
+    budget = 3 * timeout + observe + 120 if budget is None else budget
+    status_cm = (
+        console.status(f"{src.label} → {dst.label}: {sc.name}")
+        if console is not None else contextlib.nullcontext()
+    )  # fmt: skip
+    with status_cm as status:
+        run.status = status
+        steps = asyncio.create_task(run.steps(), name="lab-run")
+        try:
+            done, _ = await asyncio.wait({steps}, timeout=budget)
+        except asyncio.CancelledError:  # ^C (asyncio.run cancels us) or a caller's cancel
+            await end_tasks([steps], 10)
+            await run.finish()
+            raise
+        if not done:
+            report = run.stall_report(budget)
+            left = await end_tasks([steps], 10)
+            await run.finish()
+            raise LabStalled(
+                f"{src.label} → {dst.label} {sc.name}: no result within {budget:.0f} s "
+                f"(a lab bug, not a QEMU outcome; still running: {left or 'nothing'}); both "
+                f"QEMUs torn down; state dumped to {report}"
+            )
+        await run.finish()
+    steps.result()  # a LabError of a step (QEMU did not start) is raised here
+    return run.rec
 
 
 def run_scenario(
@@ -743,6 +888,7 @@ def run_scenario(
     without_capabilities: frozenset[str] = frozenset(),
     dst_parameters: dict[str, Any] | None = None,
     src_parameters: dict[str, Any] | None = None,
+    budget: float | None = None,
 ) -> RunRecord:
     """Run one scenario between two builds (release strings are looked up with ``find_build``).
 
@@ -753,16 +899,28 @@ def run_scenario(
         ``max-postcopy-bandwidth`` makes postcopy last longer).
     :param observe: after the source settles, how long to keep watching the destination
         (and, for ``blackhole``, how long to watch after the blackhole starts).
+    :param budget: overall bound in seconds (default ``3 * timeout + observe + 120``).
     :raises LabError: a build is missing or QEMU could not be started.
+    :raises LabStalled: the budget ran out (a lab bug; ``stall-report.json`` in the outdir).
     """
-    return asyncio.run(
-        run_scenario_async(
-            require_build(src_release), require_build(dst_release), scenario, machine=machine,
-            outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
-            idle=idle, progress=progress, without_capabilities=without_capabilities,
-            dst_parameters=dst_parameters, src_parameters=src_parameters,
-        )
-    )  # fmt: skip
+    builds = [require_build(src_release), require_build(dst_release)]
+    try:
+        return asyncio.run(
+            run_scenario_async(
+                builds[0], builds[1], scenario, machine=machine,
+                outdir=Path(outdir) if outdir else None, timeout=timeout, observe=observe,
+                idle=idle, progress=progress, without_capabilities=without_capabilities,
+                dst_parameters=dst_parameters, src_parameters=src_parameters,
+                budget=budget,
+            )
+        )  # fmt: skip
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, LabInterrupted):
+            raise
+        raise LabInterrupted(
+            f"{builds[0].label} → {builds[1].label}: interrupted (SIGINT); both QEMUs were "
+            "stopped"
+        ) from None
 
 
 def print_record(rec: RunRecord) -> None:

@@ -215,16 +215,19 @@ def switchover_acks_expected(
     """SWITCHOVER_ACKs the source of ``release`` takes in all; ``None``: it does not count them.
 
     The one rule every engine, the strategies and the CLI's stated assumptions use.
-    Measured on 11.1.3 (``tests/qemu/test_switchover_ack_context.py``): on machine types
-    older than 11.1 the legacy mechanism counts one ACK for all devices only with the
-    ``switchover-ack`` capability on, and nothing with it off; on ``pc-q35-11.1`` the
-    source counts the devices' requests (``requested``, 0 without VFIO devices) with the
-    capability on or off. Releases before 11.1 never count (8.1 … 11.0 set a flag).
+    Measured on 11.1.3 (``tests/qemu/test_switchover_ack_context.py``,
+    ``tests/qemu/test_scenarios_live.py``): an 11.1 source counts whatever the capability;
+    the machine type sets how many it takes. On machine types older than 11.1 the legacy
+    mechanism takes one ACK for all devices (with ``switchover-ack`` on, the destination
+    sends that one itself; with it off a single ACK is still taken and a second one
+    underflows); on ``pc-q35-11.1`` it takes the devices' requests (``requested``, 0
+    without VFIO devices). Releases before 11.1 never count (8.1 … 11.0 set a flag).
+    ``capability`` is kept for callers that state it; it does not change the count.
     """
     if catalog(release).switchover_ack_accounting != "counted":
         return None
     if legacy_switchover_ack(release, machine):
-        return max(requested, 1) if capability else None
+        return max(requested, 1)
     return requested
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from migcompat.capture import CaptureOptions, decode_capture
+from migcompat.capture import CaptureOptions, Record, decode_capture
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures" / "captures"
@@ -30,9 +30,9 @@ NAMES = sorted(p.name for p in FIXTURES.glob("*") if (p / "capture.pcap").exists
 def essence(path: Path) -> tuple[dict[str, Any], list[tuple[str, str]]]:
     frames: list[tuple[str, str]] = []
 
-    def on(rec: dict[str, Any]) -> None:
-        if rec["kind"] == "rp-frame":
-            frames.append((rec["conn"], rec["name"]))
+    def on(rec: Record) -> None:
+        if rec.kind == "rp-frame":
+            frames.append((rec.conn, rec.name))
 
     rep = decode_capture(str(path), CaptureOptions(), on)
     out = {
@@ -136,11 +136,11 @@ def test_fuzz_case_replayed_on_real_qemu(case: Path) -> None:
     """The capture decode (RAM checks from the forward stream's MEM_SIZE) agrees with
     what the real source did with the fuzzed frames."""
     meta = json.loads((case / "case.json").read_text())
-    recs: list[dict[str, Any]] = []
+    recs: list[Record] = []
     rep = decode_capture(str(case / "capture.pcap"), CaptureOptions(), recs.append)
     info = rep.connections["c0"]
     assert info.rp_verdict == meta["real"]["verdict"]
     if meta["real"]["verdict"] == "rejected":
-        (bad,) = [r for r in recs if r["kind"] == "rp-violation"]
-        assert bad["offset"] == meta["model"]["offset"]
+        (bad,) = [r for r in recs if r.kind == "rp-violation"]
+        assert bad.offset == meta["model"]["offset"]
         assert info.rp_error == meta["model"]["error"]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from migcompat.capture import (
     CaptureOptions,
+    DeviceRecord,
+    Record,
     decode_capture,
     decode_migration_file,
     is_migration_file,
@@ -39,15 +41,18 @@ def test_migration_file_records_equal_a_recordings(tmp_path: Path) -> None:
         json.dumps({"t": 0.0, "conn": 0, "dir": "fwd", "offset": 0, "len": len(data)}) + "\n"
     )
     assert is_migration_file(str(mig)) and not is_migration_file(str(rec_dir))
-    a: list[dict] = []
-    b: list[dict] = []
+    ra: list[Record] = []
+    rb: list[Record] = []
     opts = {"source": parse_release("10.0"), "decode_fields": True}
-    decode_migration_file(str(mig), CaptureOptions(**opts), a.append)  # type: ignore[arg-type]
-    decode_capture(str(rec_dir), CaptureOptions(**opts), b.append)  # type: ignore[arg-type]
+    decode_migration_file(str(mig), CaptureOptions(**opts), ra.append)  # type: ignore[arg-type]
+    decode_capture(str(rec_dir), CaptureOptions(**opts), rb.append)  # type: ignore[arg-type]
+    a, b = [r.to_json() for r in ra], [r.to_json() for r in rb]
     drop = ("connection",)  # how the connection closes differs ("end of file")
     assert [r for r in a if r["kind"] not in drop] == [r for r in b if r["kind"] not in drop]
-    dev = [r for r in a if r["kind"] == "device"]
-    assert dev[0]["name"] == "timer" and dev[0]["fields"]["fields"]["regs"] == [1, 2, 65535]
+    dev = [r for r in ra if isinstance(r, DeviceRecord)]
+    assert dev[0].name == "timer" and dev[0].values is not None
+    assert dev[0].values["regs"] == [1, 2, 65535]
+    assert dev[0].to_json()["fields"]["fields"]["regs"] == [1, 2, 65535]
 
 
 def test_cli_json_devices_and_release_from_machine(tmp_path: Path) -> None:

@@ -182,8 +182,11 @@ def test_marker_makes_a_root_count(tmp_path, monkeypatch):
     assert (b.release, b.suite, b.root) == ("10.0", "trixie", root)
 
 
-def test_a_stalled_run_is_torn_down_and_reported(monkeypatch):
-    """The overall budget fires even when every step waits (a stalled proxy)."""
+def test_a_stalled_run_is_torn_down_and_reported(monkeypatch, tmp_path):
+    """The overall budget fires even when every step waits (a stalled proxy).
+
+    It is a bug report, not a silent retry: the state is dumped, then the run torn down.
+    """
     import asyncio
 
     import pytest
@@ -193,9 +196,15 @@ def test_a_stalled_run_is_torn_down_and_reported(monkeypatch):
     async def stall(self):  # every step waits forever
         await asyncio.sleep(3600)
 
-    monkeypatch.setattr(runner._Run, "run", stall)
-    monkeypatch.setattr(runner._Run, "__init__", lambda self, *a: None)
+    monkeypatch.setenv("MIGCOMPAT_LAB_RUN_DIR", str(tmp_path / "run"))
+    monkeypatch.setattr(runner._Run, "steps", stall)
     build = QemuBuild(release="10.0", version_text="QEMU emulator version 10.0.13", suite=None,
                       binary="/nonexistent", root=None, package_version=None)  # fmt: skip
-    with pytest.raises(LabStalled, match="no result within"):
-        asyncio.run(runner.run_scenario_async(build, build, "plain", timeout=-40, observe=-79.9))
+    with pytest.raises(LabStalled, match="no result within") as info:
+        asyncio.run(runner.run_scenario_async(build, build, "plain", timeout=-40, observe=-79.9,
+                                              outdir=tmp_path / "out"))  # fmt: skip
+    report = json.loads((tmp_path / "out" / "stall-report.json").read_text())
+    assert str(tmp_path / "out" / "stall-report.json") in str(info.value)
+    assert any("stall" in t["coro"] or "sleep" in " ".join(t["stack"]) for t in report["tasks"])
+    record = json.loads((tmp_path / "out" / "record.json").read_text())  # torn down, recorded
+    assert record["files"]["stall_report"] == str(tmp_path / "out" / "stall-report.json")

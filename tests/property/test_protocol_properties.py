@@ -23,6 +23,7 @@ from migcompat.protocol import (
     RemoteViolation,
     catalog,
     frame_grammar,
+    switchover_acks_expected,
 )
 from migcompat.protocol import strategies as rps
 
@@ -43,8 +44,15 @@ def reader_first(release: object, data: bytes) -> object:
 
 
 def grammar_first(release: object, data: bytes) -> cs.Container | Exception:
+    # The grammar is given the stream state of a fresh Reader(release): SWITCHOVER_ACKs
+    # it still takes (switchover-ack on, the release's newest machine type) and no block
+    # named yet, so that a context-dependent rule is checked by both or by neither.
     try:
-        return frame_grammar(release).parse(data)
+        return frame_grammar(release).parse(
+            data,
+            acks_left=switchover_acks_expected(release, machine=None, capability=True),
+            block_named=False,
+        )
     except cs.ConstructError as exc:
         return exc
 
