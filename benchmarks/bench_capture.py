@@ -26,6 +26,11 @@ Each tool is also run once per round on an empty capture (its start-up: imports)
 the ratios are given end to end and without start-up. The machine is shared: the
 ratios use the median of the rounds (wall and CPU seconds); run it under ``nice``.
 
+``--device-state [FILE]`` times only the forward reader on a precopy stream's device
+state (a migration file such as the lab's ``mig.bin``, or a generated one): delimiting
+the device sections with the vmdesc (the default path) against also decoding every field
+(``--fields``), with the same stream's RAM-only prefix as the baseline, in this process.
+
 ``--memory-gb N`` generates an N GB capture and reports migcompat's peak RSS
 (target < 64 MB on 1 GB). Results (text and JSON, with CPU model, load and versions)
 go to ``--save DIR``; generated captures are deleted unless ``--keep``.
@@ -801,11 +806,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None, help="where to write the capture (default: a temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the generated capture")
     ap.add_argument("--save", metavar="DIR", help="write the results (.txt and .json) here")
+    ap.add_argument(
+        "--device-state",
+        nargs="?",
+        const="generate",
+        metavar="MIG.BIN",
+        help="only the cost of device-section field decoding (a migration file, or generated)",
+    )
     ap.add_argument("--naive-loop", metavar="FILE", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.naive_loop:
         print(json.dumps(naive_loop(args.naive_loop), sort_keys=True))
         return 0
+    if args.device_state:
+        return bench_device_state(args.device_state, args.repeat or 9, args.save)
 
     memory = args.memory_gb is not None
     size_mb = args.memory_gb * 1000 if memory else args.size_mb
@@ -902,6 +916,122 @@ def main(argv: list[str] | None = None) -> int:
         Path(base + ".txt").write_text(text, encoding="utf-8")
         Path(base + ".json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
         log(f"saved {base}.txt and .json")
+    return 0
+
+
+# -- device state: delimiting vs field decoding ----------------------------------------------
+def device_state_stream(devices: int = 30, pages: int = 8192) -> bytes:
+    """A precopy stream: ``pages`` zero pages, ``devices`` device sections, EOF, vmdesc."""
+    rng = random.Random(5)
+    ram = header() + b"\x01" + _BE32.pack(_RAM_SID) + pstr("ram") + _BE32.pack(0) + _BE32.pack(4)
+    ram += _BE64.pack(pages * PAGE | _MEM_SIZE) + pstr("pc.ram") + _BE64.pack(pages * PAGE)
+    for i in range(pages):
+        ram += _BE64.pack(i * PAGE | _ZERO | (_CONTINUE if i else 0))
+        ram += (b"" if i else pstr("pc.ram")) + b"\x00"
+    ram += _BE64.pack(_EOS) + b"\x7e" + _BE32.pack(_RAM_SID)
+    descs, body = [], b""
+    for d in range(devices):
+        fields = [
+            {"name": "regs", "type": "uint32", "size": 4, "array_len": 64},
+            {"name": "flags", "type": "uint8", "size": 1, "array_len": 32},
+            {"name": "on", "type": "bool", "size": 1},
+            {"name": "blob", "type": "buffer", "size": 256},
+            {"name": "ents", "type": "struct", "size": 12, "array_len": 24, "struct": {
+                "vmsd_name": "ent", "version": 1, "fields": [
+                    {"name": "a", "type": "uint64", "size": 8},
+                    {"name": "b", "type": "int32", "size": 4}]}},
+        ]  # fmt: skip
+        name = f"dev{d}"
+        descs.append(
+            {"name": name, "instance_id": 0, "vmsd_name": name, "version": 1, "fields": fields}
+        )
+        data = bytes(rng.randrange(256) for _ in range(64 * 4 + 32 + 1 + 256 + 24 * 12))
+        body += device_full(10 + d, name, data)
+    js = json.dumps({"page_size": PAGE, "devices": descs}).encode()
+    return ram + body + b"\x00" + b"\x06" + _BE32.pack(len(js)) + js
+
+
+def _time_forward(data: bytes, release: str, repeat: int, **kw: Any) -> float:
+    from migcompat.protocol import ForwardReader
+
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        r = ForwardReader(release, pages=False, **kw)
+        for i in range(0, len(data), 1 << 16):
+            r.receive_data(data[i : i + (1 << 16)])
+        r.receive_data(b"")
+        for _ev in r.events():
+            pass
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def bench_device_state(source: str, repeat: int, save: str | None) -> int:
+    """Delimit-only (default) vs field decoding, and the RAM-only prefix, on one stream."""
+    from migcompat.protocol import (
+        DeviceState,
+        ForwardReader,
+        SectionHeader,
+        find_vmdesc,
+        machine_version,
+    )
+
+    if source == "generate":
+        data, label, release = device_state_stream(), "generated (30 devices)", "10.0"
+    else:
+        data, label = Path(source).read_bytes(), source
+        n = int.from_bytes(data[9:13], "big")
+        release = str(machine_version(data[13 : 13 + n].decode("latin-1")) or "10.0")
+    if find_vmdesc(data) is None:
+        print(f"{label}: no vmdesc at the end (not a precopy migration file)", file=sys.stderr)
+        return 2
+    r = ForwardReader(release, pages=False)
+    r.receive_data(data)
+    r.receive_data(b"")
+    evs = list(r.events())
+    devs = [e for e in evs if isinstance(e, DeviceState)]
+    first = next(e for e in evs if isinstance(e, SectionHeader) and e.kind == "FULL")
+    prefix = data[: first.offset]  # everything before the first device section
+    t_prefix = _time_forward(prefix, release, repeat)
+    t_delim = _time_forward(data, release, repeat)
+    t_fields = _time_forward(data, release, repeat, decode_fields=True)
+    dev_bytes = sum(e.size for e in devs)
+    res = {
+        "benchmark": "bench_capture/device-state",
+        "when": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "cpu": cpu_model(),
+        "python": platform.python_version(),
+        "input": label,
+        "release": release,
+        "stream_bytes": len(data),
+        "device_sections": len(devs),
+        "device_bytes": dev_bytes,
+        "repeat": repeat,
+        "seconds": {"ram_prefix": t_prefix, "delimit": t_delim, "fields": t_fields},
+        # Clipped at 0: delimiting costs less than the run-to-run noise of the prefix.
+        "device_state_ms": {
+            "delimit": round(max(0.0, t_delim - t_prefix) * 1e3, 3),
+            "fields": round(max(0.0, t_fields - t_prefix) * 1e3, 3),
+        },
+        "ratio_fields_over_delimit": round(t_fields / t_delim, 2),
+    }
+    ms = res["device_state_ms"]
+    text = (
+        f"device state of {label} ({release}): {len(devs)} sections, {dev_bytes} bytes, "
+        f"stream {len(data)} bytes; best of {repeat}\n"
+        f"  RAM-only prefix (baseline)  {t_prefix * 1e3:9.2f} ms\n"
+        f"  delimit (default)           {t_delim * 1e3:9.2f} ms  (+{ms['delimit']} ms)\n"
+        f"  decode fields (--fields)    {t_fields * 1e3:9.2f} ms  (+{ms['fields']} ms)\n"
+        f"  fields / delimit            {res['ratio_fields_over_delimit']:9.2f}x\n"
+    )
+    sys.stdout.write(text)
+    if save:
+        os.makedirs(save, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        base = os.path.join(save, f"bench_capture-device-state-{stamp}")
+        Path(base + ".txt").write_text(text, encoding="utf-8")
+        Path(base + ".json").write_text(json.dumps(res, indent=2) + "\n", encoding="utf-8")
     return 0
 
 

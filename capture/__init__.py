@@ -7,6 +7,7 @@ return path, ``ForwardReader`` for the forward stream), in one pass.
 
 from ._correlate import Migration
 from ._decode import ConnectionInfo
+from ._migfile import is_migration_file
 from ._packets import LINKTYPES, Packet, TcpSegment, decode_tcp
 from ._plot import plot_capture
 from ._readers import iter_packets, sniff_format
@@ -14,6 +15,7 @@ from ._records import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionRole,
+    DeviceRecord,
     ForwardCommandRecord,
     ForwardEndRecord,
     ForwardStopRecord,
@@ -40,6 +42,7 @@ from ._session import (
     CaptureOptions,
     CaptureReport,
     decode_capture,
+    decode_migration_file,
     keepalives,
     percentile,
     rp_silences,
@@ -60,6 +63,7 @@ __all__ = (
     "ConnectionOpened",
     "ConnectionRole",
     "Data",
+    "DeviceRecord",
     "Evidence",
     "ForwardCommandRecord",
     "ForwardEndRecord",
@@ -88,7 +92,9 @@ __all__ = (
     "SplitBrain",
     "TcpSegment",
     "decode_capture",
+    "decode_migration_file",
     "decode_tcp",
+    "is_migration_file",
     "iter_packets",
     "keepalives",
     "latency_stats",

@@ -26,6 +26,7 @@ from typing import Any
 from migcompat.protocol import (
     NEED_DATA,
     STOPPED,
+    DeviceState,
     EndOfStream,
     Event,
     ForwardCommand,
@@ -48,6 +49,7 @@ from migcompat.protocol import (
     StreamHeader,
     VmDescription,
     VmEof,
+    fields_dict,
     stream_catalog,
 )
 
@@ -57,6 +59,7 @@ from ._records import (
     ConnectionClosed,
     ConnectionOpened,
     ConnectionRole,
+    DeviceRecord,
     ForwardCommandRecord,
     ForwardEndRecord,
     ForwardStopRecord,
@@ -356,7 +359,11 @@ class CaptureDecoder:
             info.rp = rs
             # The forward reader starts as after a gap: it waits for page records.
             fwd = ForwardReader(
-                self.release, channel="main", descend_packaged=self.opt.descend_packaged
+                self.release,
+                channel="main",
+                descend_packaged=self.opt.descend_packaged,
+                decode_fields=self.opt.decode_fields,
+                dump=self.opt.dump,
             )
             fwd.gap(0)
             self._fwd[info.id] = fwd
@@ -374,6 +381,8 @@ class CaptureDecoder:
                 channel="main",
                 sections=seed,
                 descend_packaged=self.opt.descend_packaged,
+                decode_fields=self.opt.decode_fields,
+                dump=self.opt.dump,
             )
             # The return path's readings start at its first byte (by then the forward
             # stream's machine type has usually narrowed the releases to read it with).
@@ -766,6 +775,17 @@ class CaptureDecoder:
                     payload={"skipped": ev.skipped, "records": ev.records,
                              "section_id": ev.section_id,
                              "note": "inside the RAM section; what the hole held is unknown"},
+                )
+            )  # fmt: skip
+        elif isinstance(ev, DeviceState):
+            info.fwd_counts["device sections"] += 1
+            self.emit(
+                DeviceRecord(
+                    t=t, conn=cid, dir="fwd", name=ev.idstr, offset=ev.offset, size=ev.size,
+                    section_id=ev.section_id, instance_id=ev.instance_id,
+                    version_id=ev.version_id, delimited_by=ev.delimited_by,
+                    vmsd_name=ev.vmsd_name, device_type=ev.device_type, depth=ev.depth,
+                    values=None if ev.fields is None else fields_dict(ev.fields),
                 )
             )  # fmt: skip
         elif isinstance(ev, ForwardStop):

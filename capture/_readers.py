@@ -52,6 +52,7 @@ _PCAP_MAGICS = {
     b"\xa1\xb2\x3c\x4d": (">", 1e9),
 }
 _PCAPNG_MAGIC = b"\x0a\x0d\x0d\x0a"
+_QEVM_MAGIC = b"QEVM"
 #: Ethernet (dst, src skipped; ethertype), IPv4 with IHL 5 (version/IHL, total length,
 #: fragment field, protocol, addresses), TCP (ports, seq, ack, data offset, flags).
 _ETH_IP4_TCP = struct.Struct(">12xHBxHxxHxB2x4s4sHHIIBB")
@@ -64,7 +65,11 @@ _STDIN_CHUNK = 1 << 20
 
 
 def sniff_format(path: str) -> str:
-    """``pcap``, ``pcapng``, ``raw``, ``pcap-dir``, ``stdin`` or raise :class:`InputError`."""
+    """``pcap``, ``pcapng``, ``raw``, ``pcap-dir``, ``stdin``, ``migfile`` or :class:`InputError`.
+
+    ``migfile``: a migration file (``QEVM`` magic), the raw forward stream as
+    ``migrate "exec:cat > mig.bin"`` writes it.
+    """
     if path == "-":
         return "stdin"
     if os.path.isdir(path):
@@ -86,6 +91,8 @@ def sniff_format(path: str) -> str:
         return "pcap"
     if head == _PCAPNG_MAGIC:
         return "pcapng"
+    if head == _QEVM_MAGIC:
+        return "migfile"
     if os.path.basename(path) == "chunks.jsonl":
         return "raw"
     raise InputError(

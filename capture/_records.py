@@ -18,6 +18,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionOpened",
     "ConnectionRole",
+    "DeviceRecord",
     "ForwardCommandRecord",
     "ForwardEndRecord",
     "ForwardStopRecord",
@@ -130,6 +131,33 @@ class SectionRecord(Record, kw_only=True, frozen=True):
 
     KIND: ClassVar[str] = "section"
     payload: dict[str, Any] = {}
+
+
+class DeviceRecord(Record, kw_only=True, frozen=True):
+    """A device section's data, delimited (``name`` is its idstr; ``size`` excludes the footer).
+
+    ``values`` (the ``fields`` key in JSON) is the decoded fields, only when asked for
+    (``CaptureOptions.decode_fields``): delimiting alone is cheaper.
+    """
+
+    KIND: ClassVar[str] = "device"
+    HIDDEN: ClassVar[tuple[str, ...]] = ("values",)
+    size: int
+    section_id: int
+    instance_id: int
+    version_id: int
+    delimited_by: str
+    vmsd_name: str | None = None
+    device_type: str | None = None
+    depth: int = 0
+    values: dict[str, Any] | None = None
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        out = Record.fields.fget(self)  # type: ignore[attr-defined]
+        if self.values is not None:
+            out["fields"] = self.values
+        return out
 
 
 class RamBlocksRecord(Record, kw_only=True, frozen=True):

@@ -21,10 +21,18 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from migcompat.protocol import Release, catalog, parse_release, resolve_line
+from migcompat.protocol import (
+    DumpLayout,
+    InputError,
+    Release,
+    catalog,
+    parse_release,
+    resolve_line,
+)
 
 from ._correlate import Migration
 from ._decode import CaptureDecoder, ConnectionInfo
+from ._migfile import is_migration_file, machine_release, run_migfile
 from ._packets import addr_text
 from ._readers import metadata_of, raw_pieces, segments, sniff_format
 from ._records import NoteRecord, Record
@@ -37,6 +45,7 @@ __all__ = [
     "ConnectionInfo",
     "Migration",
     "decode_capture",
+    "decode_migration_file",
     "iter_all",
     "keepalives",
     "percentile",
@@ -68,6 +77,10 @@ class CaptureOptions:
     keepalive_period: float = 60.0
     pages: bool = False
     descend_packaged: bool = True
+    #: Decode every field of device sections walked with a vmdesc (off: delimit only).
+    decode_fields: bool = False
+    #: ``-dump-vmstate`` of the source binary (delimits device sections inside PACKAGED).
+    dump: DumpLayout | None = None
 
     def validate(self) -> None:
         """Every release named has a catalog (before anything is read or printed).
@@ -341,6 +354,16 @@ def decode_capture(
         meta_rel = str(rel) if rel else None
     if options.source is None and meta_rel is not None:
         options.source, options.source_basis = parse_release(meta_rel), meta["_file"]  # type: ignore[index]
+    if options.source is None and kind == "migfile":
+        # No return path to bound it by: the release the machine type names.
+        rel = machine_release(path)
+        if rel is None:
+            raise InputError(f"{path}: no machine type in the stream; pass --source REL")
+        try:
+            options.source = parse_release(rel)
+        except InputError:
+            raise InputError(f"{path}: machine type implies {rel}; pass --source REL") from None
+        options.source_basis = "machine type (a file's newest possible source is unknown)"
     pinned = resolve_line(options.source) if options.source is not None else None
     if pinned is not None and options.source is not None and options.source.overlay:
         # the line, with the proposal the source carries (10.0.13+keepalive → 10.0+keepalive)
@@ -361,6 +384,9 @@ def decode_capture(
     dec = CaptureDecoder(report, options, bound, on_record, pinned)
     if kind == "raw":
         skipped = _run_raw(path, dec, report)
+    elif kind == "migfile":
+        skipped = []
+        run_migfile(path, dec, report, progress)
     else:
         pcap = os.path.join(path, "capture.pcap") if kind == "pcap-dir" else path
         pkind = sniff_format(pcap) if kind == "pcap-dir" else kind
@@ -385,6 +411,21 @@ def decode_capture(
             if diff:
                 report.ambiguous[info.id] = diff
     return report
+
+
+def decode_migration_file(
+    path: str,
+    options: CaptureOptions,
+    on_record: Callable[[Record], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> CaptureReport:
+    """:func:`decode_capture` of a migration file (``QEVM`` magic) only.
+
+    :raises InputError: not a migration file, or unreadable.
+    """
+    if not is_migration_file(path):
+        raise InputError(f"{path}: not a migration file (no QEVM magic)")
+    return decode_capture(path, options, on_record, progress)
 
 
 def rp_silences(info: ConnectionInfo, end_ts: float) -> list[tuple[float, float]]:

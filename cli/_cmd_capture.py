@@ -41,7 +41,11 @@ def register(sub: Any) -> None:
             "be read is decoded, the problems go to stderr)."
         ),
     )
-    p.add_argument("path", help="pcap/pcapng file, '-' for stdin, or a lab recording folder")
+    p.add_argument(
+        "path",
+        help="pcap/pcapng file, '-' for stdin, a lab recording folder, or a migration file "
+        '(raw forward stream, as `migrate "exec:cat > mig.bin"` writes it)',
+    )
     p.add_argument(
         "--source",
         default="auto",
@@ -78,6 +82,23 @@ def register(sub: Any) -> None:
         "--skip-packaged",
         action="store_true",
         help="skip MIG_CMD_PACKAGED bodies instead of descending into them",
+    )
+    p.add_argument(
+        "--devices",
+        action="store_true",
+        help="only the device sections, each with its decoded fields (implies --fields)",
+    )
+    p.add_argument(
+        "--fields",
+        action="store_true",
+        help="decode device-section fields (with the stream's vmdesc) into the records; off by "
+        "default: delimiting alone is faster",
+    )
+    p.add_argument(
+        "--dump-vmstate",
+        metavar="FILE.json",
+        help="`qemu-system-x86_64 -machine M -dump-vmstate FILE` of the source binary: names "
+        "and delimits device sections inside MIG_CMD_PACKAGED (postcopy has no vmdesc)",
     )
     p.set_defaults(func=run)
 
@@ -144,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
     path = args.path
     sniff_format(path)  # a clear error before anything else
+    dump = _read_dump(args.dump_vmstate) if args.dump_vmstate else None
     source = None
     if args.source != "auto":
         source = parse_release(args.source)
@@ -166,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
         keepalive_period=period,
         pages=args.pages,
         descend_packaged=not args.skip_packaged,
+        decode_fields=args.fields or args.devices,
+        dump=dump,
     )
     options.validate()  # every release named, before any output
     frames: list[tuple[float, str, str]] = []
@@ -175,6 +199,11 @@ def run(args: argparse.Namespace) -> int:
         if args.plot and rec.kind == "rp-frame":
             frames.append((rec.t, rec.conn, rec.name))
         if args.summary:
+            return
+        if args.devices and rec.kind not in ("device", "fwd-stop", "fwd-violation"):
+            return
+        if args.devices and not args.json:
+            out.write(_device_text(rec))
             return
         if args.json:
             print_json(rec.to_json())
@@ -216,6 +245,60 @@ def run(args: argparse.Namespace) -> int:
     if report.damaged:
         return 2
     return 1 if report.rejected else 0
+
+
+def _read_dump(path: str) -> Any:
+    from migcompat.protocol import parse_dump_vmstate
+
+    try:
+        with open(path, "rb") as f:
+            return parse_dump_vmstate(f.read())
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _value_text(v: Any) -> str:
+    if isinstance(v, dict) and set(v) == {"raw"}:
+        raw = v["raw"]
+        return f"raw {raw[:48]}…({len(raw) // 2} bytes)" if len(raw) > 48 else f"raw {raw}"
+    if isinstance(v, list) and v and not isinstance(v[0], dict | list):
+        text = ", ".join(_value_text(x) for x in v[:16])
+        return f"[{text}{', …' if len(v) > 16 else ''}] ({len(v)})"
+    return str(v)
+
+
+def _field_lines(fields: dict[str, Any], indent: str) -> list[str]:
+    lines = []
+    for k, v in fields.items():
+        if isinstance(v, dict) and set(v) != {"raw"}:
+            lines.append(f"{indent}{k}:")
+            lines += _field_lines(v, indent + "  ")
+        elif isinstance(v, list) and v and isinstance(v[0], dict) and set(v[0]) != {"raw"}:
+            for i, item in enumerate(v):
+                lines.append(f"{indent}{k}[{i}]:")
+                lines += _field_lines(item, indent + "  ")
+        else:
+            lines.append(f"{indent}{k} = {_value_text(v)}")
+    return lines
+
+
+def _device_text(rec: Any) -> str:
+    """The ``--devices`` view of one record: the section, then its fields indented."""
+    if rec.kind != "device":
+        return f"{rec.conn or '-'} @{rec.offset}  {_line(rec).split('  ', 2)[-1].strip()}\n"
+    head = (
+        f"{rec.conn or '-'} @{rec.offset}  section {rec.section_id} {rec.name} "
+        f"(instance {rec.instance_id}, version {rec.version_id}): {rec.size} bytes, "
+        f"delimited by {rec.delimited_by}"
+    )
+    if rec.device_type:
+        head += f", {rec.device_type}"
+    if rec.depth:
+        head += " (inside PACKAGED)"
+    lines = [head]
+    if rec.values is not None:
+        lines += _field_lines(rec.values, "    ")
+    return "\n".join(lines) + "\n"
 
 
 def _progress(path: str) -> tuple[Any, Any]:

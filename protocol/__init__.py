@@ -43,6 +43,8 @@ from ._events import (
 )
 from ._fast import FastReader
 from ._forward import (
+    MAX_VMDESC_BUFFER,
+    DeviceState,
     ForwardCommand,
     ForwardEnd,
     ForwardReader,
@@ -67,16 +69,30 @@ from ._releases import Release, parse_release
 from ._scenario import MOMENTS, SCENARIO_KINDS, Scenario, Step, make_frame, parse_scenario
 from ._sentinels import NEED_DATA, STOPPED
 from ._stream import ENGINES, StreamVerdict, check_in_context, check_stream
+from ._vmstate import (
+    DumpLayout,
+    VmDescLayout,
+    VmstateError,
+    decoded_value,
+    fields_dict,
+    find_vmdesc,
+    parse_dump_vmstate,
+    parse_vmdesc,
+    walk_fields,
+)
 
 # Everything in __all__ is the public API of migcompat.protocol.
 __all__ = (
     "ENGINES",
+    "MAX_VMDESC_BUFFER",
     "MOMENTS",
     "NEED_DATA",
     "SCENARIO_KINDS",
     "STOPPED",
     "CatalogError",
     "ConstructReader",
+    "DeviceState",
+    "DumpLayout",
     "EndOfStream",
     "Event",
     "FastReader",
@@ -116,13 +132,18 @@ __all__ = (
     "StreamHeader",
     "StreamVerdict",
     "SwitchoverAck",
+    "VmDescLayout",
     "VmDescription",
     "VmEof",
+    "VmstateError",
     "build_frame",
     "c_format",
     "catalog",
     "check_in_context",
     "check_stream",
+    "decoded_value",
+    "fields_dict",
+    "find_vmdesc",
     "frame_grammar",
     "known_releases",
     "legacy_switchover_ack",
@@ -130,13 +151,16 @@ __all__ = (
     "make_frame",
     "overlays",
     "parse_capabilities",
+    "parse_dump_vmstate",
     "parse_frame",
     "parse_ram_blocks",
     "parse_release",
     "parse_scenario",
+    "parse_vmdesc",
     "resolve_line",
     "stream_catalog",
     "switchover_acks_expected",
+    "walk_fields",
 )
 
 

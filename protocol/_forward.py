@@ -56,8 +56,18 @@ from ._events import Event, EventSource
 from ._receivebuffer import ReceiveBuffer
 from ._releases import Release
 from ._sentinels import NEED_DATA, STOPPED
+from ._vmstate import (
+    DumpLayout,
+    VmDescLayout,
+    VmstateError,
+    find_vmdesc,
+    parse_vmdesc,
+    walk_fields,
+)
 
 __all__ = [
+    "MAX_VMDESC_BUFFER",
+    "DeviceState",
     "ForwardCommand",
     "ForwardEnd",
     "ForwardReader",
@@ -107,6 +117,13 @@ RESYNC_MIN_RECORDS = 8
 #: PACKAGED bodies up to this size are buffered to look for their trailing commands
 #: (device state is usually well under 1 MiB; QEMU caps packages at 4 GiB).
 MAX_TRAILER_SCAN = 16 << 20
+
+#: A streaming reader that meets a device section before it has a vmdesc keeps every byte
+#: from there on until the vmdesc (the stream's last bytes) arrives: at most this many.
+#: Past it (or at the end of a stream without one) the decode stops there, as without
+#: buffering. A -S 7.2 guest's device state and vmdesc are ~90 KB; 1 GiB of busy RAM
+#: still sent in the last round counts too, so the bound is generous but fixed.
+MAX_VMDESC_BUFFER = 64 << 20
 
 #: ``TARGET_PAGE_SIZE`` assumed until ``MIG_CMD_POSTCOPY_ADVISE`` says otherwise (x86, arm64).
 DEFAULT_TARGET_PAGE_SIZE = 4096
@@ -161,6 +178,30 @@ class SectionHeader(Event, frozen=True, kw_only=True, gc=False):
     instance_id: int | None = None
     version_id: int | None = None
     depth: int = 0
+
+
+class DeviceState(Event, frozen=True, kw_only=True, gc=True):
+    """A device section's data, delimited: ``size`` bytes from ``offset`` (footer excluded).
+
+    ``delimited_by``: ``vmdesc`` (walked field by field with the stream's own vmdesc)
+    or ``footer`` (inside a PACKAGED body: the one chain of section footers and unit
+    headers that tiles the rest of the body, checked against ``-dump-vmstate``).
+    ``vmsd_name``/``device_type`` name the description (``device_type`` is the qdev
+    type of a ``-dump-vmstate`` entry). ``fields`` is set only when field decoding is
+    asked for (``ForwardReader(decode_fields=True)``): see
+    :func:`~migcompat.protocol.walk_fields` for its shape.
+    """
+
+    size: int
+    section_id: int
+    idstr: str
+    instance_id: int
+    version_id: int
+    delimited_by: str
+    vmsd_name: str | None = None
+    device_type: str | None = None
+    depth: int = 0
+    fields: list[dict[str, Any]] | None = None
 
 
 class RamBlocks(Event, frozen=True, kw_only=True, gc=False):
@@ -271,6 +312,14 @@ class ForwardReader(EventSource):
     :param sections: sections started on an earlier connection of the same migration
         (section id → idstr), for a stream resumed after postcopy recovery, whose
         ``SECTION_PART`` units name sections it never started.
+    :param vmdesc: the stream's vmdesc (:func:`parse_vmdesc`), when the caller has it
+        (a file read twice); else the reader waits for the stream's own, buffering at
+        most ``vmdesc_buffer`` bytes (:data:`MAX_VMDESC_BUFFER`; 0: stop at once).
+    :param dump: ``-dump-vmstate`` of the source binary (:func:`parse_dump_vmstate`):
+        device sections inside a PACKAGED body (postcopy: no vmdesc) are delimited by
+        their footers and checked against it.
+    :param decode_fields: decode every field of sections walked with a vmdesc (off by
+        default: delimiting alone is cheaper).
     """
 
     def __init__(
@@ -282,6 +331,10 @@ class ForwardReader(EventSource):
         pages: bool = True,
         target_page_size: int | None = None,
         sections: dict[int, str] | None = None,
+        vmdesc: VmDescLayout | None = None,
+        dump: DumpLayout | None = None,
+        decode_fields: bool = False,
+        vmdesc_buffer: int = MAX_VMDESC_BUFFER,
     ) -> None:
         if channel not in ("main", "auto", "preempt"):
             raise ValueError(f"channel must be main, auto or preempt, not {channel!r}")
@@ -292,6 +345,12 @@ class ForwardReader(EventSource):
         self.pages = pages
         self.target_page_size = target_page_size or DEFAULT_TARGET_PAGE_SIZE
         self._page_size_known = target_page_size is not None
+        self.vmdesc = vmdesc
+        self.dump = dump
+        self.decode_fields = decode_fields
+        self.vmdesc_buffer = vmdesc_buffer
+        self._awaiting: ForwardStop | None = None
+        self._package_end: int | None = None
         st = self.catalog.section_types
         self._t_eof = st["QEMU_VM_EOF"]
         self._t_start = st["QEMU_VM_SECTION_START"]
@@ -397,11 +456,21 @@ class ForwardReader(EventSource):
             return
         if self._buf.eof:
             raise ValueError("gap after EOF")
+        if self._awaiting is not None:
+            # Waiting for the vmdesc: the stream now has a hole, so none will help.
+            stop = self._awaiting
+            self._gen.close()
+            self._buf.skip_gap(length)
+            self._gen = self._replay(stop)
+            return
         self._gen.close()
         self._buf.skip_gap(length)
         self._at_boundary = False
         self._unit_start = self._buf.base
         self._gen = self._resync()
+
+    def _replay(self, stop: ForwardStop) -> _Need:
+        yield stop
 
     # -- byte access (generator helpers) ---------------------------------------------------
     def _take(self, n: int) -> _Need:
@@ -618,6 +687,7 @@ class ForwardReader(EventSource):
             yield from self._skip(size)
             self._end_unit()
             return
+        self._package_end = end
         try:
             yield from self._units(depth=depth + 1, end=end)
         except _Stuck as stuck:
@@ -754,6 +824,12 @@ class ForwardReader(EventSource):
             depth=depth,
         )
         if idstr != _RAM_IDSTR or t == self._t_full:
+            done = yield from self._device(
+                kind, section_id, idstr, instance_id, version_id, start, depth
+            )
+            if done:
+                yield from self._footer(section_id, start)
+                return
             stuck = _Stuck(
                 f"cannot delimit device section {section_id} {idstr!r} ({kind}) without vmdesc",
                 section_id,
@@ -773,6 +849,158 @@ class ForwardReader(EventSource):
             return
         yield from self._ram_records(section_id, depth)
         yield from self._footer(section_id, start)
+
+    # -- device sections ----------------------------------------------------------------
+    def _device(
+        self,
+        kind: str,
+        section_id: int,
+        idstr: str,
+        instance_id: int,
+        version_id: int,
+        start: int,
+        depth: int,
+    ) -> _Need:
+        """Delimit (and decode) a device section's data; False when nothing says where it ends."""
+        if self.vmdesc is None and depth == 0 and self.vmdesc_buffer > 0:
+            self._awaiting = ForwardStop(
+                release=self.release,
+                offset=start,
+                reason=(
+                    f"cannot delimit device section {section_id} {idstr!r} ({kind}) "
+                    "without vmdesc"
+                ),
+                section_id=section_id,
+                idstr=idstr,
+            )
+            yield from self._await_vmdesc()
+            self._awaiting = None
+        entry = self.vmdesc.devices.get((idstr, instance_id)) if self.vmdesc else None
+        if entry is not None and entry[0] != version_id:
+            raise _Stuck(
+                f"device section {section_id} {idstr!r} is version {version_id}, its vmdesc "
+                f"entry version {entry[0]}",
+                section_id,
+                idstr,
+            )
+        vmsd = entry[1] if entry is not None else None
+        buf = self._buf
+        data_at = self.offset
+        if vmsd is not None:
+            while True:
+                try:
+                    end, fields = walk_fields(
+                        vmsd, buf.data, buf.pos, len(buf.data), decode=self.decode_fields,
+                        origin=buf.base,
+                    )  # fmt: skip
+                    break
+                except EOFError:
+                    if buf.eof:
+                        raise _Eof from None
+                    yield NEED_DATA
+                except VmstateError as exc:
+                    raise _Stuck(
+                        f"device section {section_id} {idstr!r} does not follow the vmdesc: {exc}",
+                        section_id,
+                        idstr,
+                    ) from None
+            buf.pos = end - buf.base
+            yield DeviceState(
+                release=self.release, offset=data_at, size=self.offset - data_at,
+                section_id=section_id, idstr=idstr, instance_id=instance_id,
+                version_id=version_id, delimited_by="vmdesc", vmsd_name=vmsd.name,
+                depth=depth, fields=fields,
+            )  # fmt: skip
+            return True
+        if self.dump is None or depth == 0 or self._package_end is None:
+            return False
+        # Inside a PACKAGED body: its size is known, so the whole rest can be read and
+        # tiled by units; this section ends at the first footer after which the rest tiles.
+        remaining = self._package_end - self.offset
+        if remaining > MAX_TRAILER_SCAN:
+            return False
+        body = yield from self._peek(remaining)
+        if len(body) < remaining:
+            return False
+        memo: dict[int, bool] = {}
+        foot = self._section_end(body, 0, section_id, idstr, version_id, memo)
+        if foot is None:
+            return False
+        buf.consume(foot)
+        described = self.dump.lookup(idstr)
+        yield DeviceState(
+            release=self.release, offset=data_at, size=foot, section_id=section_id,
+            idstr=idstr, instance_id=instance_id, version_id=version_id,
+            delimited_by="footer", vmsd_name=described.name if described else None,
+            device_type=described.type_name if described else None, depth=depth,
+        )  # fmt: skip
+        return True
+
+    def _await_vmdesc(self) -> _Need:
+        """Keep every byte until a vmdesc ends the stream (at most :attr:`vmdesc_buffer`)."""
+        buf = self._buf
+        checked = -1
+        while True:
+            if len(buf.data) != checked:
+                checked = len(buf.data)
+                hit = find_vmdesc(buf.data, buf.pos)
+                if hit is not None:
+                    at, n = hit
+                    try:
+                        self.vmdesc = parse_vmdesc(bytes(buf.data[at + 5 : at + 5 + n]))
+                        return
+                    except VmstateError:
+                        pass
+            if buf.eof or buf.available > self.vmdesc_buffer:
+                return
+            yield NEED_DATA
+
+    def _section_end(
+        self, body: bytes, p: int, sid: int, idstr: str, version: int, memo: dict[int, bool]
+    ) -> int | None:
+        """Offset in ``body`` of the footer ending the section whose data starts at ``p``."""
+        entry = self.dump.lookup(idstr) if self.dump is not None else None
+        if entry is not None and entry.version != version:
+            return None  # the source writes its own vmsd version_id
+        footer = bytes([self._t_footer]) + _BE32.pack(sid)
+        q = body.find(footer, p)
+        while q != -1:
+            if self._tiles(body, q + 5, memo):
+                return q
+            q = body.find(footer, q + 1)
+        return None
+
+    def _tiles(self, body: bytes, p: int, memo: dict[int, bool]) -> bool:
+        """Whether ``body[p:]`` is a chain of legal units ending exactly at its end."""
+        if p in memo:
+            return memo[p]
+        memo[p] = False  # no cycles: every unit moves on
+        n = len(body)
+        ok = False
+        if p == n:
+            ok = True
+        elif body[p] == self._t_command and p + 5 <= n:
+            cmd, length = _CMD_HDR.unpack_from(body, p + 1)
+            spec = self.catalog.by_id.get(cmd)
+            ok = (
+                spec is not None and cmd != 0 and cmd < self.catalog.max
+                and spec.short_name != "PACKAGED"
+                and (spec.length is None or spec.length == length)
+                and self._tiles(body, p + 5 + length, memo)
+            )  # fmt: skip
+        elif body[p] == self._t_eof:
+            ok = self._tiles(body, p + 1, memo)
+        elif body[p] in (self._t_full, self._t_start) and p + 6 <= n:
+            sid = _BE32.unpack_from(body, p + 1)[0]
+            ln = body[p + 5]
+            q = p + 6 + ln + 8
+            name = body[p + 6 : p + 6 + ln]
+            if ln and q <= n and all(0x20 < c < 0x7F for c in name):
+                version = _BE32.unpack_from(body, q - 4)[0]
+                idstr = name.decode("latin-1")
+                ok = self._section_end(body, q, sid, idstr, version, memo) is not None
+        memo[p] = ok
+        return ok
 
     def _footer(self, section_id: int | None, start: int) -> _Need:
         """The section footer; ``section_id=None`` (after a re-sync) learns the RAM section."""

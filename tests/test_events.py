@@ -35,6 +35,8 @@ def _sample(annotation: object) -> object:
     origin = typing.get_origin(annotation)
     if origin is tuple:
         return ()
+    if origin is list:
+        return []
     if origin is dict:
         return {"value": 1}
     if type(None) in args:  # X | None

@@ -60,3 +60,18 @@ def test_naive_baseline_does_the_work(tmp_path: Path) -> None:
     assert counts == {
         "1": 1, "2": gen.pongs, "3": gen.req_pages_id, "4": gen.req_pages,
     }  # fmt: skip
+
+
+def test_device_state_benchmark_stream_is_delimited_and_decoded() -> None:
+    from migcompat.protocol import DeviceState, ForwardReader, ForwardStop
+
+    data = _bench().device_state_stream(devices=3, pages=16)
+    for fields in (False, True):
+        r = ForwardReader("10.0", decode_fields=fields)
+        r.receive_data(data)
+        r.receive_data(b"")
+        evs = list(r.events())
+        dev = [e for e in evs if isinstance(e, DeviceState)]
+        assert [d.idstr for d in dev] == ["dev0", "dev1", "dev2"]
+        assert not [e for e in evs if isinstance(e, ForwardStop)]
+        assert (dev[0].fields is not None) is fields
