@@ -403,9 +403,7 @@ async def exact(fwd_mb: int, rp_mb: int, seed: int) -> dict[str, Any]:
                 "fwd_MBps": round(r.fwd_bytes / r.seconds / 1e6, 1),
                 "injections": len(r.injections),
             }  # fmt: skip
-    out["ratio_proxy_vs_plain"] = round(
-        out["plain-relay"]["seconds"] / out["proxy"]["seconds"], 3
-    )
+    out["ratio_proxy_vs_plain"] = round(out["plain-relay"]["seconds"] / out["proxy"]["seconds"], 3)
     return out
 
 

@@ -153,8 +153,13 @@ def _bound(report: CaptureReport) -> dict[str, Any] | None:
         ],
         "contradiction": b.contradiction,
         "read_as": str(pinned or b.high),
-        "given": None if pinned is None else {"release": str(pinned), "basis": report.source_basis,
-                                              "inside_bound": b.contains(pinned)},
+        "given": None
+        if pinned is None
+        else {
+            "release": str(pinned),
+            "basis": report.source_basis,
+            "inside_bound": b.contains(pinned),
+        },
         "ambiguous": report.ambiguous,
     }
 

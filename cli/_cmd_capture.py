@@ -466,8 +466,10 @@ def _print_summary(s: dict[str, Any]) -> None:
             w("\n")
         if m["rejected"]:
             r = m["rejected"]
-            w(f"  source rejected the return path at {r['t']:.3f} s (offset {r['offset']}): "
-              f"{r['error']}\n")
+            w(
+                f"  source rejected the return path at {r['t']:.3f} s (offset {r['offset']}): "
+                f"{r['error']}\n"
+            )
         if m["split_brain"]:
             w(f"  SPLIT-BRAIN BOUNDARY: {m['split_brain']}\n")
         for note in m["wire_notes"]:

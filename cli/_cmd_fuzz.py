@@ -297,7 +297,12 @@ def _run_real(args: argparse.Namespace, release: Release, seed: int, out: Path) 
         _print_case(args, c, release, n, total[0], case)
 
     summary = run_real(
-        release, examples=args.examples, seed=seed, out=out, on_start=start, on_case=done,
+        release,
+        examples=args.examples,
+        seed=seed,
+        out=out,
+        on_start=start,
+        on_case=done,
         build=getattr(args, "lab_build", None),
     )
     frames, dt = summary["frames"], summary["seconds"]

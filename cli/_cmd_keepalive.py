@@ -33,23 +33,32 @@ def register(sub: Any) -> None:
             "Exit 0 safe, 1 unsafe, 2 bad input."
         ),
     )
-    p.add_argument("--source", metavar="REL",
-                   help="source release (7.2.22, 10.0, 11.1+keepalive...); omit if unknown")
+    p.add_argument(
+        "--source",
+        metavar="REL",
+        help="source release (7.2.22, 10.0, 11.1+keepalive...); omit if unknown",
+    )
     p.add_argument("--destination", metavar="REL", help="destination release (required)")
     p.add_argument("--machine", metavar="M", help="machine type or alias (required)")
-    p.add_argument("--period", metavar="MS", type=_period,
-                   help="explicit postcopy-rp-keepalive-period (ms) on the destination")
-    p.add_argument("--proposal", choices=["keepalive"],
-                   help="apply the keepalive proposal (overlay) to the destination")
+    p.add_argument(
+        "--period",
+        metavar="MS",
+        type=_period,
+        help="explicit postcopy-rp-keepalive-period (ms) on the destination",
+    )
+    p.add_argument(
+        "--proposal",
+        choices=["keepalive"],
+        help="apply the keepalive proposal (overlay) to the destination",
+    )
     p.add_argument("--idle", type=int, default=5, metavar="S", help="keep-alive-idle (s)")
-    p.add_argument("--interval", type=int, default=2, metavar="S",
-                   help="keep-alive-interval (s)")
+    p.add_argument("--interval", type=int, default=2, metavar="S", help="keep-alive-interval (s)")
     p.add_argument("--count", type=int, default=3, metavar="N", help="keep-alive-count")
     p.add_argument("--json", action="store_true", help="JSON output")
     g = p.add_argument_group(
         "the compat hunk",
         "--compat-patch --release REL writes (stdout) the one-hunk patch adding "
-        "{ \"migration\", \"postcopy-rp-keepalive-period\", \"0\" } to the hw_compat array "
+        '{ "migration", "postcopy-rp-keepalive-period", "0" } to the hw_compat array '
         "of the release before REL, for that release's hw/core/machine.c: from --source-tree, "
         "else from the Debian source the lab fetches for the suite shipping REL (root).",
     )
@@ -81,8 +90,10 @@ def _compat_patch(args: argparse.Namespace) -> int:
     try:
         text = (tree / MACHINE_C).read_text()
     except OSError as exc:
-        raise InputError(f"{tree / MACHINE_C}: cannot read it ({exc.strerror or exc}): "
-                         "--source-tree wants the top of a QEMU source tree") from None
+        raise InputError(
+            f"{tree / MACHINE_C}: cannot read it ({exc.strerror or exc}): "
+            "--source-tree wants the top of a QEMU source tree"
+        ) from None
     sys.stdout.write(compat_patch(text, args.release))
     return 0
 
@@ -94,10 +105,18 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--destination and --machine are required (or use --compat-patch)")
     if args.period is not None and args.period < 0:
         raise InputError(f"--period {args.period}: the parameter is a uint32")
-    d = decide_keepalive(args.source, args.destination, args.machine, args.period,
-                         args.proposal, tcp=False)
-    tcp = tcp_keepalive(d.source, d.destination.line, args.idle, args.interval, args.count,
-                        source_at_least=d.source_bound, sysctls=read_tcp_sysctls())
+    d = decide_keepalive(
+        args.source, args.destination, args.machine, args.period, args.proposal, tcp=False
+    )
+    tcp = tcp_keepalive(
+        d.source,
+        d.destination.line,
+        args.idle,
+        args.interval,
+        args.count,
+        source_at_least=d.source_bound,
+        sysctls=read_tcp_sysctls(),
+    )
     if args.json:
         out = d.to_json()
         out["tcp_keepalive"] = tcp.to_json()
@@ -105,14 +124,21 @@ def run(args: argparse.Namespace) -> int:
         return d.exit_code
     con = console()
     style = "green" if d.safe else "bold red"
-    con.print(f"[{style}]{d.verdict.upper()}[/]: destination {d.destination}, "
-              f"source {d.source or f'unknown (>= {d.source_bound})'}, machine {d.machine}")
+    con.print(
+        f"[{style}]{d.verdict.upper()}[/]: destination {d.destination}, "
+        f"source {d.source or f'unknown (>= {d.source_bound})'}, machine {d.machine}"
+    )
     period = "n/a (no such parameter)" if d.period is None else f"{d.period} ms"
-    con.print(f"effective {d.parameter}: {period} ({d.period_origin}"
-              + (f", from {d.period_array}" if d.period_array else "") + ")")
-    con.print(f"destination sends KEEPALIVE: {'yes' if d.sends_keepalive else 'no'}; "
-              f"source knows type {d.keepalive_type}: "
-              f"{'unknown' if d.source_knows is None else 'yes' if d.source_knows else 'no'}")
+    con.print(
+        f"effective {d.parameter}: {period} ({d.period_origin}"
+        + (f", from {d.period_array}" if d.period_array else "")
+        + ")"
+    )
+    con.print(
+        f"destination sends KEEPALIVE: {'yes' if d.sends_keepalive else 'no'}; "
+        f"source knows type {d.keepalive_type}: "
+        f"{'unknown' if d.source_knows is None else 'yes' if d.source_knows else 'no'}"
+    )
     con.print("why:")
     for f in d.facts:
         con.print(f"  - {f.text}" + (f"  [dim]({f.source})[/]" if f.source else ""))
@@ -126,10 +152,15 @@ def run(args: argparse.Namespace) -> int:
             con.print(f"  - {m}")
     con.print("TCP keep-alive (what QEMU merged instead):")
     for side in (tcp.source, tcp.destination):
-        con.print(f"  {side.role} {side.release or 'unknown'}: "
-                  + (f"URI {side.uri}" if side.uri else "cannot enable keep-alive")
-                  + (f"; detects a silent partition within {side.detection_bound_s} s"
-                     if side.detection_bound_s is not None else ""))
+        con.print(
+            f"  {side.role} {side.release or 'unknown'}: "
+            + (f"URI {side.uri}" if side.uri else "cannot enable keep-alive")
+            + (
+                f"; detects a silent partition within {side.detection_bound_s} s"
+                if side.detection_bound_s is not None
+                else ""
+            )
+        )
         for f in side.facts:
             con.print(f"    - {f.text}" + (f"  [dim]({f.source})[/]" if f.source else ""))
     return d.exit_code

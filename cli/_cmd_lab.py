@@ -125,10 +125,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("suite", metavar="SUITE", help="Debian suite or release line (trixie, 10.0)")
-    p.add_argument("--patch", action="append", default=[], type=Path, metavar="FILE",
-                   help="a -p1 patch to apply after Debian's own (repeatable, in order)")
-    p.add_argument("--name", metavar="NAME",
-                   help="register under NAME (default: upstream version + patch names)")
+    p.add_argument(
+        "--patch",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a -p1 patch to apply after Debian's own (repeatable, in order)",
+    )
+    p.add_argument(
+        "--name",
+        metavar="NAME",
+        help="register under NAME (default: upstream version + patch names)",
+    )
     p.add_argument("--rebuild", action="store_true", help="build even if cached")
     p.add_argument("--json", action="store_true", help="print the build as JSON")
     p.set_defaults(func=_build)
@@ -157,8 +166,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="append",
         default=[],
         metavar="CAP",
-        help="leave this migration capability off on both sides (repeatable), "
-        "e.g. switchover-ack",
+        help="leave this migration capability off on both sides (repeatable), e.g. switchover-ack",
     )
     p.add_argument("--idle", action="store_true", help="destination -S, never continued")
     p.add_argument("--out", type=Path, metavar="DIR", help="where to keep the record and streams")
@@ -309,8 +317,10 @@ def _build(args: argparse.Namespace) -> int:
         print(json.dumps(build.to_json() | {"built": built}, indent=2))
         return 0
     patches = ", ".join(p["name"] for p in build.patches) or "none"
-    print(f"{build.release}: {'built' if built else 'cached'} ({build.version_text}; "
-          f"patches: {patches})")
+    print(
+        f"{build.release}: {'built' if built else 'cached'} ({build.version_text}; "
+        f"patches: {patches})"
+    )
     return 0
 
 

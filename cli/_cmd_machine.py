@@ -55,8 +55,11 @@ def register(sub: Any) -> None:
     lst = msub.add_parser("list", help="versioned machine types a release registers")
     lst.add_argument("--release", metavar="REL", help=rel_help)
     lst.add_argument("--family", metavar="F", help="only this family (pc-q35, virt, ...)")
-    lst.add_argument("--all", action="store_true",
-                     help="also types defined in the sources but not registered (too old)")
+    lst.add_argument(
+        "--all",
+        action="store_true",
+        help="also types defined in the sources but not registered (too old)",
+    )
     lst.add_argument("--json", action="store_true", help="JSON output")
     add_format_argument(lst)
     lst.set_defaults(func=run_list)
@@ -65,32 +68,45 @@ def register(sub: Any) -> None:
 def _header(table: Any, requested: str, info: Any) -> str:
     alias = f" (alias {requested})" if requested != info.name else ""
     dep = " — deprecated" if info.deprecated else ""
-    return (f"{info.name}{alias} in QEMU {table.qemu_version}{dep}: "
-            f"{len(info.arrays)} arrays, defined at {info.file}:{info.line}")
+    return (
+        f"{info.name}{alias} in QEMU {table.qemu_version}{dep}: "
+        f"{len(info.arrays)} arrays, defined at {info.file}:{info.line}"
+    )
 
 
 def run_show(args: argparse.Namespace) -> int:
     table = compat_table(args.release)
-    info, props = effective_properties(args.machine, args.release or table.release,
-                                       driver=args.driver)
+    info, props = effective_properties(
+        args.machine, args.release or table.release, driver=args.driver
+    )
     fmt = output_format(args)
     if fmt == "json":
-        print_json({
-            "release": str(table.qemu_version), "machine": info.name,
-            "overlay": Release(args.release).overlay if args.release else None,
-            "requested": args.machine, "deprecated": info.deprecated,
-            "deprecation_reason": info.deprecation_reason,
-            "arrays": list(info.arrays), "source": dict(table.source),
-            "properties": [p.to_json() for p in props],
-        })
+        print_json(
+            {
+                "release": str(table.qemu_version),
+                "machine": info.name,
+                "overlay": Release(args.release).overlay if args.release else None,
+                "requested": args.machine,
+                "deprecated": info.deprecated,
+                "deprecation_reason": info.deprecation_reason,
+                "arrays": list(info.arrays),
+                "source": dict(table.source),
+                "properties": [p.to_json() for p in props],
+            }
+        )
         return 0
     con = console()
     con.print(_header(table, args.machine, info), markup=False)
-    con.print("arrays, in the order class_init adds them (later overrides earlier): "
-              + ", ".join(info.arrays), markup=False)
+    con.print(
+        "arrays, in the order class_init adds them (later overrides earlier): "
+        + ", ".join(info.arrays),
+        markup=False,
+    )
     if args.driver and not props:
-        con.print(f"no compat property of driver {args.driver} is set on {info.name}: "
-                  "its defaults apply", markup=False)
+        con.print(
+            f"no compat property of driver {args.driver} is set on {info.name}: its defaults apply",
+            markup=False,
+        )
         return 0
     rows = [
         (p.driver, p.property, p.value + (" (optional)" if p.optional else ""),
@@ -98,8 +114,9 @@ def run_show(args: argparse.Namespace) -> int:
                     if p.overrides else ""), p.provenance)
         for p in props
     ]  # fmt: skip
-    print_rows(("driver", "property", "value", "from", "source"), rows, fmt=fmt,
-               prose=("from", "source"))
+    print_rows(
+        ("driver", "property", "value", "from", "source"), rows, fmt=fmt, prose=("from", "source")
+    )
     return 0
 
 
@@ -112,12 +129,16 @@ def run_diff(args: argparse.Namespace) -> int:
     d = diff_machines(args.a, args.b, table.release)
     fmt = output_format(args)
     if fmt == "json":
-        print_json({
-            "release": str(table.qemu_version), "a": d.a.name, "b": d.b.name,
-            "only_a": [p.to_json() for p in d.only_a],
-            "only_b": [p.to_json() for p in d.only_b],
-            "changed": [{"a": _pj(x), "b": _pj(y)} for x, y in d.changed],
-        })
+        print_json(
+            {
+                "release": str(table.qemu_version),
+                "a": d.a.name,
+                "b": d.b.name,
+                "only_a": [p.to_json() for p in d.only_a],
+                "only_b": [p.to_json() for p in d.only_b],
+                "changed": [{"a": _pj(x), "b": _pj(y)} for x, y in d.changed],
+            }
+        )
         return 0
     con = console()
     con.print(f"QEMU {table.qemu_version}: {d.a.name} vs {d.b.name}", markup=False)
@@ -145,25 +166,44 @@ def run_list(args: argparse.Namespace) -> int:
     if args.family and not items:
         from migcompat.compat import UnknownMachine
 
-        raise UnknownMachine(f"no machine family {args.family!r} in QEMU {table.release} "
-                             f"(families: {', '.join(sorted(table.by_family))})")
+        raise UnknownMachine(
+            f"no machine family {args.family!r} in QEMU {table.release} "
+            f"(families: {', '.join(sorted(table.by_family))})"
+        )
     aliases = {v: k for k, v in table.aliases.items()}
     fmt = output_format(args)
     if fmt == "json":
-        print_json({
-            "release": str(table.qemu_version), "source": dict(table.source),
-            "aliases": dict(table.aliases),
-            "machines": [{"name": m.name, "family": m.family, "version": str(m.version),
-                          "registered": m.registered, "deprecated": m.deprecated,
-                          "alias": aliases.get(m.name), "is_default": m.is_default,
-                          "provenance": f"{m.file}:{m.line}"} for m in items],
-        })
+        print_json(
+            {
+                "release": str(table.qemu_version),
+                "source": dict(table.source),
+                "aliases": dict(table.aliases),
+                "machines": [
+                    {
+                        "name": m.name,
+                        "family": m.family,
+                        "version": str(m.version),
+                        "registered": m.registered,
+                        "deprecated": m.deprecated,
+                        "alias": aliases.get(m.name),
+                        "is_default": m.is_default,
+                        "provenance": f"{m.file}:{m.line}",
+                    }
+                    for m in items
+                ],
+            }
+        )
         return 0
     rows = []
     for m in items:
-        state = ("not registered" if not m.registered
-                 else "deprecated" if m.deprecated else "supported")
+        state = (
+            "not registered" if not m.registered else "deprecated" if m.deprecated else "supported"
+        )
         rows.append((m.family, m.name, aliases.get(m.name, ""), state, f"{m.file}:{m.line}"))
-    print_rows(("family", "machine", "alias", "state", "defined at"), rows, fmt=fmt,
-               title=f"QEMU {table.qemu_version} versioned machine types")
+    print_rows(
+        ("family", "machine", "alias", "state", "defined at"),
+        rows,
+        fmt=fmt,
+        title=f"QEMU {table.qemu_version} versioned machine types",
+    )
     return 0

@@ -302,11 +302,15 @@ def _modelled(releases: list[str]) -> list[str]:
             out.append(r)
             continue
         if b.model is None:
-            raise InputError(f"lab build {r} cannot be predicted: its return path is "
-                             f"{b.protocol_release}, but its source lacks that overlay's compat "
-                             "entries, so no release's tables model it")
-        print(f"matrix: lab build {r} predicted as {b.model} (its own source's tables)",
-              file=sys.stderr)
+            raise InputError(
+                f"lab build {r} cannot be predicted: its return path is "
+                f"{b.protocol_release}, but its source lacks that overlay's compat "
+                "entries, so no release's tables model it"
+            )
+        print(
+            f"matrix: lab build {r} predicted as {b.model} (its own source's tables)",
+            file=sys.stderr,
+        )
         out.append(b.model)
     return out
 

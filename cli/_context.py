@@ -139,9 +139,9 @@ def source_context(args: argparse.Namespace, path: str) -> SourceContext:
     return SourceContext(machine=machine, capabilities=caps, ram_blocks=ram, origin=origin)
 
 
-def replayable_chunks(path: str, iter_chunks: Callable[[str], Iterable[bytes]]) -> Callable[
-    [], Iterable[bytes]
-]:
+def replayable_chunks(
+    path: str, iter_chunks: Callable[[str], Iterable[bytes]]
+) -> Callable[[], Iterable[bytes]]:
     """A function returning the stream's chunks from the start each time it is called:
     a file is read again; stdin is kept as it is read (the second pass is rare)."""
     if path != "-":

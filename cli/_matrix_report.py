@@ -78,9 +78,7 @@ def _guest_prediction(p: Prediction) -> str:
         return _sb(p)
     parts = []
     for status, states in p.guest:
-        names = " or ".join(
-            "**SPLIT-BRAIN**" if g == "split-brain" else g for g in states
-        )
+        names = " or ".join("**SPLIT-BRAIN**" if g == "split-brain" else g for g in states)
         parts.append(names if len(p.guest) == 1 else f"{status}: {names}")
     return "; ".join(parts)
 

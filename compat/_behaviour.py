@@ -77,19 +77,29 @@ def observations() -> tuple[Observation, ...]:
     """Every injection run the lab committed."""
     out = []
     for r in _raw().get("runs", []):
-        out.append(Observation(
-            fixture=r["fixture"], path=r["path"], type_id=r["type_id"], length=r["length"],
-            source=Release(r["src"]["release"]), source_version=r["src"]["version_text"],
-            destination=Release(r["dst"]["release"]), machine=r.get("machine") or "",
-            trigger=r.get("trigger"), src_final=r.get("src_final"), dst_final=r.get("dst_final"),
-            src_error_desc=r.get("src_error_desc"), src_stderr=tuple(r.get("src_stderr", ())),
-            src_running=r.get("src_running"), dst_running=r.get("dst_running"),
-            split_brain=r.get("split_brain"),
-        ))
+        out.append(
+            Observation(
+                fixture=r["fixture"],
+                path=r["path"],
+                type_id=r["type_id"],
+                length=r["length"],
+                source=Release(r["src"]["release"]),
+                source_version=r["src"]["version_text"],
+                destination=Release(r["dst"]["release"]),
+                machine=r.get("machine") or "",
+                trigger=r.get("trigger"),
+                src_final=r.get("src_final"),
+                dst_final=r.get("dst_final"),
+                src_error_desc=r.get("src_error_desc"),
+                src_stderr=tuple(r.get("src_stderr", ())),
+                src_running=r.get("src_running"),
+                dst_running=r.get("dst_running"),
+                split_brain=r.get("split_brain"),
+            )
+        )
     return tuple(out)
 
 
 def observed_rejection(source: Release, type_id: int) -> tuple[Observation, ...]:
     """Runs where a source of ``source``'s line received an unknown ``type_id``."""
-    return tuple(o for o in observations()
-                 if o.source.line == source.line and o.type_id == type_id)
+    return tuple(o for o in observations() if o.source.line == source.line and o.type_id == type_id)

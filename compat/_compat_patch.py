@@ -28,8 +28,9 @@ def __dir__() -> list[str]:
 MACHINE_C = "hw/core/machine.c"
 
 
-def compat_patch(machine_c: str, release: Release | str, proposal: str = "keepalive",
-                 path: str = MACHINE_C) -> str:
+def compat_patch(
+    machine_c: str, release: Release | str, proposal: str = "keepalive", path: str = MACHINE_C
+) -> str:
     """A one-hunk ``-p1`` patch adding the proposal's compat entry for ``release``'s tree.
 
     :param machine_c: the text of the tree's ``hw/core/machine.c``.
@@ -57,23 +58,27 @@ def compat_patch(machine_c: str, release: Release | str, proposal: str = "keepal
     decl = re.compile(rf"^\s*(?:const\s+)?GlobalProperty\s+{re.escape(entry.array)}\s*\[\]\s*=")
     start = next((i for i, line in enumerate(lines) if decl.match(line)), None)
     if start is None:
-        have = sorted(set(re.findall(r"GlobalProperty\s+(hw_compat_\d+_\d+)\s*\[\]", machine_c)),
-                      key=lambda a: tuple(int(x) for x in a.split("_")[2:]))
+        have = sorted(
+            set(re.findall(r"GlobalProperty\s+(hw_compat_\d+_\d+)\s*\[\]", machine_c)),
+            key=lambda a: tuple(int(x) for x in a.split("_")[2:]),
+        )
         raise InputError(
             f"{path} defines no {entry.array}[] (the array of the release before "
             f"{rel.line}); it has {', '.join(have[-3:]) or 'no hw_compat arrays'}: is it the "
             f"tree of {rel.line}?"
         )
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("};")),
-               None)
+    end = next(
+        (i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("};")), None
+    )
     if end is None:
         raise InputError(f"{path}: {entry.array}[] has no closing '}};'")
     body = "".join(lines[start:end])
     if re.search(rf'"{re.escape(entry.driver)}"\s*,\s*"{re.escape(entry.property)}"', body):
-        raise InputError(f"{path}: {entry.array}[] already has "
-                         f"({entry.driver}, {entry.property})")
-    indent = next((m.group(1) for line in lines[start + 1:end]
-                   if (m := re.match(r"^(\s+)\{", line))), "    ")
+        raise InputError(f"{path}: {entry.array}[] already has ({entry.driver}, {entry.property})")
+    indent = next(
+        (m.group(1) for line in lines[start + 1 : end] if (m := re.match(r"^(\s+)\{", line))),
+        "    ",
+    )
     new_line = f'{indent}{{ "{entry.driver}", "{entry.property}", "{entry.value}" }},\n'
     if end > 0 and not lines[end - 1].endswith("\n"):
         lines[end - 1] += "\n"

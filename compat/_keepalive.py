@@ -98,11 +98,16 @@ class TcpSide:
     facts: tuple[Fact, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "release": str(self.release) if self.release else None,
-                "keep_alive": self.keep_alive, "knobs": self.knobs, "uri": self.uri,
-                "channel": dict(self.channel) if self.channel else None,
-                "detection_bound_s": self.detection_bound_s,
-                "facts": [f.to_json() for f in self.facts]}
+        return {
+            "role": self.role,
+            "release": str(self.release) if self.release else None,
+            "keep_alive": self.keep_alive,
+            "knobs": self.knobs,
+            "uri": self.uri,
+            "channel": dict(self.channel) if self.channel else None,
+            "detection_bound_s": self.detection_bound_s,
+            "facts": [f.to_json() for f in self.facts],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +121,13 @@ class TcpKeepaliveAdvice:
     count: int
 
     def to_json(self) -> dict[str, Any]:
-        return {"idle_s": self.idle, "interval_s": self.interval, "count": self.count,
-                "source": self.source.to_json(), "destination": self.destination.to_json()}
+        return {
+            "idle_s": self.idle,
+            "interval_s": self.interval,
+            "count": self.count,
+            "source": self.source.to_json(),
+            "destination": self.destination.to_json(),
+        }
 
 
 def _sock_facts() -> tuple[dict[str, Any], dict[str, CompatTable]]:
@@ -155,11 +165,17 @@ def check_keepalive_options(idle: object, interval: object, count: object) -> No
             )
 
 
-def tcp_keepalive(source: Release | str | None, destination: Release | str,
-                  idle: int = 5, interval: int = 2, count: int = 3,
-                  host: str = "DEST_HOST", port: int = 4444,
-                  source_at_least: Release | None = None,
-                  sysctls: Mapping[str, int] | None = None) -> TcpKeepaliveAdvice:
+def tcp_keepalive(
+    source: Release | str | None,
+    destination: Release | str,
+    idle: int = 5,
+    interval: int = 2,
+    count: int = 3,
+    host: str = "DEST_HOST",
+    port: int = 4444,
+    source_at_least: Release | None = None,
+    sysctls: Mapping[str, int] | None = None,
+) -> TcpKeepaliveAdvice:
     """Which side of a pair can enable TCP keep-alive on the migration socket, and how.
 
     Facts come from ``qapi/sockets.json`` (``since`` notes, including "not supported for
@@ -171,8 +187,10 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
     check_keepalive_options(idle, interval, count)
     members, tables = _sock_facts()
     ka = members.get("keep-alive", {})
-    knob_since = min((Release(m["since"]) for n, m in members.items()
-                      if n != "keep-alive" and m.get("since")), default=None)
+    knob_since = min(
+        (Release(m["since"]) for n, m in members.items() if n != "keep-alive" and m.get("since")),
+        default=None,
+    )
     ka_since = Release(ka["since"]) if ka.get("since") else None
     listen_since = Release(ka["listening_since"]) if ka.get("listening_since") else None
     qapi = f"qapi/sockets.json:{ka.get('doc_line')} ({ka.get('tree')})"
@@ -184,80 +202,136 @@ def tcp_keepalive(source: Release | str | None, destination: Release | str,
     def side(role: str, rel: Release | None) -> TcpSide:
         facts: list[Fact] = []
         if rel is None and source_at_least is not None and role == "source":
-            facts.append(Fact(f"source release unknown; it is at least {source_at_least} "
-                              "(machine type bound), so it has what that release has"))
+            facts.append(
+                Fact(
+                    f"source release unknown; it is at least {source_at_least} "
+                    "(machine type bound), so it has what that release has"
+                )
+            )
             rel = source_at_least
         if rel is None:
-            return TcpSide(role, None, False, False, None, None, None,
-                           (Fact(f"{role} release unknown: cannot tell which options it accepts"),))
+            return TcpSide(
+                role,
+                None,
+                False,
+                False,
+                None,
+                None,
+                None,
+                (Fact(f"{role} release unknown: cannot tell which options it accepts"),),
+            )
         line = rel.line
         if role == "source":
             can = ka_since is not None and line >= ka_since
-            facts.append(Fact(
-                f"keep-alive on connecting sockets since {ka_since}: "
-                + ("available" if can else f"not in {line}"), qapi))
+            facts.append(
+                Fact(
+                    f"keep-alive on connecting sockets since {ka_since}: "
+                    + ("available" if can else f"not in {line}"),
+                    qapi,
+                )
+            )
         else:
             can = listen_since is not None and line >= listen_since
             ev = _release_evidence(rel, tables)
             passive = ev.get("passive", {}) if ev else {}
             if passive.get("keep_alive_refused"):
-                facts.append(Fact(
-                    f"{line} has a refusal for keep-alive on listening sockets "
-                    f"(\"{passive.get('error')}\"), but migrate-incoming never reaches it: "
-                    "the listener's address lookup copies the address without keep-alive, "
-                    "so the options are accepted and silently not applied (measured on "
-                    "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket; "
-                    "`migcompat lab run --scenario partition-idle` repeats it)",
-                    f"{passive.get('file')}:{passive.get('line')} "
-                    f"({tables[str(line)].qemu_version}); io/dns-resolver.c"))
+                facts.append(
+                    Fact(
+                        f"{line} has a refusal for keep-alive on listening sockets "
+                        f'("{passive.get("error")}"), but migrate-incoming never reaches it: '
+                        "the listener's address lookup copies the address without keep-alive, "
+                        "so the options are accepted and silently not applied (measured on "
+                        "7.2.22 and 10.0.13: no keep-alive timer on the accepted socket; "
+                        "`migcompat lab run --scenario partition-idle` repeats it)",
+                        f"{passive.get('file')}:{passive.get('line')} "
+                        f"({tables[str(line)].qemu_version}); io/dns-resolver.c",
+                    )
+                )
             elif passive.get("honoured"):
-                calls = ", ".join(f"{c['function']} ({c['file']}:{c['line']})"
-                                  for c in passive.get("callers", []))
-                facts.append(Fact(f"{line} applies keep-alive options when listening: "
-                                  f"{passive.get('setter')} is called by {calls}",
-                                  str(tables[str(line)].qemu_version)))
-            facts.append(Fact(
-                f"keep-alive on listening sockets since {listen_since}: "
-                + ("available" if can else f"not in {line}"), qapi))
+                calls = ", ".join(
+                    f"{c['function']} ({c['file']}:{c['line']})" for c in passive.get("callers", [])
+                )
+                facts.append(
+                    Fact(
+                        f"{line} applies keep-alive options when listening: "
+                        f"{passive.get('setter')} is called by {calls}",
+                        str(tables[str(line)].qemu_version),
+                    )
+                )
+            facts.append(
+                Fact(
+                    f"keep-alive on listening sockets since {listen_since}: "
+                    + ("available" if can else f"not in {line}"),
+                    qapi,
+                )
+            )
         knobs = can and knob_since is not None and line >= knob_since
-        facts.append(Fact(
-            f"keep-alive-idle/-interval/-count since {knob_since}: "
-            + ("available" if knobs else f"not in {line}"),
-            ", ".join(f"qapi/sockets.json:{m.get('line')}" for n, m in sorted(members.items())
-                      if n != "keep-alive")))
+        facts.append(
+            Fact(
+                f"keep-alive-idle/-interval/-count since {knob_since}: "
+                + ("available" if knobs else f"not in {line}"),
+                ", ".join(
+                    f"qapi/sockets.json:{m.get('line')}"
+                    for n, m in sorted(members.items())
+                    if n != "keep-alive"
+                ),
+            )
+        )
         uri = channel = None
         bound: int | None = None
         if can:
             hostpart = host if role == "source" else "0.0.0.0"
             uri = f"tcp:{hostpart}:{port},keep-alive=on" + (f",{opts}" if knobs else "")
             if ch_since is not None and line >= ch_since:
-                addr: dict[str, Any] = {"transport": "socket", "type": "inet",
-                                        "host": hostpart, "port": str(port), "keep-alive": True}
+                addr: dict[str, Any] = {
+                    "transport": "socket",
+                    "type": "inet",
+                    "host": hostpart,
+                    "port": str(port),
+                    "keep-alive": True,
+                }
                 if knobs:
-                    addr |= {"keep-alive-idle": idle, "keep-alive-interval": interval,
-                             "keep-alive-count": count}
+                    addr |= {
+                        "keep-alive-idle": idle,
+                        "keep-alive-interval": interval,
+                        "keep-alive-count": count,
+                    }
                 channel = {"channel-type": "main", "addr": addr}
             if knobs:
                 bound = idle + interval * count
-                facts.append(Fact(f"a silent partition is detected within idle + interval*count "
-                                  f"= {idle} + {interval}*{count} = {bound} s once the socket "
-                                  "is idle (no unacknowledged data)", "Linux TCP keep-alive"))
+                facts.append(
+                    Fact(
+                        f"a silent partition is detected within idle + interval*count "
+                        f"= {idle} + {interval}*{count} = {bound} s once the socket "
+                        "is idle (no unacknowledged data)",
+                        "Linux TCP keep-alive",
+                    )
+                )
             else:
-                t, i, p = (sysctl["tcp_keepalive_time"], sysctl["tcp_keepalive_intvl"],
-                           sysctl["tcp_keepalive_probes"])
+                t, i, p = (
+                    sysctl["tcp_keepalive_time"],
+                    sysctl["tcp_keepalive_intvl"],
+                    sysctl["tcp_keepalive_probes"],
+                )
                 bound = t + i * p
-                facts.append(Fact(f"without the knobs the host's sysctls apply: "
-                                  f"{t} + {i}*{p} = {bound} s",
-                                  "/proc/sys/net/ipv4/tcp_keepalive_*"))
+                facts.append(
+                    Fact(
+                        f"without the knobs the host's sysctls apply: {t} + {i}*{p} = {bound} s",
+                        "/proc/sys/net/ipv4/tcp_keepalive_*",
+                    )
+                )
             if role == "destination":
-                facts.append(Fact("use -incoming defer, then migrate-incoming with this URI "
-                                  "(the accepted socket inherits the listener's options)"))
+                facts.append(
+                    Fact(
+                        "use -incoming defer, then migrate-incoming with this URI "
+                        "(the accepted socket inherits the listener's options)"
+                    )
+                )
         return TcpSide(role, rel, can, knobs, uri, channel, bound, tuple(facts))
 
     src = None if source is None else _release(source, "source")
     dst = _release(destination, "destination")
-    return TcpKeepaliveAdvice(side("source", src), side("destination", dst),
-                              idle, interval, count)
+    return TcpKeepaliveAdvice(side("source", src), side("destination", dst), idle, interval, count)
 
 
 # ---------------------------------------------------------------------------------------
@@ -304,16 +378,22 @@ class KeepaliveDecision:
             "source": str(self.source) if self.source else None,
             "source_bound": str(self.source_bound) if self.source_bound else None,
             "destination": str(self.destination),
-            "machine": self.machine, "requested_machine": self.requested_machine,
-            "proposal": self.proposal, "parameter": self.parameter,
-            "period_ms": self.period, "period_origin": self.period_origin,
+            "machine": self.machine,
+            "requested_machine": self.requested_machine,
+            "proposal": self.proposal,
+            "parameter": self.parameter,
+            "period_ms": self.period,
+            "period_origin": self.period_origin,
             "period_array": self.period_array,
-            "sends_keepalive": self.sends_keepalive, "keepalive_type": self.keepalive_type,
+            "sends_keepalive": self.sends_keepalive,
+            "keepalive_type": self.keepalive_type,
             "source_knows_type": self.source_knows,
             "source_error": self.source_error,
             "facts": [f.to_json() for f in self.facts],
-            "observed": [{"fixture": o.path, "source": o.source_version,
-                          "summary": o.summary()} for o in self.observed],
+            "observed": [
+                {"fixture": o.path, "source": o.source_version, "summary": o.summary()}
+                for o in self.observed
+            ],
             "not_observed": list(self.not_observed),
             "tcp_keepalive": self.tcp.to_json() if self.tcp else None,
         }
@@ -357,41 +437,64 @@ def _resolve_machine(name: str, dest: Release, facts: list[Fact]) -> MachineType
         if info.version is None:
             raise UnknownMachine(f"{name} is not a versioned machine type")
         if info.name != name:
-            facts.append(Fact(f"{name} is an alias of {info.name} in QEMU {table.qemu_version}",
-                              f"{info.file}:{info.line}"))
+            facts.append(
+                Fact(
+                    f"{name} is an alias of {info.name} in QEMU {table.qemu_version}",
+                    f"{info.file}:{info.line}",
+                )
+            )
         else:
-            facts.append(Fact(f"{name} is registered by QEMU {table.qemu_version}",
-                              f"{info.file}:{info.line}"))
+            facts.append(
+                Fact(
+                    f"{name} is registered by QEMU {table.qemu_version}", f"{info.file}:{info.line}"
+                )
+            )
         return MachineType(info.name)
     fam = _alias_families().get(name)
     if fam is not None:
         mt = MachineType(f"{fam}-{line}")
-        facts.append(Fact(f"{name} resolves to {mt} in {line} (the alias always names the "
-                          f"newest versioned type; no extracted tree of {line} to confirm)"))
+        facts.append(
+            Fact(
+                f"{name} resolves to {mt} in {line} (the alias always names the "
+                f"newest versioned type; no extracted tree of {line} to confirm)"
+            )
+        )
         return mt
     mt = MachineType(name)
     if mt.line > line:
-        raise UnknownMachine(f"{mt} is newer than the destination {dest}: a QEMU cannot run a "
-                             "machine type newer than itself")
+        raise UnknownMachine(
+            f"{mt} is newer than the destination {dest}: a QEMU cannot run a "
+            "machine type newer than itself"
+        )
     newest = compat_table()
     state = newest.lifecycle_state(mt.version, dest) if dest.line > newest.release else None
     if mt.family not in newest.by_family:
-        raise UnknownMachine(f"no machine family {mt.family!r} in any extracted tree "
-                             f"(families: {', '.join(sorted(newest.by_family))})")
+        raise UnknownMachine(
+            f"no machine family {mt.family!r} in any extracted tree "
+            f"(families: {', '.join(sorted(newest.by_family))})"
+        )
     lifecycle = newest.lifecycle or {}  # set whenever state is
     if state == "deleted":
         raise UnknownMachine(
             f"{mt} is not registered by {line}: predicted by the versioned-machine lifecycle "
             f"of {newest.qemu_version} ({lifecycle['file']}:{lifecycle['line']}: "
-            f"deleted after {lifecycle['deletion_major']} years)")
+            f"deleted after {lifecycle['deletion_major']} years)"
+        )
     if state is not None:
-        facts.append(Fact(
-            f"{mt} in {line}: {state}, predicted by the versioned-machine lifecycle of "
-            f"{newest.qemu_version} (no extracted tree of {line})",
-            f"{lifecycle['file']}:{lifecycle['line']}"))
+        facts.append(
+            Fact(
+                f"{mt} in {line}: {state}, predicted by the versioned-machine lifecycle of "
+                f"{newest.qemu_version} (no extracted tree of {line})",
+                f"{lifecycle['file']}:{lifecycle['line']}",
+            )
+        )
     else:
-        facts.append(Fact(f"registration of {mt} in {line} not checked: no extracted tree of "
-                          f"{line} (have {', '.join(map(str, compat_releases()))})"))
+        facts.append(
+            Fact(
+                f"registration of {mt} in {line} not checked: no extracted tree of "
+                f"{line} (have {', '.join(map(str, compat_releases()))})"
+            )
+        )
     return mt
 
 
@@ -424,8 +527,9 @@ def decide_keepalive(
     if ovl_name is not None and ovl_name not in ovls:
         raise InputError(f"unknown proposal {ovl_name!r} (known: {', '.join(sorted(ovls))})")
     if ovl_name is not None and proposal is not None and ovl_name != proposal:
-        raise InputError(f"destination {dest} already carries overlay {ovl_name!r}, "
-                         f"not {proposal!r}")
+        raise InputError(
+            f"destination {dest} already carries overlay {ovl_name!r}, not {proposal!r}"
+        )
     if ovl_name is not None:
         catalog(dest)  # the catalog refuses an overlay on a line it cannot apply to
     keep = ovls.get("keepalive")
@@ -440,8 +544,9 @@ def decide_keepalive(
     mt = _resolve_machine(machine, dest, facts)
     if src is not None:
         if mt.line > src.line:
-            raise UnknownMachine(f"source {src} cannot run {mt}: a QEMU cannot run a machine "
-                                 "type newer than itself")
+            raise UnknownMachine(
+                f"source {src} cannot run {mt}: a QEMU cannot run a machine type newer than itself"
+            )
         try:
             st = compat_table(src.line)
         except InputError:
@@ -457,11 +562,16 @@ def decide_keepalive(
         if period is not None:
             raise InputError(
                 f"{pname} does not exist in QEMU {dest.line}: the keepalive proposal was never "
-                "merged; add --proposal keepalive to model a destination carrying it")
+                "merged; add --proposal keepalive to model a destination carrying it"
+            )
         eff, origin = None, "absent"
-        facts.append(Fact(f"QEMU {dest} has no {pname} and no MIG_RP_MSG_KEEPALIVE: the "
-                          f"proposal ({keep.title}) was {keep.status}", keep.provenance[-1]
-                          if keep.provenance else ""))
+        facts.append(
+            Fact(
+                f"QEMU {dest} has no {pname} and no MIG_RP_MSG_KEEPALIVE: the "
+                f"proposal ({keep.title}) was {keep.status}",
+                keep.provenance[-1] if keep.provenance else "",
+            )
+        )
     else:
         feature = dest.line
         prev = _previous_line(feature)
@@ -470,16 +580,27 @@ def decide_keepalive(
         try:
             dt = compat_table(feature)
             have = [a for a in dt.arrays if a.startswith("hw_compat_")]
-            facts.append(Fact(
-                f"overlay {ovl_name} on {feature}: compat entry (migration, {pname}, 0) goes in "
-                f"{array}" + (" (present in the extracted tree)" if array in have else
-                              f" (NOT in the extracted {dt.qemu_version} tree; newest there: "
-                              f"{have[-1] if have else 'none'})"),
-                f"{dt.filename}"))
+            facts.append(
+                Fact(
+                    f"overlay {ovl_name} on {feature}: compat entry (migration, {pname}, 0) "
+                    f"goes in {array}"
+                    + (
+                        " (present in the extracted tree)"
+                        if array in have
+                        else f" (NOT in the extracted {dt.qemu_version} tree; newest there: "
+                        f"{have[-1] if have else 'none'})"
+                    ),
+                    f"{dt.filename}",
+                )
+            )
         except InputError:
-            facts.append(Fact(f"overlay {ovl_name} on {feature}: compat entry (migration, "
-                              f"{pname}, 0) goes in {array}, the array of the release before "
-                              f"{feature}"))
+            facts.append(
+                Fact(
+                    f"overlay {ovl_name} on {feature}: compat entry (migration, "
+                    f"{pname}, 0) goes in {array}, the array of the release before "
+                    f"{feature}"
+                )
+            )
         maxv = int(param.get("max", 2**31 - 1))
         default = int(param.get("default", 60000))
         if period is not None:
@@ -490,26 +611,43 @@ def decide_keepalive(
             if period > maxv:
                 raise PeriodRefused(
                     f"{pname}={period} refused as the proposal's migrate_params_check does: "
-                    f"values above INT_MAX ({maxv}) are invalid")
+                    f"values above INT_MAX ({maxv}) are invalid"
+                )
             eff, origin = period, "explicit"
-            facts.append(Fact(f"{pname} set explicitly to {period} ms (overrides any compat "
-                              "default)"))
+            facts.append(
+                Fact(f"{pname} set explicitly to {period} ms (overrides any compat default)")
+            )
         elif mt.line <= prev:
             eff, origin = 0, "machine-compat"
-            facts.append(Fact(f"{mt} is older than {feature}: it carries {array} (machine X.Y "
-                              f"carries hw_compat_X_Y and every newer one), which sets "
-                              f"{pname}=0", "compat rule (compat/_properties.py)"))
+            facts.append(
+                Fact(
+                    f"{mt} is older than {feature}: it carries {array} (machine X.Y "
+                    f"carries hw_compat_X_Y and every newer one), which sets "
+                    f"{pname}=0",
+                    "compat rule (compat/_properties.py)",
+                )
+            )
         else:
             eff, origin = default, "default"
-            facts.append(Fact(f"{mt} is a {feature} machine type: no compat entry, default "
-                              f"{default} ms", keep.provenance[2] if len(keep.provenance) > 2
-                              else ""))
+            facts.append(
+                Fact(
+                    f"{mt} is a {feature} machine type: no compat entry, default {default} ms",
+                    keep.provenance[2] if len(keep.provenance) > 2 else "",
+                )
+            )
     sends = bool(eff)
     if applies:
-        facts.append(Fact(
-            f"destination {'sends' if sends else 'does not send'} MIG_RP_MSG_KEEPALIVE "
-            f"(type {ka_type})" + (f" every {eff} ms of postcopy without page requests"
-                                   if sends else f": period {eff} = off")))
+        facts.append(
+            Fact(
+                f"destination {'sends' if sends else 'does not send'} MIG_RP_MSG_KEEPALIVE "
+                f"(type {ka_type})"
+                + (
+                    f" every {eff} ms of postcopy without page requests"
+                    if sends
+                    else f": period {eff} = off"
+                )
+            )
+        )
 
     knows: bool | None = None
     bound: Release | None = None
@@ -518,22 +656,37 @@ def decide_keepalive(
     if src is not None and ka_type is not None:
         cat = catalog(src)
         knows = cat.knows(ka_type)
-        facts.append(Fact(f"source {src} reader: MIG_RP_MSG_MAX = {cat.max}; type {ka_type} "
-                          + ("is known" if knows else ">= MAX is rejected"),
-                          "; ".join(cat.provenance[:1])))
+        facts.append(
+            Fact(
+                f"source {src} reader: MIG_RP_MSG_MAX = {cat.max}; type {ka_type} "
+                + ("is known" if knows else ">= MAX is rejected"),
+                "; ".join(cat.provenance[:1]),
+            )
+        )
         if sends and not knows:
             verdict = "unsafe"
             src_err = cat.format_error("invalid_type", ka_type, 0)
-            if (applies and dest.micro is not None and not dest.is_development
-                    and mt.line >= dest.line):
-                facts.append(Fact(
-                    f"{dest} is a backport: its compat entry covers machine types up to "
-                    f"{_previous_line(dest.line)}; {mt} is not covered, and an unpatched "
-                    f"{src.line} source runs it"))
+            if (
+                applies
+                and dest.micro is not None
+                and not dest.is_development
+                and mt.line >= dest.line
+            ):
+                facts.append(
+                    Fact(
+                        f"{dest} is a backport: its compat entry covers machine types up to "
+                        f"{_previous_line(dest.line)}; {mt} is not covered, and an unpatched "
+                        f"{src.line} source runs it"
+                    )
+                )
     elif src is None:
         bound = mt.line
-        facts.append(Fact(f"source unknown: it runs {mt}, so it is at least {bound} (a QEMU "
-                          "cannot run a machine type newer than itself)"))
+        facts.append(
+            Fact(
+                f"source unknown: it runs {mt}, so it is at least {bound} (a QEMU "
+                "cannot run a machine type newer than itself)"
+            )
+        )
         # A proposal applied to a released build (10.0.13+keepalive) is a backport: upstream
         # 10.0 shipped without it, so an unpatched 10.0 source runs the same machine types.
         backport = applies and dest.micro is not None and not dest.is_development
@@ -543,23 +696,33 @@ def decide_keepalive(
                 cat = catalog(dest.line)
                 knows = cat.knows(ka_type) if ka_type is not None else None
                 src_err = cat.format_error("invalid_type", ka_type, 0) if ka_type else None
-                facts.append(Fact(
-                    f"{dest} is a backport: upstream {dest.line} has no {pname}, so an "
-                    f"unpatched {dest.line} source can run {mt} and its reader rejects type "
-                    f"{ka_type} (MIG_RP_MSG_MAX = {cat.max}); the compat entry in {array} "
-                    f"covers only machine types up to {_previous_line(dest.line)}, not {mt}"))
+                facts.append(
+                    Fact(
+                        f"{dest} is a backport: upstream {dest.line} has no {pname}, so an "
+                        f"unpatched {dest.line} source can run {mt} and its reader rejects type "
+                        f"{ka_type} (MIG_RP_MSG_MAX = {cat.max}); the compat entry in {array} "
+                        f"covers only machine types up to {_previous_line(dest.line)}, not {mt}"
+                    )
+                )
             elif applies and bound >= dest.line:
-                facts.append(Fact(
-                    f"every source able to run {mt} is >= {dest.line}, the release the overlay "
-                    f"puts the proposal in, so (assuming it is merged there) it knows type "
-                    f"{ka_type}"))
+                facts.append(
+                    Fact(
+                        f"every source able to run {mt} is >= {dest.line}, the release the overlay "
+                        f"puts the proposal in, so (assuming it is merged there) it knows type "
+                        f"{ka_type}"
+                    )
+                )
             else:
                 verdict = "unsafe"
                 cat = catalog(bound)
                 knows = cat.knows(ka_type) if ka_type is not None else None
                 src_err = cat.format_error("invalid_type", ka_type, 0) if ka_type else None
-                facts.append(Fact(f"a {bound} source could be on the other end; its reader "
-                                  f"rejects type {ka_type} (MIG_RP_MSG_MAX = {cat.max})"))
+                facts.append(
+                    Fact(
+                        f"a {bound} source could be on the other end; its reader "
+                        f"rejects type {ka_type} (MIG_RP_MSG_MAX = {cat.max})"
+                    )
+                )
     if not sends:
         facts.append(Fact("no KEEPALIVE is sent, so the source's reader never sees one"))
     facts.append(Fact(f"verdict: {verdict}"))
@@ -567,26 +730,48 @@ def decide_keepalive(
     observed: tuple[Observation, ...] = ()
     missing: list[str] = []
     if verdict == "unsafe" and ka_type is not None:
-        lines = [src.line] if src is not None else sorted(
-            {o.source.line for o in observations() if o.type_id == ka_type
-             and o.source.line >= (bound or Release("0.0"))} | {bound or mt.line})
+        lines = (
+            [src.line]
+            if src is not None
+            else sorted(
+                {
+                    o.source.line
+                    for o in observations()
+                    if o.type_id == ka_type and o.source.line >= (bound or Release("0.0"))
+                }
+                | {bound or mt.line}
+            )
+        )
         obs: list[Observation] = []
         for ln in lines:
             got = observed_rejection(ln, ka_type)
             if got:
                 obs.extend(got)
             else:
-                missing.append(f"{ln}: not yet observed (no lab run injected type {ka_type} "
-                               f"into a {ln} source)")
+                missing.append(
+                    f"{ln}: not yet observed (no lab run injected type {ka_type} "
+                    f"into a {ln} source)"
+                )
         observed = tuple(obs)
-    advice = (
-        tcp_keepalive(src, dest.line, source_at_least=bound, sysctls=sysctls) if tcp else None
-    )
+    advice = tcp_keepalive(src, dest.line, source_at_least=bound, sysctls=sysctls) if tcp else None
     return KeepaliveDecision(
-        source=src, source_bound=bound, destination=dest, machine=mt.name,
-        requested_machine=machine, proposal=ovl_name, parameter=pname, period=eff,
-        period_origin=origin, period_array=array if origin == "machine-compat" else None,
-        sends_keepalive=sends, keepalive_type=ka_type, source_knows=knows, verdict=verdict,
-        facts=tuple(facts), source_error=src_err, observed=observed,
-        not_observed=tuple(missing), tcp=advice,
+        source=src,
+        source_bound=bound,
+        destination=dest,
+        machine=mt.name,
+        requested_machine=machine,
+        proposal=ovl_name,
+        parameter=pname,
+        period=eff,
+        period_origin=origin,
+        period_array=array if origin == "machine-compat" else None,
+        sends_keepalive=sends,
+        keepalive_type=ka_type,
+        source_knows=knows,
+        verdict=verdict,
+        facts=tuple(facts),
+        source_error=src_err,
+        observed=observed,
+        not_observed=tuple(missing),
+        tcp=advice,
     )

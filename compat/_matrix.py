@@ -239,9 +239,7 @@ class Prediction:
 
     def guest_states(self, dst_status: str | None = None) -> frozenset[str]:
         """Guest states allowed when the destination ends in ``dst_status`` (None: any)."""
-        return frozenset(
-            g for st, states in self.guest if dst_status in (None, st) for g in states
-        )
+        return frozenset(g for st, states in self.guest if dst_status in (None, st) for g in states)
 
     def expected_seen(self, final: str | None = None) -> tuple[str, ...]:
         """The predicted timeline of error-descs (``final``: the observed final one, standing
@@ -395,6 +393,7 @@ def _source_reader(
     ram = {k: RamBlock(k, v) for k, v in blocks.items() if isinstance(v, int)}
     recv_bitmap = any(f[:2] == b"\x00\x05" for f in frames)
     counted = cat.switchover_ack_accounting == "counted"
+
     def make() -> Reader:
         return Reader(
             source,
@@ -404,6 +403,7 @@ def _source_reader(
             # injected mid-postcopy: the destination's page requests have named a block
             req_pages_block="pc.ram" if phase == "postcopy-active" else None,
         )
+
     reader = make()
     both = "switchover-ack" in caps["src"] and "switchover-ack" in caps["dst"]
     if both and legacy_switchover_ack(source, machine):  # the legacy mechanism: one ack
@@ -434,8 +434,10 @@ def _frame_verdict(
     name = spec.short_name if spec else None
     caps = caps or _effective_caps(source, destination, None)
     for rule in _model()["semantic_rules"]:
-        if rule["message"] == name and rule["verdict"] == "unobserved" and _rule_applies(
-            rule, source, destination, phase, caps, machine
+        if (
+            rule["message"] == name
+            and rule["verdict"] == "unobserved"
+            and _rule_applies(rule, source, destination, phase, caps, machine)
         ):
             reason = f"{rule['unobserved']} on a {Release(source).line} source"
             return "accepted", None, reason, reason

@@ -109,8 +109,9 @@ class TcpSettings:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def retransmission_timeout_s(retries: int, rto_min_ms: int = TCP_RTO_MIN_MS,
-                             rto_max_ms: int = TCP_RTO_MAX_MS) -> float:
+def retransmission_timeout_s(
+    retries: int, rto_min_ms: int = TCP_RTO_MIN_MS, rto_max_ms: int = TCP_RTO_MAX_MS
+) -> float:
     """Linux's ``tcp_model_timeout(sk, retries, TCP_RTO_MIN)``, in seconds.
 
     The connection is dropped at the first retransmission timer tick at least this long after
@@ -129,9 +130,12 @@ def retransmission_timeout_s(retries: int, rto_min_ms: int = TCP_RTO_MIN_MS,
     return round(ms / 1000, 3)
 
 
-def retransmission_schedule_s(retries: int, rto_ms: float = TCP_RTO_MIN_MS,
-                              rto_max_ms: int = TCP_RTO_MAX_MS,
-                              rto_min_ms: int = TCP_RTO_MIN_MS) -> list[float]:
+def retransmission_schedule_s(
+    retries: int,
+    rto_ms: float = TCP_RTO_MIN_MS,
+    rto_max_ms: int = TCP_RTO_MAX_MS,
+    rto_min_ms: int = TCP_RTO_MIN_MS,
+) -> list[float]:
     """Times (s after the first send) of each retransmission tick, the last one giving up.
 
     ``rto_ms`` is the connection's RTO before the cut (``srtt + rttvar``, at least
@@ -150,8 +154,9 @@ def retransmission_schedule_s(retries: int, rto_ms: float = TCP_RTO_MIN_MS,
         rto = min(rto * 2, rto_max_ms)
 
 
-def keepalive_timeout_s(idle: int, interval: int, count: int,
-                        user_timeout_ms: int | None = None) -> float:
+def keepalive_timeout_s(
+    idle: int, interval: int, count: int, user_timeout_ms: int | None = None
+) -> float:
     """Seconds after the last segment received until keep-alive resets the connection.
 
     Without a user timeout: ``idle + count * interval``. With one (``tcp_keepalive_timer``):
@@ -219,8 +224,10 @@ class Strategy:
         :raises StrategyError: unknown form, repeated part, or a value out of range.
         """
         if not isinstance(text, str) or not text.strip():
-            raise StrategyError("empty strategy; use none, tcp:IDLE,INTVL,CNT, "
-                                "rp-keepalive:PERIOD_MS or user-timeout:MS")
+            raise StrategyError(
+                "empty strategy; use none, tcp:IDLE,INTVL,CNT, "
+                "rp-keepalive:PERIOD_MS or user-timeout:MS"
+            )
         got: dict[str, tuple[int, ...]] = {}
         parts = text.strip().split("+")
         for part in parts:
@@ -294,11 +301,15 @@ class SidePrediction:
         return self.detect_s is not None and self.detect_s <= window_s
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "release": self.release, "detect_s": self.detect_s,
-                "mechanism": self.mechanism,
-                "keepalive": list(self.keepalive) if self.keepalive else None,
-                "range_s": list(self.range_s) if self.range_s else None,
-                "facts": [f.to_json() for f in self.facts]}
+        return {
+            "role": self.role,
+            "release": self.release,
+            "detect_s": self.detect_s,
+            "mechanism": self.mechanism,
+            "keepalive": list(self.keepalive) if self.keepalive else None,
+            "range_s": list(self.range_s) if self.range_s else None,
+            "facts": [f.to_json() for f in self.facts],
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,9 +323,13 @@ class PartitionPrediction:
     settings: TcpSettings
 
     def to_json(self) -> dict[str, Any]:
-        return {"strategy": str(self.strategy), "scenario": self.scenario,
-                "settings": self.settings.to_json(), "source": self.source.to_json(),
-                "destination": self.destination.to_json()}
+        return {
+            "strategy": str(self.strategy),
+            "scenario": self.scenario,
+            "settings": self.settings.to_json(),
+            "source": self.source.to_json(),
+            "destination": self.destination.to_json(),
+        }
 
 
 def _release(value: Release | str | None, role: str) -> Release | None:
@@ -323,8 +338,9 @@ def _release(value: Release | str | None, role: str) -> Release | None:
     return Release(value)
 
 
-def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
-                    facts: list[Fact]) -> tuple[int, int, int] | None:
+def _side_keepalive(
+    role: str, rel: Release | None, strategy: Strategy, st: TcpSettings, facts: list[Fact]
+) -> tuple[int, int, int] | None:
     """The keep-alive this side's socket really gets under ``strategy``, with why."""
     if strategy.tcp is None:
         facts.append(Fact(f"{role}: no TCP keep-alive requested"))
@@ -352,8 +368,11 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
                     "io/dns-resolver.c:114 qio_dns_resolver_lookup_sync_inet (7.2.22, 10.0.13)",
                 )
             )
-        facts.append(Fact(f"{role} {rel.line}: the keep-alive options are not applied to the "
-                          "migration socket"))
+        facts.append(
+            Fact(
+                f"{role} {rel.line}: the keep-alive options are not applied to the migration socket"
+            )
+        )
         return None
     if side.knobs:
         return (idle, intvl, cnt)
@@ -365,24 +384,39 @@ def _side_keepalive(role: str, rel: Release | None, strategy: Strategy, st: TcpS
                 'util/qemu-sockets.c inet_parse strstr(optstr, ",keep-alive") (7.2.22, 10.0.13)',
             )
         )
-    facts.append(Fact(f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
-                      f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
-                      f"{st.keepalive_intvl}/{st.keepalive_probes} apply",
-                      "/proc/sys/net/ipv4/tcp_keepalive_*"))
+    facts.append(
+        Fact(
+            f"{role} {rel.line}: SO_KEEPALIVE only; the system's "
+            f"tcp_keepalive_time/intvl/probes = {st.keepalive_time}/"
+            f"{st.keepalive_intvl}/{st.keepalive_probes} apply",
+            "/proc/sys/net/ipv4/tcp_keepalive_*",
+        )
+    )
     return (st.keepalive_time, st.keepalive_intvl, st.keepalive_probes)
 
 
-def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSettings,
-                  writes: str | None, write_delay_s: float) -> SidePrediction:
+def _predict_side(
+    role: str,
+    rel: Release | None,
+    strategy: Strategy,
+    st: TcpSettings,
+    writes: str | None,
+    write_delay_s: float,
+) -> SidePrediction:
     """One side: ``writes`` says what it has to send after the cut (``None``: nothing)."""
     facts: list[Fact] = []
     ka = _side_keepalive(role, rel, strategy, st, facts)
     ut = strategy.user_timeout_ms
     relname = str(rel) if rel is not None else None
     if writes is not None:
-        facts.append(Fact(f"{role} has data to send after the cut ({writes}): it stays "
-                          "unacknowledged, so the retransmission timer decides and keep-alive "
-                          "never probes", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))
+        facts.append(
+            Fact(
+                f"{role} has data to send after the cut ({writes}): it stays "
+                "unacknowledged, so the retransmission timer decides and keep-alive "
+                "never probes",
+                "net/ipv4/tcp_timer.c tcp_keepalive_timer",
+            )
+        )
         if ut:
             t = write_delay_s + ut / 1000
             facts.append(
@@ -392,31 +426,56 @@ def _predict_side(role: str, rel: Release | None, strategy: Strategy, st: TcpSet
                     "retransmits_timed_out / tcp_clamp_rto_to_user_timeout",
                 )
             )
-            return SidePrediction(role, relname, round(t, 3), "user-timeout", ka, tuple(facts),
-                                  (round(t, 3), round(t, 3)))
+            return SidePrediction(
+                role,
+                relname,
+                round(t, 3),
+                "user-timeout",
+                ka,
+                tuple(facts),
+                (round(t, 3), round(t, 3)),
+            )
         limit = retransmission_timeout_s(st.retries2, st.rto_min_ms, st.rto_max_ms)
-        sched = retransmission_schedule_s(st.retries2, st.rto_min_ms, st.rto_max_ms,
-                                          st.rto_min_ms)
-        facts.append(Fact(f"tcp_retries2 = {st.retries2}: give-up after "
-                          f"tcp_model_timeout = {limit:g} s (RTO {st.rto_min_ms} ms doubling to "
-                          f"{st.rto_max_ms // 1000} s; {len(sched)} ticks)",
-                          "net/ipv4/tcp_timer.c tcp_model_timeout"))
+        sched = retransmission_schedule_s(st.retries2, st.rto_min_ms, st.rto_max_ms, st.rto_min_ms)
+        facts.append(
+            Fact(
+                f"tcp_retries2 = {st.retries2}: give-up after "
+                f"tcp_model_timeout = {limit:g} s (RTO {st.rto_min_ms} ms doubling to "
+                f"{st.rto_max_ms // 1000} s; {len(sched)} ticks)",
+                "net/ipv4/tcp_timer.c tcp_model_timeout",
+            )
+        )
         last_rto = sched[-1] - (sched[-2] if len(sched) > 1 else 0.0)
         lo = write_delay_s + limit
-        return SidePrediction(role, relname, round(write_delay_s + sched[-1], 3),
-                              "retransmission", ka, tuple(facts),
-                              (round(lo, 3), round(lo + last_rto, 3)))
+        return SidePrediction(
+            role,
+            relname,
+            round(write_delay_s + sched[-1], 3),
+            "retransmission",
+            ka,
+            tuple(facts),
+            (round(lo, 3), round(lo + last_rto, 3)),
+        )
     facts.append(Fact(f"{role} has nothing to send after the cut: only keep-alive can notice"))
     if ka is None:
         if ut:
-            facts.append(Fact("TCP_USER_TIMEOUT alone does nothing on a socket with nothing "
-                              "outstanding and no keep-alive"))
+            facts.append(
+                Fact(
+                    "TCP_USER_TIMEOUT alone does nothing on a socket with nothing "
+                    "outstanding and no keep-alive"
+                )
+            )
         return SidePrediction(role, relname, None, "never", None, tuple(facts))
     t = keepalive_timeout_s(*ka, user_timeout_ms=ut)
-    facts.append(Fact(f"keep-alive {ka[0]} s idle + {ka[2]} probes × {ka[1]} s"
-                      + (f" with TCP_USER_TIMEOUT {ut} ms" if ut else "")
-                      + f" = {t:g} s after the last segment received (≈ the cut while the peer "
-                      "was sending)", "net/ipv4/tcp_timer.c tcp_keepalive_timer"))
+    facts.append(
+        Fact(
+            f"keep-alive {ka[0]} s idle + {ka[2]} probes × {ka[1]} s"
+            + (f" with TCP_USER_TIMEOUT {ut} ms" if ut else "")
+            + f" = {t:g} s after the last segment received (≈ the cut while the peer "
+            "was sending)",
+            "net/ipv4/tcp_timer.c tcp_keepalive_timer",
+        )
+    )
     return SidePrediction(role, relname, t, "keepalive", ka, tuple(facts), (t, t))
 
 
@@ -461,5 +520,7 @@ def predict_partition(
     return PartitionPrediction(
         source=_predict_side("source", src, strat, st, src_writes, 0.0),
         destination=_predict_side("destination", dst, strat, st, dst_writes, delay),
-        strategy=strat, scenario=scenario, settings=st,
+        strategy=strat,
+        scenario=scenario,
+        settings=st,
     )

@@ -57,10 +57,16 @@ class EffectiveProperty(CompatEntry):
 
     def to_json(self) -> dict[str, object]:
         return {
-            "driver": self.driver, "property": self.property, "value": self.value,
-            "optional": self.optional, "array": self.array, "provenance": self.provenance,
-            "overrides": [{"array": e.array, "value": e.value, "provenance": e.provenance}
-                          for e in self.overrides],
+            "driver": self.driver,
+            "property": self.property,
+            "value": self.value,
+            "optional": self.optional,
+            "array": self.array,
+            "provenance": self.provenance,
+            "overrides": [
+                {"array": e.array, "value": e.value, "provenance": e.provenance}
+                for e in self.overrides
+            ],
         }
 
 
@@ -97,8 +103,9 @@ def _apply(table: CompatTable, arrays: Sequence[str]) -> dict[tuple[str, str], E
             prev = eff.get(e.key)
             over = (*prev.overrides, _entry_of(prev)) if prev else ()
             # a later global property overrides an earlier one (QEMU applies them in order)
-            eff[e.key] = EffectiveProperty(e.driver, e.property, e.value, e.optional,
-                                           e.array, e.file, e.line, over)
+            eff[e.key] = EffectiveProperty(
+                e.driver, e.property, e.value, e.optional, e.array, e.file, e.line, over
+            )
     return eff
 
 
@@ -122,8 +129,11 @@ def effective_properties(
     table = compat_table(release)
     info = machine if isinstance(machine, MachineInfo) else table.resolve(machine)
     eff = _apply(table, info.arrays)
-    rel = None if release is None else (
-        release if isinstance(release, Release) else Release(str(release)))
+    rel = (
+        None
+        if release is None
+        else (release if isinstance(release, Release) else Release(str(release)))
+    )
     extra = list(extra_arrays)
     if rel is not None and rel.overlay:
         extra.append((rel.overlay, overlay_compat_entries(rel)))
@@ -132,8 +142,9 @@ def effective_properties(
             if versioned_array(e.array) and _machine_carries(info, e.array):
                 prev = eff.get(e.key)
                 over = (*prev.overrides, _entry_of(prev)) if prev else ()
-                eff[e.key] = EffectiveProperty(e.driver, e.property, e.value, e.optional,
-                                               e.array, e.file, e.line, over)
+                eff[e.key] = EffectiveProperty(
+                    e.driver, e.property, e.value, e.optional, e.array, e.file, e.line, over
+                )
     props = sorted(eff.values(), key=lambda p: (p.driver, p.property))
     if driver is not None:
         known = {e.driver for entries in table.arrays.values() for e in entries}
@@ -170,9 +181,17 @@ def overlay_compat_entries(release: Release | str) -> tuple[CompatEntry, ...]:
         raise InputError(f"{rel}: no release line before {rel.line} to hold the compat entry")
     prev = older[-1]
     off = str(param.get("off", 0))
-    return (CompatEntry("migration", str(param["name"]), off, False,
-                        f"hw_compat_{prev.major}_{prev.minor}",
-                        f"overlay {spec.name} ({spec.raw.get('message_id', spec.title)})", 0),)
+    return (
+        CompatEntry(
+            "migration",
+            str(param["name"]),
+            off,
+            False,
+            f"hw_compat_{prev.major}_{prev.minor}",
+            f"overlay {spec.name} ({spec.raw.get('message_id', spec.title)})",
+            0,
+        ),
+    )
 
 
 def _machine_carries(info: MachineInfo, array: str) -> bool:
@@ -201,6 +220,7 @@ def diff_machines(a: str, b: str, release: Release | str | None = None) -> Machi
     db = {(p.driver, p.property): p for p in pb}
     only_a = tuple(da[k] for k in sorted(da.keys() - db.keys()))
     only_b = tuple(db[k] for k in sorted(db.keys() - da.keys()))
-    changed = tuple((da[k], db[k]) for k in sorted(da.keys() & db.keys())
-                    if da[k].value != db[k].value)
+    changed = tuple(
+        (da[k], db[k]) for k in sorted(da.keys() & db.keys()) if da[k].value != db[k].value
+    )
     return MachineDiff(ia, ib, only_a, only_b, changed)

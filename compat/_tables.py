@@ -226,8 +226,7 @@ class CompatTable:
         except InputError:
             known = ", ".join(sorted(self.aliases))
             raise UnknownMachine(
-                f"{name!r} is not a machine type QEMU {self.release} registers "
-                f"(aliases: {known})"
+                f"{name!r} is not a machine type QEMU {self.release} registers (aliases: {known})"
             ) from None
         regs = self.registered(mt.family)
         if not regs:
@@ -237,12 +236,16 @@ class CompatTable:
             )
         oldest, newest = regs[0], regs[-1]
         if info is not None and not info.registered:
-            why = (f"{name} is defined in {info.file}:{info.line} but not registered by "
-                   f"{self.release} (too old: deleted by the versioned-machine lifecycle); "
-                   f"oldest is {oldest.version}")
+            why = (
+                f"{name} is defined in {info.file}:{info.line} but not registered by "
+                f"{self.release} (too old: deleted by the versioned-machine lifecycle); "
+                f"oldest is {oldest.version}"
+            )
         elif mt.version > newest.version:
-            why = (f"{name} is not registered by {self.release}; newest is {newest.version}: "
-                   "a QEMU cannot run a machine type newer than itself")
+            why = (
+                f"{name} is not registered by {self.release}; newest is {newest.version}: "
+                "a QEMU cannot run a machine type newer than itself"
+            )
         elif mt.version < oldest.version:
             why = f"{name} is not registered by {self.release}; oldest is {oldest.version}"
         else:
@@ -258,39 +261,66 @@ def _load_one(name: str, data: Mapping[str, Any], problems: list[Exception]) -> 
             rows = []
             for e in arr["entries"]:
                 if not all(isinstance(e.get(k), str) for k in ("driver", "property", "value")):
-                    problems.append(CatalogError(f"{name}: {aname} line {e.get('line')}: "
-                                                 "unresolved driver/property/value"))
+                    problems.append(
+                        CatalogError(
+                            f"{name}: {aname} line {e.get('line')}: "
+                            "unresolved driver/property/value"
+                        )
+                    )
                     continue
-                rows.append(CompatEntry(e["driver"], e["property"], e["value"],
-                                        bool(e.get("optional")), aname, arr["file"], e["line"]))
+                rows.append(
+                    CompatEntry(
+                        e["driver"],
+                        e["property"],
+                        e["value"],
+                        bool(e.get("optional")),
+                        aname,
+                        arr["file"],
+                        e["line"],
+                    )
+                )
             arrays[aname] = tuple(rows)
-            info[aname] = MappingProxyType({k: v for k, v in arr.items() if k != "entries"}
-                                           | {"group": group})
+            info[aname] = MappingProxyType(
+                {k: v for k, v in arr.items() if k != "entries"} | {"group": group}
+            )
     machines: dict[str, MachineInfo] = {}
     for mname, m in data.get("machines", {}).items():
         for a in m["compat_arrays"]:
             if a not in arrays:
                 problems.append(CatalogError(f"{name}: {mname} adds unknown array {a}"))
         machines[mname] = MachineInfo(
-            name=mname, board=m["board"], family=m["family"],
+            name=mname,
+            board=m["board"],
+            family=m["family"],
             version=Release(m["version"]) if m.get("version") else None,
-            registered=bool(m["registered"]), deprecated=bool(m["deprecated"]),
-            deprecation_reason=m.get("deprecation_reason"), alias=m.get("alias"),
-            is_default=bool(m.get("is_default")), arrays=tuple(m["compat_arrays"]),
-            options_chain=tuple(m.get("options_chain", ())), file=m["file"], line=m["line"],
+            registered=bool(m["registered"]),
+            deprecated=bool(m["deprecated"]),
+            deprecation_reason=m.get("deprecation_reason"),
+            alias=m.get("alias"),
+            is_default=bool(m.get("is_default")),
+            arrays=tuple(m["compat_arrays"]),
+            options_chain=tuple(m.get("options_chain", ())),
+            file=m["file"],
+            line=m["line"],
         )
     for alias, target in data.get("aliases", {}).items():
         if target not in machines:
             problems.append(CatalogError(f"{name}: alias {alias} -> unknown {target}"))
     qv = Release(data["qemu_version"])
     return CompatTable(
-        qemu_version=qv, release=qv.line, source=MappingProxyType(dict(data["source"])),
-        arrays=MappingProxyType(arrays), array_info=MappingProxyType(info),
-        machines=MappingProxyType(machines), aliases=MappingProxyType(dict(data["aliases"])),
+        qemu_version=qv,
+        release=qv.line,
+        source=MappingProxyType(dict(data["source"])),
+        arrays=MappingProxyType(arrays),
+        array_info=MappingProxyType(info),
+        machines=MappingProxyType(machines),
+        aliases=MappingProxyType(dict(data["aliases"])),
         migration_properties=MappingProxyType(
-            {k: MappingProxyType(v) for k, v in data["migration_properties"].items()}),
+            {k: MappingProxyType(v) for k, v in data["migration_properties"].items()}
+        ),
         socket_keepalive=MappingProxyType(dict(data.get("socket_keepalive", {}))),
-        lifecycle=data.get("machine_lifecycle"), filename=name,
+        lifecycle=data.get("machine_lifecycle"),
+        filename=name,
     )
 
 

@@ -533,5 +533,3 @@ def render(res: dict[str, Any]) -> str:
         f"{m['maxrss_bytes'] / 1e6:.0f} MB",
     ]
     return "\n".join(lines) + "\n"
-
-

@@ -164,7 +164,8 @@ def _patch_failure(patch: PatchFile, output: str, tree_label: str) -> PatchError
         if m:
             header = patch.hunk(current, int(m["n"]))
             problems.append(
-                f"{current}: hunk #{m['n']}" + (f" ({header})" if header else "")
+                f"{current}: hunk #{m['n']}"
+                + (f" ({header})" if header else "")
                 + f" FAILED at line {m['line']}"
             )
         elif "can't find file to patch" in line or "No file to patch" in line:
@@ -176,8 +177,12 @@ def _patch_failure(patch: PatchFile, output: str, tree_label: str) -> PatchError
     return PatchError(f"--patch {patch.path} does not apply to {tree_label}: {detail}")
 
 
-def apply_patches(tree: Path, patches: Sequence[PatchFile], label: str = "the tree",
-                  progress: Progress | None = None) -> None:
+def apply_patches(
+    tree: Path,
+    patches: Sequence[PatchFile],
+    label: str = "the tree",
+    progress: Progress | None = None,
+) -> None:
     """Apply ``patches`` to ``tree`` in order (``patch -p1``); the first failure raises.
 
     Each patch is first tried with ``--dry-run`` so a failing one leaves no ``.rej`` files
@@ -198,8 +203,12 @@ def apply_patches(tree: Path, patches: Sequence[PatchFile], label: str = "the tr
                 raise _patch_failure(p, out.stdout + out.stderr, label)
         offsets = len(re.findall(r"succeeded at \d+ \(offset", out.stdout))
         fuzz = len(re.findall(r"with fuzz", out.stdout))
-        say(f"applied {p.path.name}" + (f" ({offsets} hunks at an offset" if offsets else "")
-            + (f", {fuzz} with fuzz" if fuzz else "") + (")" if offsets else ""))
+        say(
+            f"applied {p.path.name}"
+            + (f" ({offsets} hunks at an offset" if offsets else "")
+            + (f", {fuzz} with fuzz" if fuzz else "")
+            + (")" if offsets else "")
+        )
 
 
 def upstream_version(package_version: str) -> str:
@@ -236,8 +245,13 @@ def build_key(package_version: str, patches: Sequence[PatchFile]) -> str:
 # -- running things -------------------------------------------------------------------
 
 
-def _run(cmd: list[str], log: Path, progress: Progress, prefix: str,
-         keep: Callable[[str], bool] = lambda _l: True) -> tuple[int, str]:
+def _run(
+    cmd: list[str],
+    log: Path,
+    progress: Progress,
+    prefix: str,
+    keep: Callable[[str], bool] = lambda _l: True,
+) -> tuple[int, str]:
     """Run ``cmd`` (output appended to ``log``; lines ``keep`` accepts become progress)."""
     tail: list[str] = []
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
@@ -245,8 +259,14 @@ def _run(cmd: list[str], log: Path, progress: Progress, prefix: str,
         fh.write(f"$ {' '.join(cmd)}\n")
         fh.flush()
         try:
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, env=env, errors="replace")
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                errors="replace",
+            )
         except OSError as exc:
             raise LabError(f"cannot run {cmd[0]}", exc=exc) from exc
         assert proc.stdout is not None
@@ -339,30 +359,47 @@ def _build_root(suite: str, mirror: str, progress: Progress) -> Path:
                 raise LabError(f"{partial} has mounts below it; unmount them first")
             shutil.rmtree(partial)
         progress(f"{suite}: copying the provisioned root into a build root")
-        rc, tail = _run(["cp", "-a", str(roots_dir() / suite), str(partial)], log, progress,
-                        suite)
+        rc, tail = _run(["cp", "-a", str(roots_dir() / suite), str(partial)], log, progress, suite)
         if rc != 0:
-            raise LabError(f"{suite}: copying the root failed; log: {log}",
-                           exc=RuntimeError(tail[-2000:]))
+            raise LabError(
+                f"{suite}: copying the root failed; log: {log}", exc=RuntimeError(tail[-2000:])
+            )
         (partial / ".migcompat-root.json").unlink(missing_ok=True)  # not a provisioned root
         (partial / "etc/apt/sources.list.d").mkdir(parents=True, exist_ok=True)
         (partial / "etc/apt/sources.list.d/migcompat-src.list").write_text(
-            f"deb-src {mirror} {suite} main\n")
+            f"deb-src {mirror} {suite} main\n"
+        )
         progress(f"{suite}: apt-get update (deb-src)")
         rc, tail = _run(_chroot(partial, *_APT, "update"), log, progress, suite)
         if rc != 0:
-            raise LabError(f"{suite}: apt-get update failed; log: {log}",
-                           exc=RuntimeError(tail[-2000:]))
+            raise LabError(
+                f"{suite}: apt-get update failed; log: {log}", exc=RuntimeError(tail[-2000:])
+            )
         progress(f"{suite}: installing build dependencies")
-        rc, tail = _run(_chroot(partial, *_APT, "install", "-y", "--no-install-recommends",
-                                *BUILD_DEPS), log, progress, suite)
+        rc, tail = _run(
+            _chroot(partial, *_APT, "install", "-y", "--no-install-recommends", *BUILD_DEPS),
+            log,
+            progress,
+            suite,
+        )
         if rc != 0:
-            raise LabError(f"{suite}: installing the build dependencies failed; log: {log}",
-                           exc=RuntimeError(tail[-2000:]))
+            raise LabError(
+                f"{suite}: installing the build dependencies failed; log: {log}",
+                exc=RuntimeError(tail[-2000:]),
+            )
         _run(_chroot(partial, "apt-get", "clean"), log, progress, suite)
-        (partial / _MARKER).write_text(json.dumps(
-            {"suite": suite, "deps": list(BUILD_DEPS), "mirror": mirror,
-             "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")}, indent=2) + "\n")
+        (partial / _MARKER).write_text(
+            json.dumps(
+                {
+                    "suite": suite,
+                    "deps": list(BUILD_DEPS),
+                    "mirror": mirror,
+                    "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         partial.rename(root)
         return root
 
@@ -378,13 +415,24 @@ def _fetch_source(root: Path, package_version: str, log: Path, progress: Progres
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     progress(f"apt-get source qemu={package_version}")
-    rc, tail = _run(_chroot(root, "sh", "-c",
-                            f"cd {inside.parent / tmp.name} && apt-get source --download-only "
-                            f"qemu={package_version}"), log, progress, "source")
+    rc, tail = _run(
+        _chroot(
+            root,
+            "sh",
+            "-c",
+            f"cd {inside.parent / tmp.name} && apt-get source --download-only "
+            f"qemu={package_version}",
+        ),
+        log,
+        progress,
+        "source",
+    )
     if rc != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise LabError(f"apt-get source qemu={package_version} failed; log: {log}",
-                       exc=RuntimeError(tail[-2000:]))
+        raise LabError(
+            f"apt-get source qemu={package_version} failed; log: {log}",
+            exc=RuntimeError(tail[-2000:]),
+        )
     (tmp / ".complete").write_text(package_version + "\n")
     shutil.rmtree(host, ignore_errors=True)
     tmp.rename(host)
@@ -395,8 +443,9 @@ def _fetch_source(root: Path, package_version: str, log: Path, progress: Progres
 def _extract_source(root: Path, dsc: Path, dest: Path, log: Path, progress: Progress) -> None:
     """``dpkg-source -x`` (applies Debian's own patches) into ``dest`` (root paths)."""
     progress(f"dpkg-source -x {dsc.name}")
-    rc, tail = _run(_chroot(root, "dpkg-source", "-x", str(dsc), str(dest)), log, progress,
-                    "source")
+    rc, tail = _run(
+        _chroot(root, "dpkg-source", "-x", str(dsc), str(dest)), log, progress, "source"
+    )
     if rc != 0:
         raise LabError(f"dpkg-source -x failed; log: {log}", exc=RuntimeError(tail[-2000:]))
 
@@ -463,8 +512,10 @@ def identify_protocol(tree: Path, version: str) -> tuple[str | None, str]:
         except Exception:
             continue
         if [x.name for x in sorted(cat.messages, key=lambda x: x.id)] == names:
-            return rel, (f"enum mig_rp_message_type of the tree = catalog {rel} "
-                         f"({len(names)} messages, MIG_RP_MSG_MAX {cat.max})")
+            return rel, (
+                f"enum mig_rp_message_type of the tree = catalog {rel} "
+                f"({len(names)} messages, MIG_RP_MSG_MAX {cat.max})"
+            )
     return None, f"the tree's {len(names)} return-path messages match no catalog release: {names}"
 
 
@@ -488,14 +539,17 @@ def identify_model(tree: Path, protocol: str | None) -> tuple[str | None, str]:
         return None, f"no hw/core/machine.c ({exc.strerror or exc})"
     missing = []
     for e in overlay_compat_entries(protocol):
-        m = re.search(rf"GlobalProperty\s+{re.escape(e.array)}\s*\[\]\s*=\s*\{{(.*?)\}};",
-                      text, re.S)
+        m = re.search(
+            rf"GlobalProperty\s+{re.escape(e.array)}\s*\[\]\s*=\s*\{{(.*?)\}};", text, re.S
+        )
         pat = rf'"{re.escape(e.driver)}"\s*,\s*"{re.escape(e.property)}"\s*,\s*"{e.value}"'
         if m is None or not re.search(pat, m.group(1)):
             missing.append(f'{{ "{e.driver}", "{e.property}", "{e.value}" }} in {e.array}')
     if missing:
-        return None, (f"return path = {protocol}, but hw/core/machine.c lacks the overlay's "
-                      f"compat entry {'; '.join(missing)}")
+        return None, (
+            f"return path = {protocol}, but hw/core/machine.c lacks the overlay's "
+            f"compat entry {'; '.join(missing)}"
+        )
     return protocol, f"return path and compat entries = {protocol}"
 
 
@@ -507,8 +561,13 @@ def _ninja_progress(line: str) -> bool:
 
 def _probe(root: Path, binary: str) -> str:
     try:
-        out = subprocess.run(_chroot(root, binary, "--version"), capture_output=True,
-                             text=True, check=True, timeout=60)
+        out = subprocess.run(
+            _chroot(root, binary, "--version"),
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         raise LabError(f"the built {binary} does not run in {root}", exc=exc) from exc
     return out.stdout.strip().splitlines()[0]
@@ -573,9 +632,9 @@ def build_qemu(
                     stale = "model" not in old and tree is not None  # an older entry
                     if tree is not None and stale:
                         old["protocol"], old["protocol_basis"] = identify_protocol(
-                            tree, upstream_version(pkgver))
-                        old["model"], old["model_basis"] = identify_model(
-                            tree, old["protocol"])
+                            tree, upstream_version(pkgver)
+                        )
+                        old["model"], old["model_basis"] = identify_model(tree, old["protocol"])
                     if stale or b.release != label:
                         _register(dict(old, name=label))  # same build, maybe a new name
                     b = next(x for x in lab_builds() if x.release == label)
@@ -595,16 +654,37 @@ def build_qemu(
             apply_patches(work / "src", files, f"qemu {pkgver} ({suite})", say)
             say("configure")
             t_conf = time.monotonic()
-            rc, tail = _run(_chroot(root, "sh", "-c",
-                                    f"mkdir -p {work_in}/src/b && cd {work_in}/src/b && "
-                                    f"../configure {' '.join(CONFIGURE_FLAGS)}"),
-                            log, say, "configure", keep=lambda _l: True)
+            rc, tail = _run(
+                _chroot(
+                    root,
+                    "sh",
+                    "-c",
+                    f"mkdir -p {work_in}/src/b && cd {work_in}/src/b && "
+                    f"../configure {' '.join(CONFIGURE_FLAGS)}",
+                ),
+                log,
+                say,
+                "configure",
+                keep=lambda _l: True,
+            )
             if rc != 0:
                 raise LabError(f"configure failed; log: {log}", exc=RuntimeError(tail[-2000:]))
             t_ninja = time.monotonic()
-            rc, tail = _run(_chroot(root, "nice", "ninja", "-C", f"{work_in}/src/b",
-                                    f"-j{jobs}", "qemu-system-x86_64"),
-                            log, say, "ninja", keep=_ninja_progress)
+            rc, tail = _run(
+                _chroot(
+                    root,
+                    "nice",
+                    "ninja",
+                    "-C",
+                    f"{work_in}/src/b",
+                    f"-j{jobs}",
+                    "qemu-system-x86_64",
+                ),
+                log,
+                say,
+                "ninja",
+                keep=_ninja_progress,
+            )
             if rc != 0:
                 raise LabError(f"ninja failed; log: {log}", exc=RuntimeError(tail[-2000:]))
             t_done = time.monotonic()
@@ -623,14 +703,25 @@ def build_qemu(
             model, model_why = identify_model(final / "tree", protocol)
             say(f"protocol: {protocol or 'unknown'} ({why}); model: {model or 'none'}")
             entry: dict[str, object] = {
-                "name": label, "key": key, "suite": suite, "source_version": pkgver,
-                "patches": [p.to_json() for p in files], "binary": binary_in,
-                "tree": str(final_in / "tree"), "root": str(root), "version_text": version,
-                "configure": list(CONFIGURE_FLAGS), "protocol": protocol,
-                "protocol_basis": why, "model": model, "model_basis": model_why,
-                "seconds": {"total": round(t_done - t0, 1),
-                            "configure": round(t_ninja - t_conf, 1),
-                            "ninja": round(t_done - t_ninja, 1)},
+                "name": label,
+                "key": key,
+                "suite": suite,
+                "source_version": pkgver,
+                "patches": [p.to_json() for p in files],
+                "binary": binary_in,
+                "tree": str(final_in / "tree"),
+                "root": str(root),
+                "version_text": version,
+                "configure": list(CONFIGURE_FLAGS),
+                "protocol": protocol,
+                "protocol_basis": why,
+                "model": model,
+                "model_basis": model_why,
+                "seconds": {
+                    "total": round(t_done - t0, 1),
+                    "configure": round(t_ninja - t_conf, 1),
+                    "ninja": round(t_done - t_ninja, 1),
+                },
                 "date": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
             }
             (final / "build.json").write_text(json.dumps(entry, indent=2) + "\n")

@@ -46,8 +46,9 @@ def _chunks(folder: Path) -> list[dict[str, Any]]:
         lines = (folder / "chunks.jsonl").read_text().splitlines()
     except OSError:
         return []
-    return [c for c in map(json.loads, lines)
-            if c.get("dir") in ("rp", "inject") and c.get("conn") == 0]
+    return [
+        c for c in map(json.loads, lines) if c.get("dir") in ("rp", "inject") and c.get("conn") == 0
+    ]
 
 
 def rp_frames(folder: Path) -> list[dict[str, Any]]:
@@ -70,8 +71,15 @@ def rp_frames(folder: Path) -> list[dict[str, Any]]:
             break
         end = pos + size - 1
         chunk = next((c for c in chunks if c["offset"] <= end < c["offset"] + c["len"]), {})
-        out.append({"offset": pos, "size": size, "type_id": type_id, "t": chunk.get("t"),
-                    "via": chunk.get("dir")})
+        out.append(
+            {
+                "offset": pos,
+                "size": size,
+                "type_id": type_id,
+                "t": chunk.get("t"),
+                "via": chunk.get("dir"),
+            }
+        )
         pos += size
     return out
 
@@ -90,8 +98,7 @@ def keepalive_evidence(folder: str | Path, type_id: int = 8) -> dict[str, Any]:
     ka = [f for f in frames if f["type_id"] == type_id]
     own = [f for f in ka if f["offset"] not in injected and f["via"] != "inject"]
     statuses = meta.get("statuses", {})
-    pa = next((s["t"] for s in statuses.get("dst", []) if s["status"] == "postcopy-active"),
-              None)
+    pa = next((s["t"] for s in statuses.get("dst", []) if s["status"] == "postcopy-active"), None)
     times = [f["t"] for f in own if f["t"] is not None]
     params = (meta.get("migrate_parameters") or {}).get("dst", {})
     return {

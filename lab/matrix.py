@@ -165,9 +165,7 @@ def _run_cell(
         return CellResult(pred, "skipped", [f"not predicted: {pred.unpredicted}"])
     for rel in (cell.source, cell.destination):
         if find_build(rel) is None:
-            return CellResult(
-                pred, "skipped", [f"no QEMU build for {rel}: {provision_hint(rel)}"]
-            )
+            return CellResult(pred, "skipped", [f"no QEMU build for {rel}: {provision_hint(rel)}"])
     cell_dir = Path(outdir) / cell_slug(cell)
     cell_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

@@ -146,8 +146,9 @@ def keepalive_uri_options(strategy: Strategy) -> str:
     if strategy.tcp is None:
         return ""
     idle, intvl, cnt = strategy.tcp
-    return (f",keep-alive=on,keep-alive-idle={idle},keep-alive-interval={intvl},"
-            f"keep-alive-count={cnt}")
+    return (
+        f",keep-alive=on,keep-alive-idle={idle},keep-alive-interval={intvl},keep-alive-count={cnt}"
+    )
 
 
 def check_side(pred: SidePrediction, measured: float | None, window: float) -> dict[str, Any]:
@@ -164,8 +165,9 @@ def check_side(pred: SidePrediction, measured: float | None, window: float) -> d
     lo, hi = pred.range_s or (p, p)
     if measured is None:
         ok = p is None or (lo is not None and lo > window)
-        why = ("not detected within the window; predicted "
-               + ("never" if p is None else f"{p:g} s ({pred.mechanism})"))
+        why = "not detected within the window; predicted " + (
+            "never" if p is None else f"{p:g} s ({pred.mechanism})"
+        )
     elif p is None or lo is None or hi is None:
         ok, why = False, f"detected after {measured:g} s; predicted never"
     else:
@@ -173,9 +175,14 @@ def check_side(pred: SidePrediction, measured: float | None, window: float) -> d
         ok = lo - tol <= measured <= hi + tol
         span = f"{lo:g} s" if lo == hi else f"{lo:g}…{hi:g} s"
         why = f"measured {measured:g} s, predicted {span} ({pred.mechanism}), tolerance {tol:g} s"
-    return {"verdict": "agrees" if ok else "disagrees", "why": why, "predicted_s": p,
-            "range_s": [lo, hi] if p is not None else None, "measured_s": measured,
-            "mechanism": pred.mechanism}
+    return {
+        "verdict": "agrees" if ok else "disagrees",
+        "why": why,
+        "predicted_s": p,
+        "range_s": [lo, hi] if p is not None else None,
+        "measured_s": measured,
+        "mechanism": pred.mechanism,
+    }
 
 
 _TCPDUMP = re.compile(
@@ -225,14 +232,25 @@ def _summarise_tcpdump(lines: list[str], pair: VethPair, cut_wall: float) -> dic
 class _PartitionRun(QmpPair):
     """One run; the coroutine methods are the steps of the module docstring."""
 
-    def __init__(self, srcb: QemuBuild, dstb: QemuBuild, scenario: str, strategy: Strategy,
-                 window: float, outdir: Path | None, machine: str | None,
-                 console: Any, sysctls: dict[str, int] | None = None) -> None:
+    def __init__(
+        self,
+        srcb: QemuBuild,
+        dstb: QemuBuild,
+        scenario: str,
+        strategy: Strategy,
+        window: float,
+        outdir: Path | None,
+        machine: str | None,
+        console: Any,
+        sysctls: dict[str, int] | None = None,
+    ) -> None:
         if scenario not in PARTITION_SCENARIOS:
-            raise LabError(f"unknown partition scenario {scenario!r}; known: "
-                           + ", ".join(PARTITION_SCENARIOS))
+            raise LabError(
+                f"unknown partition scenario {scenario!r}; known: " + ", ".join(PARTITION_SCENARIOS)
+            )
         if strategy.user_timeout_ms or (
-                strategy.rp_keepalive_ms and "+keepalive" not in dstb.protocol_release):
+            strategy.rp_keepalive_ms and "+keepalive" not in dstb.protocol_release
+        ):
             raise LabError(
                 f"strategy {strategy}: no QEMU release can set it (rp-keepalive only a "
                 f"destination built with the keepalive patch by `migcompat lab build`; not "
@@ -250,9 +268,15 @@ class _PartitionRun(QmpPair):
         self.console = console
         self.status: Any = None
         self.rec = PartitionRecord(
-            scenario=scenario, strategy=str(strategy), window=window, src=srcb.to_json(),
-            dst=dstb.to_json(), machine=machine or "", outdir=str(self.outdir),
-            sysctl_overrides=dict(sysctls or {}), host=host_info(),
+            scenario=scenario,
+            strategy=str(strategy),
+            window=window,
+            src=srcb.to_json(),
+            dst=dstb.to_json(),
+            machine=machine or "",
+            outdir=str(self.outdir),
+            sysctl_overrides=dict(sysctls or {}),
+            host=host_info(),
         )
         self.last: dict[str, str | None] = {"src": None, "dst": None}
         self.src: QemuInstance | None = None
@@ -268,23 +292,49 @@ class _PartitionRun(QmpPair):
         kernel = guest_kernel(ACTIVE_WINDOW_MB) if not self.idle else guest_kernel()
         if not self.rec.machine:
             self.step("query-machines")
-            a, b = await asyncio.gather(query_machines(self.srcb, self.workdir),
-                                        query_machines(self.dstb, self.workdir))
+            a, b = await asyncio.gather(
+                query_machines(self.srcb, self.workdir), query_machines(self.dstb, self.workdir)
+            )
             self.rec.machine = newest_common_machine(a, b)
         for side in ("src", "dst"):
             for key, value in self.rec.sysctl_overrides.items():
                 pair.set_sysctl(side, key, value)
             self.rec.sysctls[side] = pair.sysctls(side)
-        common = ["-machine", self.rec.machine, "-accel", "tcg", "-m", RAM, "-nodefaults",
-                  "-display", "none", "-net", "none", "-kernel", str(kernel)]
+        common = [
+            "-machine",
+            self.rec.machine,
+            "-accel",
+            "tcg",
+            "-m",
+            RAM,
+            "-nodefaults",
+            "-display",
+            "none",
+            "-net",
+            "none",
+            "-kernel",
+            str(kernel),
+        ]
         self.dst = QemuInstance(
-            pair.build(self.dstb, "dst"), "dst", self.workdir,
-            [*common, "-serial", f"file:{self.workdir}/dst.serial", "-name", "dst",
-             "-incoming", "defer", *(["-S"] if self.idle else [])],
+            pair.build(self.dstb, "dst"),
+            "dst",
+            self.workdir,
+            [
+                *common,
+                "-serial",
+                f"file:{self.workdir}/dst.serial",
+                "-name",
+                "dst",
+                "-incoming",
+                "defer",
+                *(["-S"] if self.idle else []),
+            ],
             clock=self.clock,
         )
         self.src = QemuInstance(
-            pair.build(self.srcb, "src"), "src", self.workdir,
+            pair.build(self.srcb, "src"),
+            "src",
+            self.workdir,
             [*common, "-serial", f"file:{self.workdir}/src.serial", "-name", "src"],
             clock=self.clock,
         )
@@ -295,12 +345,20 @@ class _PartitionRun(QmpPair):
 
     async def migrate(self, pair: VethPair) -> None:
         await self.set_capabilities()
-        await self.qmp("src", "migrate-set-parameters", {
-            "max-bandwidth": PRECOPY_BANDWIDTH, "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
-        })
+        await self.qmp(
+            "src",
+            "migrate-set-parameters",
+            {
+                "max-bandwidth": PRECOPY_BANDWIDTH,
+                "max-postcopy-bandwidth": POSTCOPY_BANDWIDTH,
+            },
+        )
         if self.strategy.rp_keepalive_ms:
-            await self.qmp("dst", "migrate-set-parameters",
-                           {"postcopy-rp-keepalive-period": self.strategy.rp_keepalive_ms})
+            await self.qmp(
+                "dst",
+                "migrate-set-parameters",
+                {"postcopy-rp-keepalive-period": self.strategy.rp_keepalive_ms},
+            )
         opts = keepalive_uri_options(self.strategy)
         target = f"tcp:{pair.addr('dst')}:{PORT}"
         for side, cmd in (("dst", "migrate-incoming"), ("src", "migrate")):
@@ -333,9 +391,18 @@ class _PartitionRun(QmpPair):
             self.step("tcpdump-missing")
             return
         self.tcpdump = await asyncio.create_subprocess_exec(
-            *pair.exec_prefix("src"), "tcpdump", "-i", pair.dev["src"], "-n", "-tt", "-l",
-            "-s", "96", "tcp or icmp",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            *pair.exec_prefix("src"),
+            "tcpdump",
+            "-i",
+            pair.dev["src"],
+            "-n",
+            "-tt",
+            "-l",
+            "-s",
+            "96",
+            "tcp or icmp",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         assert self.tcpdump.stderr is not None
         try:
@@ -382,18 +449,24 @@ class _PartitionRun(QmpPair):
         # (active: cut at once, while the guest still faults and page requests are in flight)
         assert self.src is not None
         before = await self.src.try_execute("query-migrate")
-        at_cut = {side: [s.to_json() for s in pair.sockets(side, PORT) if s.state == "ESTAB"]
-                  for side in ("src", "dst")}
+        at_cut = {
+            side: [s.to_json() for s in pair.sockets(side, PORT) if s.state == "ESTAB"]
+            for side in ("src", "dst")
+        }
         cut_mono = await asyncio.to_thread(pair.cut)
         # Wall clock of the same instant (QEMU's event timestamps and tcpdump's are wall).
         self.cut_wall = time.time() - (time.monotonic() - cut_mono)
         self.cut_t = round(cut_mono - self.clock, 4)
         ram = (before or {}).get("ram", {})
-        self.rec.cut = {"t": self.cut_t, "wall": round(self.cut_wall, 6), **pair.notes[-1],
-                        "src_ram_remaining": ram.get("remaining"),
-                        "src_ram_transferred": ram.get("transferred"),
-                        "src_status": (before or {}).get("status"),
-                        "sockets_just_before": at_cut}
+        self.rec.cut = {
+            "t": self.cut_t,
+            "wall": round(self.cut_wall, 6),
+            **pair.notes[-1],
+            "src_ram_remaining": ram.get("remaining"),
+            "src_ram_transferred": ram.get("transferred"),
+            "src_status": (before or {}).get("status"),
+            "sockets_just_before": at_cut,
+        }
         self.step("cut")
 
     async def observe(self) -> None:
@@ -416,8 +489,11 @@ class _PartitionRun(QmpPair):
             st = ev["data"].get("status")
             if ev["event"] == "MIGRATION" and st in NOTICED and self.cut_t <= ev["t"] <= end:
                 qemu = ev.get("qemu_time") or None
-                return (round(ev["t"] - self.cut_t, 3), st,
-                        round(qemu - self.cut_wall, 3) if qemu else None)
+                return (
+                    round(ev["t"] - self.cut_t, 3),
+                    st,
+                    round(qemu - self.cut_wall, 3) if qemu else None,
+                )
         for s in self.rec.statuses.get(side, []):
             if s["status"] in NOTICED and self.cut_t <= s["t"] <= end:
                 return round(s["t"] - self.cut_t, 3), s["status"], None
@@ -430,8 +506,7 @@ class _PartitionRun(QmpPair):
             self.rec.detected[side], self.rec.detected_status[side] = t, st
             self.rec.detected_qemu_clock[side] = q
         if self.cut_t is not None:
-            self.rec.after_cut = _summarise_tcpdump(self.tcpdump_lines, self._pair,
-                                                    self.cut_wall)
+            self.rec.after_cut = _summarise_tcpdump(self.tcpdump_lines, self._pair, self.cut_wall)
         for side in ("src", "dst"):
             samples = self.rec.sockets.get(side, [])
             cut = self.cut_t if self.cut_t is not None else float("inf")
@@ -483,10 +558,11 @@ class _PartitionRun(QmpPair):
             source_sending=wrote["src"],
             settings=TcpSettings.from_sysctls(self.rec.sysctls["dst"]),
         )
-        self.rec.prediction = {"source": src_pred.source.to_json(),
-                               "destination": dst_pred.destination.to_json(),
-                               "inputs": {"wrote_after_cut": wrote,
-                                          "model_scenario": scenario}}
+        self.rec.prediction = {
+            "source": src_pred.source.to_json(),
+            "destination": dst_pred.destination.to_json(),
+            "inputs": {"wrote_after_cut": wrote, "model_scenario": scenario},
+        }
         self.rec.checks = {
             "src": check_side(src_pred.source, self.rec.detected["src"], self.window),
             "dst": check_side(dst_pred.destination, self.rec.detected["dst"], self.window),
@@ -523,8 +599,9 @@ class _PartitionRun(QmpPair):
         for side, inst in (("src", self.src), ("dst", self.dst)):
             if inst is None:
                 continue
-            self.rec.stderr[side] = [s["line"] for s in inst.stderr_lines
-                                     if s["stream"] == "stderr"]
+            self.rec.stderr[side] = [
+                s["line"] for s in inst.stderr_lines if s["stream"] == "stderr"
+            ]
             self.rec.events[side] = inst.events
             self.rec.killed[side] = inst.killed
             self.rec.qmp[side], self.rec.command_lines[side] = instance_record(inst)
@@ -601,8 +678,10 @@ def print_partition(rec: PartitionRecord) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"{rec.scenario} {rec.strategy}: {rec.src['release']} → "
-              f"{rec.dst['release']} ({rec.machine}), window {rec.window:g} s")
+    t = Table(
+        title=f"{rec.scenario} {rec.strategy}: {rec.src['release']} → "
+        f"{rec.dst['release']} ({rec.machine}), window {rec.window:g} s"
+    )
     for col in ("side", "version", "URI", "detected (s after cut)", "predicted", "verdict"):
         t.add_column(col)
     for side in ("src", "dst"):
@@ -610,8 +689,11 @@ def print_partition(rec: PartitionRecord) -> None:
         chk = rec.checks.get(side, {})
         p = chk.get("predicted_s")
         t.add_row(
-            side, rec.__dict__[side]["version_text"], rec.uris.get(side, ""),
-            f"{d:g} ({rec.detected_status.get(side)})" if d is not None
+            side,
+            rec.__dict__[side]["version_text"],
+            rec.uris.get(side, ""),
+            f"{d:g} ({rec.detected_status.get(side)})"
+            if d is not None
             else f"not within {rec.window:g}",
             ("never" if p is None else f"{p:g}") + f" ({chk.get('mechanism', '?')})",
             chk.get("verdict", "?"),
@@ -623,10 +705,13 @@ def print_partition(rec: PartitionRecord) -> None:
         for line in rec.stderr.get(side, []):
             c.print(f"[dim]{side} stderr:[/] {line}", highlight=False)
     for err in rec.step_errors:
-        c.print(f"[yellow]{err['side']} {err['command']}:[/] "
-                f"{err.get('qemu_error') or err['error']}")
-    c.print(f"after the cut: {json.dumps({k: v for k, v in rec.after_cut.items()})[:400]}",
-            highlight=False)
+        c.print(
+            f"[yellow]{err['side']} {err['command']}:[/] {err.get('qemu_error') or err['error']}"
+        )
+    c.print(
+        f"after the cut: {json.dumps({k: v for k, v in rec.after_cut.items()})[:400]}",
+        highlight=False,
+    )
     c.print(f"record: {rec.outdir}/record.json")
 
 
@@ -682,21 +767,25 @@ def _evidence(rec: dict[str, Any], side: str) -> str:
 
 def markdown_table(records: list[dict[str, Any]]) -> str:
     """The measured-vs-predicted table of docs/partition.md, from run records (JSON dicts)."""
-    head = ("| run | source → destination | scenario | strategy | side | socket evidence "
-            "| measured | predicted | verdict |\n"
-            "|---|---|---|---|---|---|---|---|---|\n")
+    head = (
+        "| run | source → destination | scenario | strategy | side | socket evidence "
+        "| measured | predicted | verdict |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
     rows = []
     for rec in records:
-        pair = (f"{rec['src']['version_text'].split()[3]} → "
-                f"{rec['dst']['version_text'].split()[3]}")
+        pair = f"{rec['src']['version_text'].split()[3]} → {rec['dst']['version_text'].split()[3]}"
         inputs = rec["prediction"]["inputs"]
         for side, key in (("src", "source"), ("dst", "destination")):
             # Today's model on the run's own inputs (not the prediction stored at the time):
             # the table always shows what the code predicts now.
             pred = getattr(
                 predict_partition(
-                    rec["src"]["release"], rec["dst"]["release"], rec["strategy"],
-                    scenario=inputs["model_scenario"], settings=rec["sysctls"][side],
+                    rec["src"]["release"],
+                    rec["dst"]["release"],
+                    rec["strategy"],
+                    scenario=inputs["model_scenario"],
+                    settings=rec["sysctls"][side],
                     source_sending=inputs["wrote_after_cut"]["src"],
                 ),
                 key,

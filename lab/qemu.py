@@ -288,9 +288,7 @@ class QemuInstance:
         self._qmp = qmp
         greeting = getattr(qmp, "greeting", None)
         if greeting is not None:
-            self.qmp_log.append(
-                {"t": self.now(), "dir": "recv", "greeting": _plain(greeting)}
-            )
+            self.qmp_log.append({"t": self.now(), "dir": "recv", "greeting": _plain(greeting)})
         listener = EventListener()
         qmp.register_listener(listener)
         self._tasks.append(asyncio.create_task(self._record_events(listener)))

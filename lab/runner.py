@@ -369,7 +369,6 @@ class QmpPair:
         return False
 
 
-
 class _Run(QmpPair):
     """State of one run; the coroutine methods are the steps of the module docstring."""
 
@@ -623,9 +622,7 @@ class _Run(QmpPair):
         await self.wait_status("dst", {"postcopy-recover"}, 5)
         await asyncio.sleep(0.3)
         self.step("migrate-resume", port=self.proxy_port2)
-        await self.qmp(
-            "src", "migrate", {"uri": tcp_uri(self.proxy_port2), "resume": True}
-        )
+        await self.qmp("src", "migrate", {"uri": tcp_uri(self.proxy_port2), "resume": True})
 
     async def settle(self) -> None:
         """Wait until both sides settle (2 s quiet), or the source settled ``observe`` s ago."""
@@ -841,8 +838,9 @@ async def run_scenario_async(
     """Async form of :func:`run_scenario`."""
     sc = scenario if isinstance(scenario, Scenario) else parse_scenario(scenario, idle=idle)
     console = progress_console(progress)
-    run = _Run(src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters,
-               src_parameters)
+    run = _Run(
+        src, dst, sc, machine, outdir, timeout, observe, console, dst_parameters, src_parameters
+    )
     run.without_capabilities = frozenset(without_capabilities)
     # Every step has its own bound; this one is a safety net. A run that reaches it is a bug
     # of the lab: its state (the proxy's included) is dumped, then both QEMUs are torn down.
@@ -918,8 +916,7 @@ def run_scenario(
         if isinstance(exc, LabInterrupted):
             raise
         raise LabInterrupted(
-            f"{builds[0].label} → {builds[1].label}: interrupted (SIGINT); both QEMUs were "
-            "stopped"
+            f"{builds[0].label} → {builds[1].label}: interrupted (SIGINT); both QEMUs were stopped"
         ) from None
 
 

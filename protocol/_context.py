@@ -72,9 +72,7 @@ class SourceContext:
         if self.capabilities:
             out.append(f"--capabilities {','.join(sorted(self.capabilities))}")
         if self.ram_blocks:
-            out.append(
-                "--ram-blocks " + ",".join(f"{k}:{v}" for k, v in self.ram_blocks.items())
-            )
+            out.append("--ram-blocks " + ",".join(f"{k}:{v}" for k, v in self.ram_blocks.items()))
         return " ".join(out)
 
     def to_json(self) -> dict[str, Any]:

@@ -867,8 +867,7 @@ class ForwardReader(EventSource):
                 release=self.release,
                 offset=start,
                 reason=(
-                    f"cannot delimit device section {section_id} {idstr!r} ({kind}) "
-                    "without vmdesc"
+                    f"cannot delimit device section {section_id} {idstr!r} ({kind}) without vmdesc"
                 ),
                 section_id=section_id,
                 idstr=idstr,

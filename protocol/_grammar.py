@@ -108,9 +108,7 @@ def frame_grammar(release: Release | str) -> cs.Construct:
     )
 
 
-def parse_frame(
-    release: Release | str, data: bytes, offset: int = 0, **state: Any
-) -> cs.Container:
+def parse_frame(release: Release | str, data: bytes, offset: int = 0, **state: Any) -> cs.Container:
     """Parse exactly one frame from ``data``; a construct error becomes a RemoteViolation.
 
     ``state``: ``acks_left``, ``block_named`` (see the module docstring).

@@ -58,9 +58,7 @@ class ReceiveBuffer:
         """Stream offset just past the last byte received."""
         return self.base + len(self.data)
 
-    def receive(
-        self, data: bytes, *, reading: bool = True, keep_from: int | None = None
-    ) -> None:
+    def receive(self, data: bytes, *, reading: bool = True, keep_from: int | None = None) -> None:
         """A reader's ``receive_data``: ``b""`` ends the stream, nothing may follow it.
 
         ``reading=False`` (the reader has stopped): the bytes are not kept; they stay

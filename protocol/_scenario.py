@@ -68,9 +68,7 @@ _INJECT_RE = re.compile(
     rf"(?:@(?P<trigger>{_MOMENT}))?"
 )
 _SHUT_RE = re.compile(rf"shut:(?P<value>{_NUM})(?:@(?P<trigger>{_MOMENT}))?")
-_ACTION_RE = re.compile(
-    rf"(?P<kind>plain|blackhole|cut|pause|recover)(?:@(?P<trigger>{_MOMENT}))?"
-)
+_ACTION_RE = re.compile(rf"(?P<kind>plain|blackhole|cut|pause|recover)(?:@(?P<trigger>{_MOMENT}))?")
 _CAP_RE = re.compile(r"(?P<side>src|dst|both):(?P<cap>[a-z][a-z0-9-]*)=(?P<state>on|off)")
 _NO_CAP_RE = re.compile(r"no-(?P<cap>[a-z][a-z0-9-]*)")
 

@@ -265,7 +265,5 @@ def check_in_context(
             if _summary(w) == _summary(v):
                 continue
             v.assumed = assumptions_text(v.release, context)
-            v.alternatives.append(
-                {"with": alt.label, "flags": alt.context.flags(), **_summary(w)}
-            )
+            v.alternatives.append({"with": alt.label, "flags": alt.context.flags(), **_summary(w)})
     return verdicts

@@ -90,18 +90,23 @@ def judge(folder: Path) -> dict[str, Any]:
     meta = _meta(folder)
     ev = keepalive_evidence(folder)
     explicit = (meta.get("dst_parameters") or {}).get(PARAM)
-    d = decide_keepalive(_release(meta["src"]), _release(meta["dst"]), meta["machine"],
-                         explicit, tcp=False)
+    d = decide_keepalive(
+        _release(meta["src"]), _release(meta["dst"]), meta["machine"], explicit, tcp=False
+    )
     final = {s: (meta.get("final_migrate", {}).get(s) or {}).get("status") for s in ("src", "dst")}
-    src_lines = [ln["line"] if isinstance(ln, dict) else ln
-                 for ln in (meta.get("stderr") or {}).get("src", [])
-                 if not isinstance(ln, dict) or ln.get("stream") == "stderr"]
+    src_lines = [
+        ln["line"] if isinstance(ln, dict) else ln
+        for ln in (meta.get("stderr") or {}).get("src", [])
+        if not isinstance(ln, dict) or ln.get("stream") == "stderr"
+    ]
     problems: list[str] = []
     if ev["injections"]:
         problems.append(f"{ev['injections']} injected frames: not a patched-destination run")
     if ev["dst_period_ms"] != d.period:
-        problems.append(f"destination reports {PARAM}={ev['dst_period_ms']}, "
-                        f"the model says {d.period} ({d.period_origin})")
+        problems.append(
+            f"destination reports {PARAM}={ev['dst_period_ms']}, "
+            f"the model says {d.period} ({d.period_origin})"
+        )
     prediction: dict[str, Any] = {}
     if d.safe:
         prediction = {"src": "completed", "dst": "completed"}
@@ -112,27 +117,40 @@ def judge(folder: Path) -> dict[str, Any]:
     elif ev["from_qemu"]:
         obs = observed_rejection(Release(_release(meta["src"])), ev["type_id"])
         if not obs:
-            problems.append("unsafe, KEEPALIVE sent, but no injection run of this source line "
-                            "to compare with")
+            problems.append(
+                "unsafe, KEEPALIVE sent, but no injection run of this source line to compare with"
+            )
         else:
             o = obs[0]
-            prediction = {"src": o.src_final, "src_error_desc": o.src_error_desc,
-                          "fixture": o.fixture}
+            prediction = {
+                "src": o.src_final,
+                "src_error_desc": o.src_error_desc,
+                "fixture": o.fixture,
+            }
             if final["src"] != o.src_final:
-                problems.append(f"source ended {final['src']}; the injection run "
-                                f"{o.fixture} ended {o.src_final}")
+                problems.append(
+                    f"source ended {final['src']}; the injection run "
+                    f"{o.fixture} ended {o.src_final}"
+                )
             got_desc = (meta.get("error_desc") or {}).get("src")
             if (got_desc or None) != (o.src_error_desc or None):
-                problems.append(f"source error-desc {got_desc!r}; {o.fixture}: "
-                                f"{o.src_error_desc!r}")
+                problems.append(
+                    f"source error-desc {got_desc!r}; {o.fixture}: {o.src_error_desc!r}"
+                )
             want = [ln for ln in o.src_stderr if "0x0008" in ln]
             if want and not any(w in src_lines for w in want):
                 problems.append(f"source stderr lacks {want[0]!r}")
     return {
-        "verdict": d.verdict, "period_model": d.period, "period_origin": d.period_origin,
-        "sends_keepalive": d.sends_keepalive, "evidence": ev, "final": final,
-        "prediction": prediction, "problems": problems,
-        "src_stderr": src_lines, "error_desc": meta.get("error_desc") or {},
+        "verdict": d.verdict,
+        "period_model": d.period,
+        "period_origin": d.period_origin,
+        "sends_keepalive": d.sends_keepalive,
+        "evidence": ev,
+        "final": final,
+        "prediction": prediction,
+        "problems": problems,
+        "src_stderr": src_lines,
+        "error_desc": meta.get("error_desc") or {},
     }
 
 
@@ -154,18 +172,27 @@ def run_case(case: Case, lab_builds: dict[str, Any], outdir: Path) -> Any:
     if src is None:
         return None
     params = {PARAM: case.period} if case.period is not None else None
-    return run_scenario(src, lab_builds[case.dst], "plain-idle" if case.idle else "plain",
-                        machine=case.machine, outdir=outdir, timeout=120, observe=4,
-                        dst_parameters=params,
-                        src_parameters={"max-postcopy-bandwidth": POSTCOPY_BANDWIDTH})
+    return run_scenario(
+        src,
+        lab_builds[case.dst],
+        "plain-idle" if case.idle else "plain",
+        machine=case.machine,
+        outdir=outdir,
+        timeout=120,
+        observe=4,
+        dst_parameters=params,
+        src_parameters={"max-postcopy-bandwidth": POSTCOPY_BANDWIDTH},
+    )
 
 
 def markdown(base: Path) -> str:
     """The docs/keepalive.md table, from the fixtures under ``base``."""
-    rows = ["| case | source → destination | machine | period (set → reported) | dst | "
-            "verdict | real outcome (src / dst) | KEEPALIVE from QEMU | first after "
-            "postcopy-active | fixture |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| case | source → destination | machine | period (set → reported) | dst | "
+        "verdict | real outcome (src / dst) | KEEPALIVE from QEMU | first after "
+        "postcopy-active | fixture |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for c in CASES:
         folder = base / c.fixture
         if not (folder / "metadata.json").exists():
@@ -182,7 +209,8 @@ def markdown(base: Path) -> str:
             f"{c.period if c.period is not None else 'unset'} → {ev['dst_period_ms']} | "
             f"{'idle' if c.idle else 'running'} | **{j['verdict']}** | {outcome} | "
             f"{ev['from_qemu']} (injected {ev['injections']}) | "
-            f"{f'{first:.2f} s' if first is not None else '—'} | `{c.fixture}` |")
+            f"{f'{first:.2f} s' if first is not None else '—'} | `{c.fixture}` |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -204,9 +232,11 @@ def main(argv: list[str]) -> int:
             save_fixture(Path(tmp) / "run", out / case.fixture)
         j = judge(out / case.fixture)
         ev = j["evidence"]
-        print(f"{case.id}: {j['verdict']} period={ev['dst_period_ms']} final={j['final']} "
-              f"ka={ev['from_qemu']} first={ev['first_after_postcopy_active_s']} "
-              f"problems={j['problems']}")
+        print(
+            f"{case.id}: {j['verdict']} period={ev['dst_period_ms']} final={j['final']} "
+            f"ka={ev['from_qemu']} first={ev['first_after_postcopy_active_s']} "
+            f"problems={j['problems']}"
+        )
     return 0
 
 

@@ -30,9 +30,39 @@ from tools import extract_catalog as ec  # noqa: E402
 CATALOG = json.loads(ec.CATALOG.read_text())
 HISTORY = json.loads(ec.HISTORY.read_text())
 RELEASE_LINES = [
-    "2.5", "2.6", "2.7", "2.8", "2.9", "2.10", "2.11", "2.12", "3.0", "3.1", "4.0", "4.1",
-    "4.2", "5.0", "5.1", "5.2", "6.0", "6.1", "6.2", "7.0", "7.1", "7.2", "8.0", "8.1",
-    "8.2", "9.0", "9.1", "9.2", "10.0", "10.1", "10.2", "11.0", "11.1",
+    "2.5",
+    "2.6",
+    "2.7",
+    "2.8",
+    "2.9",
+    "2.10",
+    "2.11",
+    "2.12",
+    "3.0",
+    "3.1",
+    "4.0",
+    "4.1",
+    "4.2",
+    "5.0",
+    "5.1",
+    "5.2",
+    "6.0",
+    "6.1",
+    "6.2",
+    "7.0",
+    "7.1",
+    "7.2",
+    "8.0",
+    "8.1",
+    "8.2",
+    "9.0",
+    "9.1",
+    "9.2",
+    "10.0",
+    "10.1",
+    "10.2",
+    "11.0",
+    "11.1",
 ]
 
 
@@ -74,8 +104,9 @@ def test_reextract_matches_committed(root: Path | None) -> None:
     if fresh["source"] is None:
         # The tree is here but not the Debian download it came from: everything
         # read from the tree must still match; the tarball digest cannot be checked.
-        warnings.warn(f"{root}: no sibling dl-* with the .dsc/.orig; source block unchecked",
-                      stacklevel=1)
+        warnings.warn(
+            f"{root}: no sibling dl-* with the .dsc/.orig; source block unchecked", stacklevel=1
+        )
         fresh["source"] = committed["source"]
     assert fresh == committed
 
@@ -168,8 +199,10 @@ EXPECTED_KINDS: dict[str, Any] = {
     "recv_bitmap_bad_block": ["str"],
     "recv_bitmap_state": ["str"],
     "recv_bitmap_size_mismatch": ["str", "u64", "u64"],
-    "recv_bitmap_read_failed": {"error_report": ["str", "int", "u64", "u64"],
-                                "error_setg": ["str", "u64", "u64"]},
+    "recv_bitmap_read_failed": {
+        "error_report": ["str", "int", "u64", "u64"],
+        "error_setg": ["str", "u64", "u64"],
+    },
     "recv_bitmap_end_mark": ["str", "u64"],
     "resume_ack_value": ["u32"],
     "req_pages_misaligned": ["u64", "size"],
@@ -211,10 +244,10 @@ def test_overlay_keepalive_continues_newest_release() -> None:
 def test_format_resolution_normalises_macros() -> None:
     """String literal concatenation, PRI* macros and __func__ as documented."""
     text = (
-        "#define RAM_ADDR_FMT \"%\" PRIx64\n"
+        '#define RAM_ADDR_FMT "%" PRIx64\n'
         "static void handler(void)\n{\n"
-        "    error_report(\"%s: start \" RAM_ADDR_FMT \" with\"\n"
-        "                 \"out %\" PRIu32, __func__, a, b);\n}\n"
+        '    error_report("%s: start " RAM_ADDR_FMT " with"\n'
+        '                 "out %" PRIu32, __func__, a, b);\n}\n'
     )
     src = ec.Source("x.c", text, ec.strip_comments(text))
 

@@ -20,8 +20,9 @@ SRC_BASE = Path(os.environ["MIGCOMPAT_QEMU_SRC"]) if os.environ.get("MIGCOMPAT_Q
 
 
 def _load_tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("extract_compat",
-                                                  ROOT / "tools" / "extract_compat.py")
+    spec = importlib.util.spec_from_file_location(
+        "extract_compat", ROOT / "tools" / "extract_compat.py"
+    )
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
     sys.modules["extract_compat"] = mod
@@ -37,7 +38,7 @@ def _macros(text: str) -> dict[str, object]:
     for line, logical in ex._logical_lines(ex.strip_comments(text)):
         s = logical.strip()
         if s.startswith("#define"):
-            rest = s[len("#define"):].strip()
+            rest = s[len("#define") :].strip()
             import re
 
             m = re.match(r"(\w+)(\([^)]*\))?\s*(.*)$", rest)
@@ -79,7 +80,7 @@ def test_comments_keep_line_numbers() -> None:
 
 def test_interpreter_follows_calls_and_returns() -> None:
     src = (
-        "static void base(MachineClass *m) { m->alias = \"q\"; "
+        'static void base(MachineClass *m) { m->alias = "q"; '
         "compat_props_add(m->compat_props, defaults, defaults_len); }\n"
         "static void v2(MachineClass *m) { base(m); m->alias = NULL; "
         "compat_props_add(m->compat_props, hw_compat_2, hw_compat_2_len); }\n"
@@ -94,8 +95,9 @@ def test_interpreter_follows_calls_and_returns() -> None:
     assert st_.alias is None and st_.is_default is False
     assert st_.chain == ["v2", "base"]
     reg = ex.MachineState()
-    assert ex.Interpreter({}, {}).run(ex.tokenize("if (3 > 2) { return; } register();"),
-                                      reg) is False
+    assert (
+        ex.Interpreter({}, {}).run(ex.tokenize("if (3 > 2) { return; } register();"), reg) is False
+    )
 
 
 @pytest.mark.property
@@ -106,17 +108,33 @@ def test_adjacent_string_literals_concatenate(parts: list[str]) -> None:
 
 
 @pytest.mark.property
-@given(st.lists(st.tuples(st.sampled_from(["drv-a", "drv-b"]), st.sampled_from(["p", "q"]),
-                          st.integers(0, 99), st.booleans()), max_size=8))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["drv-a", "drv-b"]),
+            st.sampled_from(["p", "q"]),
+            st.integers(0, 99),
+            st.booleans(),
+        ),
+        max_size=8,
+    )
+)
 def test_global_property_array_parse(rows: list[tuple[str, str, int, bool]]) -> None:
     body = ",\n".join(
         f'    {{ "{d}", "{p}", "{v}"' + (", .optional = true" if o else "") + " }"
-        for d, p, v, o in rows)
-    sf = ex.SourceFile("t.c", lines=list(enumerate(
-        f"GlobalProperty hw_compat_9_9[] = {{\n{body}\n}};".split("\n"), start=1)))
+        for d, p, v, o in rows
+    )
+    sf = ex.SourceFile(
+        "t.c",
+        lines=list(
+            enumerate(f"GlobalProperty hw_compat_9_9[] = {{\n{body}\n}};".split("\n"), start=1)
+        ),
+    )
     arrays = ex.find_global_property_arrays(sf, {})
-    got = [(e["driver"], e["property"], e["value"], e["optional"])
-           for e in arrays["hw_compat_9_9"]["entries"]]
+    got = [
+        (e["driver"], e["property"], e["value"], e["optional"])
+        for e in arrays["hw_compat_9_9"]["entries"]
+    ]
     assert got == [(d, p, str(v), o) for d, p, v, o in rows]
 
 
@@ -131,11 +149,15 @@ COMMITTED = sorted(DATA.glob("compat-*.json"))
 def test_reextraction_matches_committed(path: Path) -> None:
     committed = json.loads(path.read_text())
     name = committed["source"]["tree"]
-    how = (f"trees come from `dpkg-source -x` of the Debian .dsc named in {path.name}, "
-           "or `apt-get source qemu`")
+    how = (
+        f"trees come from `dpkg-source -x` of the Debian .dsc named in {path.name}, "
+        "or `apt-get source qemu`"
+    )
     if SRC_BASE is None:
-        pytest.skip(f"QEMU tree {name} not found: set MIGCOMPAT_QEMU_SRC to the directory "
-                    f"holding it ({how})")
+        pytest.skip(
+            f"QEMU tree {name} not found: set MIGCOMPAT_QEMU_SRC to the directory "
+            f"holding it ({how})"
+        )
     tree = SRC_BASE / name
     if not (tree / "VERSION").exists():
         pytest.skip(f"QEMU tree {tree} not present ({how})")
@@ -155,4 +177,5 @@ def test_behaviour_reextraction_matches_committed() -> None:
     assert not missing, f"behaviour.json cites fixtures that are not in the tree: {missing}"
     assert fresh["runs"] == committed["runs"], (
         "fixtures changed: rerun tools/extract_compat.py --behaviour-from fixtures/captures "
-        "-o compat/data/behaviour.json")
+        "-o compat/data/behaviour.json"
+    )

@@ -29,11 +29,13 @@ INT_MAX = 2**31 - 1
 LINES = known_releases()
 FAMILIES = ("pc-q35", "pc-i440fx", "virt", "pseries", "s390-ccw-virtio")
 
-sources = st.one_of(st.none(), st.sampled_from(LINES).map(str),
-                    st.sampled_from(LINES).map(lambda r: f"{r}+keepalive"))
+sources = st.one_of(
+    st.none(),
+    st.sampled_from(LINES).map(str),
+    st.sampled_from(LINES).map(lambda r: f"{r}+keepalive"),
+)
 machines = st.builds(lambda f, r: f"{f}-{r}", st.sampled_from(FAMILIES), st.sampled_from(LINES))
-periods = st.one_of(st.none(), st.integers(0, 2**33), st.sampled_from([0, 1, INT_MAX,
-                                                                        INT_MAX + 1]))
+periods = st.one_of(st.none(), st.integers(0, 2**33), st.sampled_from([0, 1, INT_MAX, INT_MAX + 1]))
 
 
 def _decide(*args: object, **kw: object) -> object:
@@ -48,19 +50,18 @@ def _decide(*args: object, **kw: object) -> object:
 @pytest.mark.property
 @settings(max_examples=400, deadline=None)
 @given(sources, st.sampled_from(LINES), machines, periods, st.sampled_from([None, "keepalive"]))
-def test_decision_properties(source: str | None, dest: Release, machine: str,
-                             period: int | None, proposal: str | None) -> None:
+def test_decision_properties(
+    source: str | None, dest: Release, machine: str, period: int | None, proposal: str | None
+) -> None:
     d = _decide(source, str(dest), machine, period, proposal, tcp=False)
     if isinstance(d, Exception):
         if isinstance(d, PeriodRefused):
             assert period is not None and period > INT_MAX
         return
     # never "safe" when the destination would send KEEPALIVE to a source that lacks it
-    if d.sends_keepalive and d.source is not None and not catalog(d.source).knows(
-            d.keepalive_type):
+    if d.sends_keepalive and d.source is not None and not catalog(d.source).knows(d.keepalive_type):
         assert d.verdict == "unsafe" and d.exit_code == 1
-        assert d.source_error == catalog(d.source).format_error("invalid_type",
-                                                                d.keepalive_type, 0)
+        assert d.source_error == catalog(d.source).format_error("invalid_type", d.keepalive_type, 0)
     if not d.sends_keepalive:
         assert d.verdict == "safe" and d.exit_code == 0
     if proposal is None:
@@ -157,8 +158,9 @@ def test_tcp_keepalive_sides() -> None:
     assert any("not supported for passive sockets" in f.text for f in a.destination.facts)
     b = tcp_keepalive("11.1", "10.2", idle=5, interval=2, count=3)
     assert b.destination.knobs and b.destination.detection_bound_s == 11
-    assert b.destination.uri == ("tcp:0.0.0.0:4444,keep-alive=on,keep-alive-idle=5,"
-                                 "keep-alive-interval=2,keep-alive-count=3")
+    assert b.destination.uri == (
+        "tcp:0.0.0.0:4444,keep-alive=on,keep-alive-idle=5,keep-alive-interval=2,keep-alive-count=3"
+    )
     assert b.destination.channel is not None
     assert b.destination.channel["addr"]["keep-alive-idle"] == 5
     c = tcp_keepalive("4.1", "4.1")
@@ -168,21 +170,54 @@ def test_tcp_keepalive_sides() -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "migcompat", "keepalive", *args],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "migcompat", "keepalive", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_exit_codes() -> None:
-    r = _cli("--source", "7.2", "--destination", "11.1", "--machine", "pc-q35-7.2",
-             "--proposal", "keepalive", "--json")
+    r = _cli(
+        "--source",
+        "7.2",
+        "--destination",
+        "11.1",
+        "--machine",
+        "pc-q35-7.2",
+        "--proposal",
+        "keepalive",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["verdict"] == "safe" and out["period_ms"] == 0
-    r = _cli("--source", "10.0", "--destination", "11.1", "--machine", "pc-q35-10.0",
-             "--period", "5000", "--proposal", "keepalive")
+    r = _cli(
+        "--source",
+        "10.0",
+        "--destination",
+        "11.1",
+        "--machine",
+        "pc-q35-10.0",
+        "--period",
+        "5000",
+        "--proposal",
+        "keepalive",
+    )
     assert r.returncode == 1 and "UNSAFE" in r.stdout
-    r = _cli("--source", "10.0", "--destination", "11.1", "--machine", "pc-q35-10.0",
-             "--period", str(INT_MAX + 1), "--proposal", "keepalive")
+    r = _cli(
+        "--source",
+        "10.0",
+        "--destination",
+        "11.1",
+        "--machine",
+        "pc-q35-10.0",
+        "--period",
+        str(INT_MAX + 1),
+        "--proposal",
+        "keepalive",
+    )
     assert r.returncode == 2 and "INT_MAX" in r.stderr and "Traceback" not in r.stderr
     r = _cli("--destination", "99.1", "--machine", "q35")
     assert r.returncode == 2 and "Traceback" not in r.stderr

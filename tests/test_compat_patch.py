@@ -45,8 +45,11 @@ def test_the_patch_applies_and_puts_the_entry_inside_the_array(tmp_path):
     (tmp_path / "hw/core").mkdir(parents=True)
     (tmp_path / "hw/core/machine.c").write_text(MACHINE_C)
     (tmp_path / "p.patch").write_text(compat_patch(MACHINE_C, "10.0"))
-    subprocess.run(["patch", "-p1", "-i", str(tmp_path / "p.patch"), "-d", str(tmp_path)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["patch", "-p1", "-i", str(tmp_path / "p.patch"), "-d", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
     body = (tmp_path / "hw/core/machine.c").read_text()
     array = body.split("hw_compat_9_2[] = {", 1)[1].split("};", 1)[0]
     assert ENTRY in array
@@ -60,8 +63,19 @@ def test_cli_writes_the_patch_from_a_source_tree(tmp_path, capsys):
     args = ["keepalive", "--compat-patch", "--release", "10.0", "--source-tree", str(tmp_path)]
     assert main(args) == 0
     assert capsys.readouterr().out == compat_patch(MACHINE_C, "10.0")
-    assert main(["keepalive", "--compat-patch", "--release", "10.0",
-                 "--source-tree", str(tmp_path / "nope")]) == 2
+    assert (
+        main(
+            [
+                "keepalive",
+                "--compat-patch",
+                "--release",
+                "10.0",
+                "--source-tree",
+                str(tmp_path / "nope"),
+            ]
+        )
+        == 2
+    )
     assert "cannot read" in capsys.readouterr().err
     assert main(["keepalive", "--compat-patch"]) == 2
     assert "--release" in capsys.readouterr().err

@@ -80,8 +80,11 @@ def test_aliases_and_defaults() -> None:
 
 def test_registration_lifecycle() -> None:
     t = compat_table("10.2")
-    with pytest.raises(UnknownMachine, match=r"pc-q35-4\.2 .*not registered by 10\.2.*oldest "
-                                             r"is 5\.0"):
+    with pytest.raises(
+        UnknownMachine,
+        match=r"pc-q35-4\.2 .*not registered by 10\.2.*oldest "
+        r"is 5\.0",
+    ):
         t.resolve("pc-q35-4.2")
     with pytest.raises(UnknownMachine, match="newer than itself"):
         t.resolve("pc-q35-11.0")
@@ -103,16 +106,20 @@ def test_lifecycle_rule_for_a_newer_build() -> None:
 def test_migration_properties() -> None:
     t = compat_table("10.2")
     p = t.migration_properties
-    assert p["send-switchover-start"]["kind"] == "state" and p["send-switchover-start"][
-        "default"] is True
+    assert (
+        p["send-switchover-start"]["kind"] == "state"
+        and p["send-switchover-start"]["default"] is True
+    )
     assert p["store-global-state"]["default"] is True
     assert p["zero-page-detection"]["default"] == "multifd"
     assert p["x-max-bandwidth"]["qmp"] == "max-bandwidth"
     assert p["x-postcopy-ram"]["kind"] == "capability" and p["x-postcopy-ram"]["qmp"] == (
-        "postcopy-ram")
+        "postcopy-ram"
+    )
     assert "send-switchover-start" not in compat_table("7.2").migration_properties
     assert compat_table("7.2").migration_properties["store-global-state"]["file"] == (
-        "migration/migration.c")
+        "migration/migration.c"
+    )
 
 
 def test_effective_zero_page_detection() -> None:
@@ -144,8 +151,7 @@ def test_diff() -> None:
 def test_machine_type_values() -> None:
     assert MachineType("pc-q35-4.0.1").version == Release("4.0.1")
     assert MachineType("s390-ccw-virtio-9.2").family == "s390-ccw-virtio"
-    assert sorted([MachineType("pc-q35-10.0"), MachineType("pc-q35-9.2")])[0].name == (
-        "pc-q35-9.2")
+    assert sorted([MachineType("pc-q35-10.0"), MachineType("pc-q35-9.2")])[0].name == ("pc-q35-9.2")
     assert MachineType("virt-9.2").__eq__(1) is NotImplemented
     for bad in ("q35", "pc-q35", "9.2", ""):
         with pytest.raises(InputError):
@@ -156,8 +162,13 @@ def test_machine_type_values() -> None:
 # the rule, checked against what the extractor found QEMU's options functions doing
 # ---------------------------------------------------------------------------------------
 
-_KINDS = {"pc-q35": ("hw", "pc"), "pc-i440fx": ("hw", "pc"), "virt": ("hw",),
-          "pseries": ("hw",), "s390-ccw-virtio": ("hw",)}
+_KINDS = {
+    "pc-q35": ("hw", "pc"),
+    "pc-i440fx": ("hw", "pc"),
+    "virt": ("hw",),
+    "pseries": ("hw",),
+    "s390-ccw-virtio": ("hw",),
+}
 
 
 def _versioned_machines() -> list[tuple[str, str]]:
@@ -181,8 +192,7 @@ def test_rule_matches_extracted_order(case: tuple[str, str]) -> None:
     rel, name = case
     t = compat_table(rel)
     m = t.machines[name]
-    extracted = [a for a in m.arrays
-                 if (v := versioned_array(a)) and v[0] in _KINDS[m.family]]
+    extracted = [a for a in m.arrays if (v := versioned_array(a)) and v[0] in _KINDS[m.family]]
     assert extracted == rule_arrays(m.version, list(t.arrays), _KINDS[m.family])
 
 
@@ -196,23 +206,29 @@ def test_older_array_wins(case: tuple[str, str]) -> None:
     m = t.machines[name]
     _, props = effective_properties(name, rel)
     for p in props:
-        setters = [a for a in m.arrays if any(e.key == (p.driver, p.property)
-                                              for e in t.arrays[a])]
+        setters = [a for a in m.arrays if any(e.key == (p.driver, p.property) for e in t.arrays[a])]
         versioned = [a for a in setters if versioned_array(a)]
         if versioned:
-            oldest = min(versioned, key=lambda a: (versioned_array(a)[1],  # type: ignore[index]
-                                                   m.arrays.index(a)))
+            oldest = min(
+                versioned,
+                key=lambda a: (
+                    versioned_array(a)[1],  # type: ignore[index]
+                    m.arrays.index(a),
+                ),
+            )
             # within one version, pc_compat_X_Y is added after hw_compat_X_Y and wins
-            same = [a for a in versioned
-                    if versioned_array(a)[1] == versioned_array(oldest)[1]]  # type: ignore[index]
+            same = [a for a in versioned if versioned_array(a)[1] == versioned_array(oldest)[1]]  # type: ignore[index]
             assert p.array == max(same, key=m.arrays.index)
 
 
 @pytest.mark.property
-@given(st.sampled_from(sorted({v for _, n in MACHINES
-                               for v in [MachineType(n).version]})),
-       st.lists(st.tuples(st.sampled_from(["hw", "pc"]), st.integers(2, 12),
-                          st.integers(0, 12)), max_size=30))
+@given(
+    st.sampled_from(sorted({v for _, n in MACHINES for v in [MachineType(n).version]})),
+    st.lists(
+        st.tuples(st.sampled_from(["hw", "pc"]), st.integers(2, 12), st.integers(0, 12)),
+        max_size=30,
+    ),
+)
 def test_rule_arrays_shape(version: Release, arrays: list[tuple[str, int, int]]) -> None:
     names = [f"{k}_compat_{a}_{b}" for k, a, b in arrays]
     got = rule_arrays(version, names, ("hw", "pc"))
@@ -228,8 +244,9 @@ def test_rule_arrays_shape(version: Release, arrays: list[tuple[str, int, int]])
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "migcompat", *args], capture_output=True,
-                          text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "migcompat", *args], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_cli_machine_show_json() -> None:
@@ -237,8 +254,9 @@ def test_cli_machine_show_json() -> None:
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["machine"] == "pc-q35-10.0" and out["requested"] == "q35"
-    r = _cli("machine", "show", "pc-q35-8.2", "--release", "10.2", "--driver", "migration",
-             "--json")
+    r = _cli(
+        "machine", "show", "pc-q35-8.2", "--release", "10.2", "--driver", "migration", "--json"
+    )
     props = {p["property"]: p for p in json.loads(r.stdout)["properties"]}
     assert props["zero-page-detection"]["array"] == "hw_compat_8_2"
     assert props["zero-page-detection"]["provenance"].startswith("hw/core/machine.c:")
@@ -272,12 +290,17 @@ def test_function_local_arrays_are_scoped() -> None:
     t = compat_table("10.2")
     m = t.resolve("s390-ccw-virtio-7.1")
     local = [a for a in m.arrays if "@" in a]
-    assert local == ["compat@ccw_machine_9_2_class_options",
-                     "compat@ccw_machine_9_0_class_options",
-                     "compat@ccw_machine_7_1_class_options"]
+    assert local == [
+        "compat@ccw_machine_9_2_class_options",
+        "compat@ccw_machine_9_0_class_options",
+        "compat@ccw_machine_7_1_class_options",
+    ]
     _, props = effective_properties("s390-ccw-virtio-7.1", "10.2", driver="zpci")
     assert {p.property: p.value for p in props} == {
-        "relaxed-translation": "off", "interpret": "off", "forwarding-assist": "off"}
+        "relaxed-translation": "off",
+        "interpret": "off",
+        "forwarding-assist": "off",
+    }
     _, props = effective_properties("s390-ccw-virtio-9.2", "10.2", driver="zpci")
     assert {p.property for p in props} == {"relaxed-translation"}
 

@@ -21,8 +21,20 @@ CAPTURES = Path(__file__).resolve().parent.parent / "fixtures" / "captures"
 def test_model_fuzz_passes_and_reports_rates(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = main(["fuzz", "--source", "10.0", "--examples", "15", "--seed", "3", "--json",
-               "--fixtures", str(tmp_path)])
+    rc = main(
+        [
+            "fuzz",
+            "--source",
+            "10.0",
+            "--examples",
+            "15",
+            "--seed",
+            "3",
+            "--json",
+            "--fixtures",
+            str(tmp_path),
+        ]
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert rc == 0
     assert [x["property"] for x in lines] == list(fz.PROPERTY_NAMES)

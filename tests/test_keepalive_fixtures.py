@@ -19,8 +19,10 @@ CAPTURES = Path(__file__).resolve().parents[1] / "fixtures/captures"
 def test_fixture_reproduces_its_verdict(case: Case) -> None:
     folder = CAPTURES / case.fixture
     if not (folder / "metadata.json").exists():
-        pytest.skip(f"no fixture {case.fixture} (regenerate: python tests/keepalive_cases.py "
-                    "fixtures/captures)")
+        pytest.skip(
+            f"no fixture {case.fixture} (regenerate: python tests/keepalive_cases.py "
+            "fixtures/captures)"
+        )
     j = judge(folder)
     assert j["problems"] == []
     ev = j["evidence"]
@@ -47,6 +49,6 @@ def test_doc_table_is_generated_from_the_fixtures() -> None:
 
     doc = (Path(__file__).resolve().parents[1] / "docs/keepalive.md").read_text()
     a, b = "<!-- table:start -->\n", "<!-- table:end -->"
-    assert doc[doc.index(a) + len(a):doc.index(b)] == markdown(CAPTURES), (
-        "docs/keepalive.md is stale: python tests/keepalive_cases.py --markdown "
-        "fixtures/captures")
+    assert doc[doc.index(a) + len(a) : doc.index(b)] == markdown(CAPTURES), (
+        "docs/keepalive.md is stale: python tests/keepalive_cases.py --markdown fixtures/captures"
+    )

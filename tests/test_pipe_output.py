@@ -23,22 +23,28 @@ RP = str(ROOT / "fixtures" / "captures" / "inject-8-10.0" / "rp.bin")
 CASES = [
     (
         ["check", RP, "--against", "all"],
-        ["RP: Received invalid message 0x0008 length 0x0000",
-         "Received invalid message 0x0008 length 0x0000"],
+        [
+            "RP: Received invalid message 0x0008 length 0x0000",
+            "Received invalid message 0x0008 length 0x0000",
+        ],
     ),
     (
         ["check", RP, "--against", "7.2,10.0,11.1", "--no-record"],
-        ["RP: Received invalid message 0x0007 length 0x0000",
-         "Switchover ack pending num underflowed",
-         "--machine pc-q35-11.0 --capabilities switchover-ack"],
+        [
+            "RP: Received invalid message 0x0007 length 0x0000",
+            "Switchover ack pending num underflowed",
+            "--machine pc-q35-11.0 --capabilities switchover-ack",
+        ],
     ),
     (["decode", RP, "--source", "7.2"], ["RP: Received invalid message 0x0007 length 0x0000"]),
     (["decode", RP, "--source", "11.1+keepalive", "--json"], ['"name":"MIG_RP_MSG_KEEPALIVE"']),
     (
         ["catalog", "--release", "7.2", "--errors"],
-        ["RP: Received '%s' message (0x%04x) withincorrect length %d expecting %zu",
-         "ram_dirty_bitmap_reload: read bitmap failed for ramblock '%s': %d "
-         "(size 0x%lx, got: 0x%lx)"],
+        [
+            "RP: Received '%s' message (0x%04x) withincorrect length %d expecting %zu",
+            "ram_dirty_bitmap_reload: read bitmap failed for ramblock '%s': %d "
+            "(size 0x%lx, got: 0x%lx)",
+        ],
     ),
     (
         ["catalog", "--diff", "7.2", "11.1+keepalive"],
@@ -50,10 +56,22 @@ CASES = [
         ["'QEMU emulator version 11.1.3 (Debian 1:11.1.3+ds-1)'"],
     ),
     (
-        ["keepalive", "--source", "10.0", "--destination", "11.1", "--machine", "pc-q35-10.0",
-         "--proposal", "keepalive"],
-        ["tcp:0.0.0.0:4444,keep-alive=on,keep-alive-idle=5,keep-alive-interval=2,"
-         "keep-alive-count=3", "postcopy-rp-keepalive-period"],
+        [
+            "keepalive",
+            "--source",
+            "10.0",
+            "--destination",
+            "11.1",
+            "--machine",
+            "pc-q35-10.0",
+            "--proposal",
+            "keepalive",
+        ],
+        [
+            "tcp:0.0.0.0:4444,keep-alive=on,keep-alive-idle=5,keep-alive-interval=2,"
+            "keep-alive-count=3",
+            "postcopy-rp-keepalive-period",
+        ],
     ),
     (
         ["machine", "show", "pc-q35-7.2", "--release", "10.0", "--driver", "migration"],
@@ -61,14 +79,20 @@ CASES = [
     ),
     (
         ["machine", "diff", "pc-q35-9.2", "pc-q35-10.0", "--release", "10.0"],
-        ["backcompat-pauth-default-use-qarma5", "virtio-balloon-pci-non-transitional",
-         "multifd-clean-tls-termination"],
+        [
+            "backcompat-pauth-default-use-qarma5",
+            "virtio-balloon-pci-non-transitional",
+            "multifd-clean-tls-termination",
+        ],
     ),
     (["machine", "list", "--release", "10.0"], ["hw/i386/pc_q35.c"]),
     (
         ["matrix", "predict", "--releases", "7.2,10.0,11.1"],
-        ["7.2->11.1/pc-q35-7.2/keepalive-proposal", "10.0->10.0/pc-q35-10.0/switchover-ack",
-         "Received invalid message 0x0008 length 0x0000"],
+        [
+            "7.2->11.1/pc-q35-7.2/keepalive-proposal",
+            "10.0->10.0/pc-q35-10.0/switchover-ack",
+            "Received invalid message 0x0008 length 0x0000",
+        ],
     ),
     (
         ["matrix", "predict", "--releases", "7.2,10.0,11.1", "--markdown"],

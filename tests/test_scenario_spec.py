@@ -12,10 +12,10 @@ from migcompat.compat import GUEST_STATES, Cell, predict
 from migcompat.lab.runner import guest_state, side_state
 from migcompat.protocol import InputError, make_frame, parse_scenario
 
-moments = st.sampled_from(
-    ["precopy", "postcopy-start", "postcopy-device", "postcopy"]
-) | st.integers(0, 50).map(lambda n: f"frames={n}") | st.sampled_from(
-    ["t=1.5", "status=dst:postcopy-active", "status=postcopy-paused"]
+moments = (
+    st.sampled_from(["precopy", "postcopy-start", "postcopy-device", "postcopy"])
+    | st.integers(0, 50).map(lambda n: f"frames={n}")
+    | st.sampled_from(["t=1.5", "status=dst:postcopy-active", "status=postcopy-paused"])
 )
 injects = st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=8), moments).map(
     lambda t: (f"inject:{t[0]}:{len(t[1])}:{t[1].hex()}@{t[2]}", make_frame(t[0], t[1]), t[2])

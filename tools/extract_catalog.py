@@ -487,8 +487,9 @@ def resolve_call(resolver: FormatResolver, fn: Function, call: str, args: str) -
         arg += 1
     out.append(fmt[pos:])
     if arg != len(varargs):
-        raise ExtractError(f"{fn.src.rel}: {call} in {fn.name}: {arg} conversions, "
-                           f"{len(varargs)} arguments")
+        raise ExtractError(
+            f"{fn.src.rel}: {call} in {fn.name}: {arg} conversions, {len(varargs)} arguments"
+        )
     return "".join(out)
 
 
@@ -533,14 +534,16 @@ def message_list(
         entry = table.get(name)
         # An id without a table entry is a zero-initialised slot: len 0, name NULL.
         length = entry["len"] if entry else 0
-        messages.append({
-            "id": value,
-            "name": name,
-            "table_name": entry["name"] if entry else None,
-            "length": None if length == -1 else length,
-            "provenance": where,
-            "table_provenance": entry["where"] if entry else None,
-        })
+        messages.append(
+            {
+                "id": value,
+                "name": name,
+                "table_name": entry["name"] if entry else None,
+                "length": None if length == -1 else length,
+                "provenance": where,
+                "table_provenance": entry["where"] if entry else None,
+            }
+        )
     if max_value is None:
         raise ExtractError(f"enum has no {max_name}")
     return messages, max_value
@@ -805,16 +808,20 @@ class Builder:
             self.check_errors(line, tree)
         stream = {dump(self.stream_facts(t)) for t in self.trees.values()}
         if len(stream) > 1:
-            self.problems.append("QEVM magic/version or section types differ between trees, "
-                                 "but history says they never changed")
+            self.problems.append(
+                "QEVM magic/version or section types differ between trees, "
+                "but history says they never changed"
+            )
         for key, eras in self.history["rp"]["errors"].items():
             for era in eras:
                 tree_v = era.get("same_as_tree")
                 if tree_v and tree_v in self.by_version:
                     tree_line = self.line_of(tree_v)
                     if not in_span(tree_line, era):
-                        self.problems.append(f"{key}: era {era['from']}… takes its format "
-                                             f"from {tree_v}, outside the era")
+                        self.problems.append(
+                            f"{key}: era {era['from']}… takes its format "
+                            f"from {tree_v}, outside the era"
+                        )
         self.check_overlays()
 
     def line_of(self, version: str) -> str:
@@ -838,25 +845,33 @@ class Builder:
             if name not in all_names:
                 self.problems.append(f"{version}: {name} is in the tree but not in history")
             elif name not in expected:
-                self.problems.append(f"{version}: {name} is in the tree, so its since must be "
-                                     f"<= {line} (history disagrees)")
+                self.problems.append(
+                    f"{version}: {name} is in the tree, so its since must be "
+                    f"<= {line} (history disagrees)"
+                )
         for name in expected:
             if name not in present:
-                self.problems.append(f"{version}: {name} is absent from the tree, so its since "
-                                     f"must be > {line} (history disagrees)")
+                self.problems.append(
+                    f"{version}: {name} is absent from the tree, so its since "
+                    f"must be > {line} (history disagrees)"
+                )
         for change in self.history[table].get("length_changes", ()):
             m = present.get(change["name"])
             if m is not None and in_span(line, change) and m["length"] != change["length"]:
-                self.problems.append(f"{version}: {change['name']} length {m['length']}, "
-                                     f"history says {change['length']}")
+                self.problems.append(
+                    f"{version}: {change['name']} length {m['length']}, "
+                    f"history says {change['length']}"
+                )
 
     def check_properties(self, line: str, tree: Mapping[str, Any]) -> None:
         """buffer_size, file_error_check and error_call of the tree match history."""
         for name, eras in self.property_eras():
             era = self.era_for(eras, line)
             if era is not None and tree["rp"][name] != era["value"]:
-                self.problems.append(f"{tree['qemu_version']}: rp.{name} is "
-                                     f"{tree['rp'][name]!r}, history says {era['value']!r}")
+                self.problems.append(
+                    f"{tree['qemu_version']}: rp.{name} is "
+                    f"{tree['rp'][name]!r}, history says {era['value']!r}"
+                )
 
     def check_errors(self, line: str, tree: Mapping[str, Any]) -> None:
         """Error keys present and formats equal to what history assigns to the tree."""
@@ -873,8 +888,9 @@ class Builder:
                 continue
             want = self.era_format(key, era)
             if want is not None and have[key]["format"] != want:
-                self.problems.append(f"{version}: {key} is {have[key]['format']!r}, "
-                                     f"history says {want!r}")
+                self.problems.append(
+                    f"{version}: {key} is {have[key]['format']!r}, history says {want!r}"
+                )
         for key in have:
             if key not in self.history["rp"]["errors"]:
                 self.problems.append(f"{version}: {key} has no history")
@@ -884,8 +900,10 @@ class Builder:
         newest = max(self.trees, key=line_key)
         for name, o in self.history.get("overlays", {}).items():
             if o["base_rp_max"] != self.trees[newest]["rp"]["max"]:
-                self.problems.append(f"overlay {name}: base_rp_max {o['base_rp_max']} != "
-                                     f"MAX {self.trees[newest]['rp']['max']} of {newest}")
+                self.problems.append(
+                    f"overlay {name}: base_rp_max {o['base_rp_max']} != "
+                    f"MAX {self.trees[newest]['rp']['max']} of {newest}"
+                )
             ids = [m["id"] for m in o["rp_add"]]
             if ids != list(range(o["base_rp_max"], o["base_rp_max"] + len(ids))):
                 self.problems.append(f"overlay {name}: ids {ids} do not continue MAX")
@@ -925,17 +943,21 @@ class Builder:
                     length = change["length"]
                     span = f"{change['from']}..{change['to']}"
                     facts.append(f"{table}.{canon} length {length} in {span}")
-            out.append({
-                "id": m["id"],
-                "name": name,
-                "table_name": m["table_name"],
-                "length": length,
-                "since": self.since(table, canon),
-            })
+            out.append(
+                {
+                    "id": m["id"],
+                    "name": name,
+                    "table_name": m["table_name"],
+                    "length": length,
+                    "since": self.since(table, canon),
+                }
+            )
         ids = [m["id"] for m in out]
         if ids != list(range(len(ids))):
-            self.problems.append(f"{line}: {table} ids {ids} are not contiguous after "
-                                 "removing later messages; history needs explicit ids")
+            self.problems.append(
+                f"{line}: {table} ids {ids} are not contiguous after "
+                "removing later messages; history needs explicit ids"
+            )
         return out, len(out), facts
 
     def since(self, table: str, canon: str) -> str:
@@ -969,20 +991,24 @@ class Builder:
         if extracted:
             errors = {k: v["format"] for k, v in base["rp"]["errors"].items()}
             props = {p: base["rp"][p] for p, _ in self.property_eras()}
-            provenance = [f"extracted: {rel_path} (QEMU {base['qemu_version']}, "
-                          f"{base['label']})",
-                          "since: migcompat.protocol data/history.json rp/mig_cmds messages"]
+            provenance = [
+                f"extracted: {rel_path} (QEMU {base['qemu_version']}, {base['label']})",
+                "since: migcompat.protocol data/history.json rp/mig_cmds messages",
+            ]
         else:
             errors = self.errors_at(line)
             props = {}
             for p, eras in self.property_eras():
                 era = self.era_for(eras, line)
                 props[p] = era["value"] if era else None
-            provenance = [f"derived from {rel_path} (QEMU {base['qemu_version']}) and "
-                          "migcompat.protocol data/history.json",
-                          *rp_facts, *cmd_facts,
-                          "since: migcompat.protocol data/history.json rp/mig_cmds messages",
-                          "errors/properties: history.json eras covering " + line]
+            provenance = [
+                f"derived from {rel_path} (QEMU {base['qemu_version']}) and "
+                "migcompat.protocol data/history.json",
+                *rp_facts,
+                *cmd_facts,
+                "since: migcompat.protocol data/history.json rp/mig_cmds messages",
+                "errors/properties: history.json eras covering " + line,
+            ]
         provenance += self.history.get("release_notes", {}).get(line, [])
         entry: dict[str, Any] = {
             "basis": "extracted" if extracted else "history",
@@ -1015,8 +1041,9 @@ class Builder:
         self.check()
         releases = {line: self.release(line) for line in self.lines}
         if self.problems:
-            raise HistoryError("history and the extracted trees disagree:\n  - "
-                               + "\n  - ".join(self.problems))
+            raise HistoryError(
+                "history and the extracted trees disagree:\n  - " + "\n  - ".join(self.problems)
+            )
         sources = {}
         for line in sorted(self.trees, key=line_key):
             t = self.trees[line]

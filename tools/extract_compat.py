@@ -55,8 +55,16 @@ COMPAT_FILES: dict[str, str] = {"hw_compat": "hw/core/machine.c", "pc_compat": "
 
 #: ``#ifdef`` names taken as defined: a 64-bit Linux host building every target we read.
 CONFIG_DEFINES = frozenset(
-    {"TARGET_X86_64", "TARGET_AARCH64", "TARGET_PPC64", "CONFIG_LINUX", "CONFIG_POSIX",
-     "__linux__", "CONFIG_KVM", "CONFIG_TCG"}
+    {
+        "TARGET_X86_64",
+        "TARGET_AARCH64",
+        "TARGET_PPC64",
+        "CONFIG_LINUX",
+        "CONFIG_POSIX",
+        "__linux__",
+        "CONFIG_KVM",
+        "CONFIG_TCG",
+    }
 )
 
 
@@ -184,9 +192,15 @@ def _logical_lines(text: str) -> Iterator[tuple[int, str]]:
 
 def _eval_pp_condition(expr: str, macros: dict[str, Macro]) -> bool:
     """Evaluate an ``#if`` expression; unknown identifiers are 0, as in C."""
-    expr = re.sub(r"defined\s*\(\s*(\w+)\s*\)|defined\s+(\w+)",
-                  lambda m: "1" if (m.group(1) or m.group(2)) in macros
-                  or (m.group(1) or m.group(2)) in CONFIG_DEFINES else "0", expr)
+    expr = re.sub(
+        r"defined\s*\(\s*(\w+)\s*\)|defined\s+(\w+)",
+        lambda m: (
+            "1"
+            if (m.group(1) or m.group(2)) in macros or (m.group(1) or m.group(2)) in CONFIG_DEFINES
+            else "0"
+        ),
+        expr,
+    )
     toks = tokenize(expr)
     try:
         return bool(eval_c_expr(toks, macros, unknown_is_zero=True))
@@ -314,14 +328,15 @@ def expand(toks: list[Tok], macros: dict[str, Macro], depth: int = 0) -> list[To
     return out
 
 
-def _substitute(mac: Macro, args: list[list[Tok]], macros: dict[str, Macro], line: int,
-                depth: int) -> list[Tok]:
+def _substitute(
+    mac: Macro, args: list[list[Tok]], macros: dict[str, Macro], line: int, depth: int
+) -> list[Tok]:
     names = list(mac.params or [])
     bind: dict[str, list[Tok]] = {}
     for k, name in enumerate(names):
         bind[name] = args[k] if k < len(args) else []
     if mac.variadic is not None:
-        rest = args[len(names):]
+        rest = args[len(names) :]
         va: list[Tok] = []
         for k, a in enumerate(rest):
             if k:
@@ -339,7 +354,8 @@ def _substitute(mac: Macro, args: list[list[Tok]], macros: dict[str, Macro], lin
             continue
         if b.kind == "id" and b.text in bind:
             pasted = (k > 0 and body[k - 1].text == "##") or (
-                k + 1 < len(body) and body[k + 1].text == "##")
+                k + 1 < len(body) and body[k + 1].text == "##"
+            )
             if pasted:
                 res.extend(bind[b.text])
             else:
@@ -370,8 +386,9 @@ def _paste(toks: list[Tok]) -> list[Tok]:
     return out
 
 
-def eval_c_expr(toks: list[Tok], macros: dict[str, Macro] | None = None, *,
-                unknown_is_zero: bool = False) -> Any:
+def eval_c_expr(
+    toks: list[Tok], macros: dict[str, Macro] | None = None, *, unknown_is_zero: bool = False
+) -> Any:
     """Evaluate a constant C expression (ints, bools, strings, && || ! ?:) with Python."""
     if macros is not None:
         toks = expand(toks, macros)
@@ -474,8 +491,9 @@ def find_functions(toks: list[Tok], file: str) -> dict[str, Function]:
                     name_tok = toks[j - 1]
                     params = _param_names(toks[j + 1 : i - 1])
                     end = _match_brace(toks, i)
-                    funcs[name_tok.text] = Function(name_tok.text, params, toks[i + 1 : end],
-                                                    file, name_tok.line)
+                    funcs[name_tok.text] = Function(
+                        name_tok.text, params, toks[i + 1 : end], file, name_tok.line
+                    )
                     i = end + 1
                     continue
             i = _match_brace(toks, i) + 1
@@ -514,8 +532,13 @@ def find_global_property_arrays(sf: SourceFile, macros: dict[str, Macro]) -> dic
     return arrays
 
 
-def _arrays_in(toks: list[Tok], macros: dict[str, Macro], path: str, scope: str | None,
-               top_level_only: bool = False) -> dict[str, dict]:
+def _arrays_in(
+    toks: list[Tok],
+    macros: dict[str, Macro],
+    path: str,
+    scope: str | None,
+    top_level_only: bool = False,
+) -> dict[str, dict]:
     arrays: dict[str, dict] = {}
     depth = 0
     i = 0
@@ -525,9 +548,15 @@ def _arrays_in(toks: list[Tok], macros: dict[str, Macro], path: str, scope: str 
             depth += 1
         elif t.text == "}":
             depth -= 1
-        elif (t.text == "GlobalProperty" and i + 4 < len(toks) and toks[i + 1].kind == "id"
-              and toks[i + 2].text == "[" and toks[i + 3].text == "]"
-              and toks[i + 4].text == "=" and not (top_level_only and depth)):
+        elif (
+            t.text == "GlobalProperty"
+            and i + 4 < len(toks)
+            and toks[i + 1].kind == "id"
+            and toks[i + 2].text == "["
+            and toks[i + 3].text == "]"
+            and toks[i + 4].text == "="
+            and not (top_level_only and depth)
+        ):
             name_tok = toks[i + 1]
             start = i + 5
             end = _match_brace(toks, start)
@@ -671,8 +700,9 @@ def _one_statement(toks: list[Tok], i: int) -> tuple[list[Tok], int]:
 class Interpreter:
     """Runs class_init/options bodies over the fields that matter for compat."""
 
-    def __init__(self, funcs: dict[str, Function], macros: dict[str, Macro],
-                 local_arrays: Iterable[str] = ()) -> None:
+    def __init__(
+        self, funcs: dict[str, Function], macros: dict[str, Macro], local_arrays: Iterable[str] = ()
+    ) -> None:
         self.funcs = funcs
         self.macros = macros
         self.local_arrays = frozenset(local_arrays)
@@ -709,8 +739,9 @@ class Interpreter:
             args, _ = _split_args(s, 1)
             name = args[1][0].text if len(args) > 1 and args[1] else "?"
             local = f"{name}@{self.scope[-1]}"
-            st.compat.append({"array": local if local in self.local_arrays else name,
-                              "line": s[0].line})
+            st.compat.append(
+                {"array": local if local in self.local_arrays else name, "line": s[0].line}
+            )
             return True
         if len(s) >= 4 and s[1].text == "->" and s[3].text == "=":
             fld, rhs = s[2].text, s[4:]
@@ -739,8 +770,9 @@ class Interpreter:
 _VERSION_IN_NAME = re.compile(r"^(?P<prefix>.+?)-(?P<ver>\d+\.\d+(?:\.\d+)?)$")
 
 
-def extract_family(root: Path, family: str, rel: str, macros: dict[str, Macro],
-                   machine_suffix: str) -> tuple[dict[str, dict], dict[str, dict]]:
+def extract_family(
+    root: Path, family: str, rel: str, macros: dict[str, Macro], machine_suffix: str
+) -> tuple[dict[str, dict], dict[str, dict]]:
     """Machine types a board file registers (name -> facts) and its local compat arrays."""
     local = dict(macros)
     sf = preprocess(root / rel, rel, local)
@@ -757,13 +789,25 @@ def extract_family(root: Path, family: str, rel: str, macros: dict[str, Macro],
             depth += 1
         elif t.text == "}":
             depth -= 1
-        elif (depth == 0 and t.kind == "id" and re.fullmatch(r"DEFINE_\w*MACHINE\w*", t.text)
-              and t.text in local and i + 1 < len(toks) and toks[i + 1].text == "("):
+        elif (
+            depth == 0
+            and t.kind == "id"
+            and re.fullmatch(r"DEFINE_\w*MACHINE\w*", t.text)
+            and t.text in local
+            and i + 1 < len(toks)
+            and toks[i + 1].text == "("
+        ):
             _, end = _split_args(toks, i + 1)
             expansion = expand(toks[i:end], local)
-            for m in _machines_in_expansion(expansion, funcs, local, rel, t.line,
-                                            machine_suffix,
-                                            [a for a in arrays if "@" in a]):
+            for m in _machines_in_expansion(
+                expansion,
+                funcs,
+                local,
+                rel,
+                t.line,
+                machine_suffix,
+                [a for a in arrays if "@" in a],
+            ):
                 machines[m["name"]] = m
             i = end
             continue
@@ -771,16 +815,22 @@ def extract_family(root: Path, family: str, rel: str, macros: dict[str, Macro],
     for name, m in machines.items():
         m["board"] = family
         vm = _VERSION_IN_NAME.match(name)
-        m["family"] = family if vm and vm.group("prefix") == family else (
-            vm.group("prefix") if vm else name)
+        m["family"] = (
+            family if vm and vm.group("prefix") == family else (vm.group("prefix") if vm else name)
+        )
         m["version"] = vm.group("ver") if vm else None
     return machines, arrays
 
 
-def _machines_in_expansion(exp: list[Tok], funcs: dict[str, Function],
-                           macros: dict[str, Macro], rel: str, line: int,
-                           machine_suffix: str, local_arrays: Iterable[str] = ()
-                           ) -> Iterator[dict]:
+def _machines_in_expansion(
+    exp: list[Tok],
+    funcs: dict[str, Function],
+    macros: dict[str, Macro],
+    rel: str,
+    line: int,
+    machine_suffix: str,
+    local_arrays: Iterable[str] = (),
+) -> Iterator[dict]:
     local_funcs = dict(funcs)
     local_funcs.update(find_functions(exp, rel))
     # TypeInfo initialisers: "= { .name = X, ..., .class_init = F, ... }"
@@ -839,8 +889,15 @@ def _machines_in_expansion(exp: list[Tok], funcs: dict[str, Function],
 # ---------------------------------------------------------------------------------------
 
 _PROP_KIND = {
-    "BOOL": "bool", "UINT8": "uint8", "UINT16": "uint16", "UINT32": "uint32",
-    "UINT64": "uint64", "INT64": "int64", "SIZE": "size", "STRING": "str", "INT32": "int32",
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "UINT16": "uint16",
+    "UINT32": "uint32",
+    "UINT64": "uint64",
+    "INT64": "int64",
+    "SIZE": "size",
+    "STRING": "str",
+    "INT32": "int32",
 }
 
 
@@ -854,12 +911,21 @@ def extract_migration_properties(root: Path, macros: dict[str, Macro]) -> dict[s
         sf = preprocess(p, rel, local)
         toks = _tokens_of_lines(sf.lines)
         for i, t in enumerate(toks):
-            if t.text == "migration_properties" and i + 3 < len(toks) and \
-                    toks[i + 1].text == "[" and toks[i + 3].text == "=":
+            if (
+                t.text == "migration_properties"
+                and i + 3 < len(toks)
+                and toks[i + 1].text == "["
+                and toks[i + 3].text == "="
+            ):
                 start = i + 4
                 end = _match_brace(toks, start)
-                return _migration_props(toks[start + 1 : end], local, rel,
-                                        _conditions(root / rel), qapi_enum_constants(root))
+                return _migration_props(
+                    toks[start + 1 : end],
+                    local,
+                    rel,
+                    _conditions(root / rel),
+                    qapi_enum_constants(root),
+                )
     raise SystemExit("migration_properties[] not found")
 
 
@@ -869,8 +935,12 @@ def _camel_to_upper(name: str) -> str:
     # so ``MultiFDCompression`` -> ``MULTIFD_COMPRESSION`` as QEMU's generated C names it
     out = []
     for i, ch in enumerate(name):
-        if ch.isupper() and i > 0 and name[i - 1] != "_" and (
-                (i + 1 < len(name) and name[i + 1].islower()) or name[i - 1].isdigit()):
+        if (
+            ch.isupper()
+            and i > 0
+            and name[i - 1] != "_"
+            and ((i + 1 < len(name) and name[i + 1].islower()) or name[i - 1].isdigit())
+        ):
             out.append("_")
         out.append(ch)
     return "".join(out).upper()
@@ -878,8 +948,9 @@ def _camel_to_upper(name: str) -> str:
 
 def _qapi_exprs(path: Path) -> Iterator[dict[str, Any]]:
     """The top-level expressions of a QAPI schema file (Python literals between comments)."""
-    text = "\n".join(ln for ln in path.read_text(errors="replace").split("\n")
-                     if not ln.lstrip().startswith("#"))
+    text = "\n".join(
+        ln for ln in path.read_text(errors="replace").split("\n") if not ln.lstrip().startswith("#")
+    )
     depth = 0
     start = None
     for i, ch in enumerate(text):
@@ -932,8 +1003,13 @@ def _conditions(path: Path) -> dict[int, str]:
     return cond
 
 
-def _migration_props(toks: list[Tok], macros: dict[str, Macro], rel: str,
-                     conds: dict[int, str], enums: dict[str, str]) -> dict[str, dict]:
+def _migration_props(
+    toks: list[Tok],
+    macros: dict[str, Macro],
+    rel: str,
+    conds: dict[int, str],
+    enums: dict[str, str],
+) -> dict[str, dict]:
     props: dict[str, dict] = {}
     i = 0
     while i < len(toks):
@@ -970,9 +1046,16 @@ def _migration_props(toks: list[Tok], macros: dict[str, Macro], rel: str,
                         exp = expand(default_toks, macros)
                         if len(exp) == 1 and exp[0].text in enums:
                             default = enums[exp[0].text]  # QAPI enum constant -> its name
-            entry: dict[str, Any] = {"kind": kind, "type": typ, "default": default,
-                                     "default_expr": expr, "macro": macro, "qmp": qmp,
-                                     "file": rel, "line": t.line}
+            entry: dict[str, Any] = {
+                "kind": kind,
+                "type": typ,
+                "default": default,
+                "default_expr": expr,
+                "macro": macro,
+                "qmp": qmp,
+                "file": rel,
+                "line": t.line,
+            }
             if t.line in conds:
                 entry["condition"] = conds[t.line]
             props[name or "?"] = entry
@@ -999,11 +1082,16 @@ def extract_socket_keepalive(root: Path) -> dict[str, Any]:
         doc_since: dict[str, tuple[str | None, int]] = {}
         doc_text: dict[str, tuple[str, str | None]] = {}
         for no, line in enumerate(lines, start=1):
-            if re.match(r"#\s*@InetSocketAddress:", line) or "'struct': 'InetSocketAddress'" \
-                    in line:
+            if (
+                re.match(r"#\s*@InetSocketAddress:", line)
+                or "'struct': 'InetSocketAddress'" in line
+            ):
                 in_inet = True
-            elif in_inet and re.match(r"#\s*@\w+SocketAddress\w*:", line) and \
-                    "InetSocketAddress:" not in line:
+            elif (
+                in_inet
+                and re.match(r"#\s*@\w+SocketAddress\w*:", line)
+                and "InetSocketAddress:" not in line
+            ):
                 in_inet = False
             m = re.match(r"#\s*@([\w-]+):", line)
             if in_inet and m and m.group(1) in _KEEPALIVE_MEMBERS:
@@ -1021,12 +1109,15 @@ def extract_socket_keepalive(root: Path) -> dict[str, Any]:
             if dm and dm.group(1) in _KEEPALIVE_MEMBERS:
                 cond = re.search(r"'if':\s*'(\w+)'", dm.group(2))
                 typ = re.search(r"'type':\s*'(\w+)'", dm.group(2)) or re.match(
-                    r"'(\w+)'", dm.group(2))
+                    r"'(\w+)'", dm.group(2)
+                )
                 since, docline = doc_since.get(dm.group(1), (None, None))
                 out["members"][dm.group(1)] = {
                     "type": typ.group(1) if typ else None,
                     "if": cond.group(1) if cond else None,
-                    "since": since, "file": "qapi/sockets.json", "line": no,
+                    "since": since,
+                    "file": "qapi/sockets.json",
+                    "line": no,
                     "doc_line": docline,
                     "doc": doc_text.get(dm.group(1), ("", None))[0],
                     "listening_since": doc_text.get(dm.group(1), ("", None))[1],
@@ -1037,15 +1128,23 @@ def extract_socket_keepalive(root: Path) -> dict[str, Any]:
         for no, line in enumerate(text, start=1):
             if "for passive" in line and "keep-alive" in line:
                 stmt = " ".join(text[no - 1 : no + 2]).split(";")[0]
-                msg = "".join(c_string_value(f'"{lit}"')
-                              for lit in re.findall(r'"((?:\\.|[^"\\])*)"', stmt))
-                out["passive"] = {"keep_alive_refused": True, "file": "util/qemu-sockets.c",
-                                  "line": no, "error": msg}
+                msg = "".join(
+                    c_string_value(f'"{lit}"') for lit in re.findall(r'"((?:\\.|[^"\\])*)"', stmt)
+                )
+                out["passive"] = {
+                    "keep_alive_refused": True,
+                    "file": "util/qemu-sockets.c",
+                    "line": no,
+                    "error": msg,
+                }
         if not out["passive"]:
             # Which function sets SO_KEEPALIVE, and is it called on the listening path?
-            starts = [(no, m.group(1)) for no, line in enumerate(text, start=1)
-                      if (m := re.match(r"^(?:static\s+)?[\w\s\*]+?\b(\w+)\s*\(", line))
-                      and not line.startswith((" ", "\t", "#"))]
+            starts = [
+                (no, m.group(1))
+                for no, line in enumerate(text, start=1)
+                if (m := re.match(r"^(?:static\s+)?[\w\s\*]+?\b(\w+)\s*\(", line))
+                and not line.startswith((" ", "\t", "#"))
+            ]
 
             def owner(lineno: int) -> str | None:
                 name = None
@@ -1054,32 +1153,46 @@ def extract_socket_keepalive(root: Path) -> dict[str, Any]:
                         name = fn
                 return name
 
-            setter = next((owner(no) for no, line in enumerate(text, start=1)
-                           if "SO_KEEPALIVE" in line and "setsockopt" in line), None)
-            callers = sorted({(owner(no) or "?", no) for no, line in enumerate(text, start=1)
-                              if setter and re.search(rf"\b{setter}\s*\(", line)
-                              and owner(no) != setter}, key=lambda x: x[1])
+            setter = next(
+                (
+                    owner(no)
+                    for no, line in enumerate(text, start=1)
+                    if "SO_KEEPALIVE" in line and "setsockopt" in line
+                ),
+                None,
+            )
+            callers = sorted(
+                {
+                    (owner(no) or "?", no)
+                    for no, line in enumerate(text, start=1)
+                    if setter and re.search(rf"\b{setter}\s*\(", line) and owner(no) != setter
+                },
+                key=lambda x: x[1],
+            )
             listen = [(fn, no) for fn, no in callers if "listen" in fn]
             out["passive"] = {
                 "keep_alive_refused": False,
                 "honoured": bool(listen),
                 "setter": setter,
-                "callers": [{"function": fn, "file": "util/qemu-sockets.c", "line": no}
-                            for fn, no in callers],
+                "callers": [
+                    {"function": fn, "file": "util/qemu-sockets.c", "line": no}
+                    for fn, no in callers
+                ],
             }
         uri: dict[str, int] = {}
         for no, line in enumerate(text, start=1):
             for lit in re.findall(r'"(,?keep-alive[\w-]*)"', line):
                 uri.setdefault(lit.lstrip(","), no)
         # option names the URI parser (inet_parse) accepts after "host:port,"
-        out["uri_options"] = {k: {"file": "util/qemu-sockets.c", "line": v}
-                              for k, v in uri.items()}
+        out["uri_options"] = {k: {"file": "util/qemu-sockets.c", "line": v} for k, v in uri.items()}
         for no, line in enumerate(text, start=1):
             for opt in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT", "SO_KEEPALIVE"):
                 if re.search(rf"\b{opt}\b", line) and "setsockopt" in "".join(
-                        text[max(0, no - 3) : no + 2]):
-                    out.setdefault("sockopts", {}).setdefault(opt, {
-                        "file": "util/qemu-sockets.c", "line": no})
+                    text[max(0, no - 3) : no + 2]
+                ):
+                    out.setdefault("sockopts", {}).setdefault(
+                        opt, {"file": "util/qemu-sockets.c", "line": no}
+                    )
     mig = root / "qapi/migration.json"
     if mig.exists():
         lines = mig.read_text().split("\n")
@@ -1090,8 +1203,11 @@ def extract_socket_keepalive(root: Path) -> dict[str, Any]:
                 for k in range(no, min(len(lines), no + 40)):
                     sm = re.match(r"#\s*Since:\s*(\d+\.\d+)", lines[k])
                     if sm:
-                        out["channels"] = {"since": sm.group(1), "file": "qapi/migration.json",
-                                           "line": no}
+                        out["channels"] = {
+                            "since": sm.group(1),
+                            "file": "qapi/migration.json",
+                            "line": no,
+                        }
                         break
                 break
     return out
@@ -1119,8 +1235,10 @@ def _source_identity(root: Path) -> dict[str, Any]:
         # dpkg-source -x applied Debian's patches: the binary is built from this tree
         debs = sorted(dl.glob("*.debian.tar.*")) if dl.is_dir() else []
         ident["debian_patches_applied"] = [
-            ln.split()[0] for ln in series.read_text().splitlines()
-            if ln.strip() and not ln.startswith("#")]
+            ln.split()[0]
+            for ln in series.read_text().splitlines()
+            if ln.strip() and not ln.startswith("#")
+        ]
         if debs:
             ident["debian_tarball"] = debs[0].name
             ident["debian_sha256"] = hashlib.sha256(debs[0].read_bytes()).hexdigest()
@@ -1137,13 +1255,18 @@ def load_header_macros(root: Path) -> dict[str, Macro]:
     macros: dict[str, Macro] = {}
     version = (root / "VERSION").read_text().strip()
     parts = [*(int(x) for x in version.split(".")[:3]), 0, 0][:3]
-    for name, val in zip(("QEMU_VERSION_MAJOR", "QEMU_VERSION_MINOR", "QEMU_VERSION_MICRO"),
-                         parts, strict=True):
+    for name, val in zip(
+        ("QEMU_VERSION_MAJOR", "QEMU_VERSION_MINOR", "QEMU_VERSION_MICRO"), parts, strict=True
+    ):
         macros[name] = Macro(name, None, None, [Tok("num", str(val), 0)], "VERSION", 1)
     # headers that define the helpers board files rely on come first, so a same-named
     # macro elsewhere does not shadow them
-    first = ["include/qemu/compiler.h", "include/hw/boards.h", "include/hw/qdev-core.h",
-             "include/hw/qdev-properties.h"]
+    first = [
+        "include/qemu/compiler.h",
+        "include/hw/boards.h",
+        "include/hw/qdev-core.h",
+        "include/hw/qdev-properties.h",
+    ]
     paths = [root / p for p in first if (root / p).exists()]
     paths += sorted(p for p in (root / "include").rglob("*.h") if p not in paths)
     paths += sorted((root / "hw").rglob("*.h")) if (root / "hw").is_dir() else []
@@ -1183,21 +1306,23 @@ def extract(root: Path) -> dict[str, Any]:
             if name not in compat_arrays:
                 default_arrays[name] = arr
     for m in machines.values():
-        unknown = [a for a in m["compat_arrays"]
-                   if a not in compat_arrays and a not in default_arrays]
+        unknown = [
+            a for a in m["compat_arrays"] if a not in compat_arrays and a not in default_arrays
+        ]
         if unknown:
             m.setdefault("notes", []).append("arrays defined elsewhere: " + ", ".join(unknown))
 
-    aliases = {m["alias"]: name for name, m in machines.items()
-               if m["alias"] and m["registered"]}
+    aliases = {m["alias"]: name for name, m in machines.items() if m["alias"] and m["registered"]}
     defaults = sorted(name for name, m in machines.items() if m["is_default"] and m["registered"])
     boards = macros.get("MACHINE_VER_DELETION_MAJOR")
     lifecycle = None
     if boards is not None:
         dep = macros["MACHINE_VER_DEPRECATION_MAJOR"]
         lifecycle = {
-            "deprecation_major": int(dep.body[0].text), "deletion_major": int(boards.body[0].text),
-            "file": boards.file, "line": boards.line,
+            "deprecation_major": int(dep.body[0].text),
+            "deletion_major": int(boards.body[0].text),
+            "file": boards.file,
+            "line": boards.line,
         }
     return {
         "schema": SCHEMA,
@@ -1237,46 +1362,59 @@ def extract_behaviour(captures: Path) -> dict[str, Any]:
             continue
         frame = bytes.fromhex(sc["frame_hex"])
         fm = d.get("final_migrate", {})
-        runs.append({
-            "fixture": str(meta.parent.name),
-            "path": f"fixtures/captures/{meta.parent.name}/metadata.json",
-            "scenario": sc.get("name"),
-            "trigger": sc.get("trigger"),
-            "frame_hex": sc["frame_hex"],
-            "type_id": int.from_bytes(frame[:2], "big"),
-            "length": int.from_bytes(frame[2:4], "big"),
-            "machine": d.get("machine"),
-            "capabilities": d.get("capabilities", []),
-            "src": {"release": d["src"]["release"], "version_text": d["src"]["version_text"]},
-            "dst": {"release": d["dst"]["release"], "version_text": d["dst"]["version_text"]},
-            "src_statuses": [x["status"] for x in d.get("statuses", {}).get("src", [])],
-            "dst_statuses": [x["status"] for x in d.get("statuses", {}).get("dst", [])],
-            "src_final": fm.get("src", {}).get("status"),
-            "dst_final": fm.get("dst", {}).get("status"),
-            "src_error_desc": d.get("error_desc", {}).get("src"),
-            "dst_error_desc": d.get("error_desc", {}).get("dst"),
-            "src_stderr": d.get("stderr", {}).get("src", []),
-            "dst_stderr": d.get("stderr", {}).get("dst", []),
-            "src_running": d.get("runstates", {}).get("src", {}).get("running"),
-            "dst_running": d.get("runstates", {}).get("dst", {}).get("running"),
-            "split_brain": d.get("split_brain"),
-            "killed": d.get("killed", {}),
-            "timed_out": d.get("timed_out"),
-        })
-    return {"schema": SCHEMA, "generator": "tools/extract_compat.py --behaviour-from",
-            "captures": str(captures), "runs": runs}
+        runs.append(
+            {
+                "fixture": str(meta.parent.name),
+                "path": f"fixtures/captures/{meta.parent.name}/metadata.json",
+                "scenario": sc.get("name"),
+                "trigger": sc.get("trigger"),
+                "frame_hex": sc["frame_hex"],
+                "type_id": int.from_bytes(frame[:2], "big"),
+                "length": int.from_bytes(frame[2:4], "big"),
+                "machine": d.get("machine"),
+                "capabilities": d.get("capabilities", []),
+                "src": {"release": d["src"]["release"], "version_text": d["src"]["version_text"]},
+                "dst": {"release": d["dst"]["release"], "version_text": d["dst"]["version_text"]},
+                "src_statuses": [x["status"] for x in d.get("statuses", {}).get("src", [])],
+                "dst_statuses": [x["status"] for x in d.get("statuses", {}).get("dst", [])],
+                "src_final": fm.get("src", {}).get("status"),
+                "dst_final": fm.get("dst", {}).get("status"),
+                "src_error_desc": d.get("error_desc", {}).get("src"),
+                "dst_error_desc": d.get("error_desc", {}).get("dst"),
+                "src_stderr": d.get("stderr", {}).get("src", []),
+                "dst_stderr": d.get("stderr", {}).get("dst", []),
+                "src_running": d.get("runstates", {}).get("src", {}).get("running"),
+                "dst_running": d.get("runstates", {}).get("dst", {}).get("running"),
+                "split_brain": d.get("split_brain"),
+                "killed": d.get("killed", {}),
+                "timed_out": d.get("timed_out"),
+            }
+        )
+    return {
+        "schema": SCHEMA,
+        "generator": "tools/extract_compat.py --behaviour-from",
+        "captures": str(captures),
+        "runs": runs,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--qemu-src", type=Path, help="QEMU source tree")
-    src.add_argument("--behaviour-from", type=Path, metavar="CAPTURES",
-                     help="lab fixtures folder (fixtures/captures): write the observed "
-                          "outcomes of injected frames (compat/data/behaviour.json)")
-    ap.add_argument("-o", "--output", type=Path,
-                    help="output JSON (default: stdout); conventionally "
-                         "compat/data/compat-<VERSION>.json")
+    src.add_argument(
+        "--behaviour-from",
+        type=Path,
+        metavar="CAPTURES",
+        help="lab fixtures folder (fixtures/captures): write the observed "
+        "outcomes of injected frames (compat/data/behaviour.json)",
+    )
+    ap.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        help="output JSON (default: stdout); conventionally compat/data/compat-<VERSION>.json",
+    )
     args = ap.parse_args(argv)
     if args.behaviour_from is not None:
         data = extract_behaviour(args.behaviour_from)
@@ -1296,8 +1434,11 @@ def main(argv: list[str] | None = None) -> int:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)
         n = sum(1 for m in data["machines"].values() if m["registered"])
-        print(f"{args.output}: {len(data['compat_arrays'])} compat arrays, "
-              f"{n} registered machine types", file=sys.stderr)
+        print(
+            f"{args.output}: {len(data['compat_arrays'])} compat arrays, "
+            f"{n} registered machine types",
+            file=sys.stderr,
+        )
     else:
         sys.stdout.write(text)
     return 0

@@ -57,9 +57,15 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.delenv("MIGCOMPAT_QEMU", raising=False)
     root = tmp_path / "cache/migcompat/roots/trixie"
     root.mkdir(parents=True)
-    (root / ".migcompat-root.json").write_text(json.dumps(
-        {"suite": "trixie", "version_text": "QEMU emulator version 10.0.13 (Debian x)",
-         "package_version": "1:10.0.13+ds-0+deb13u1"}))
+    (root / ".migcompat-root.json").write_text(
+        json.dumps(
+            {
+                "suite": "trixie",
+                "version_text": "QEMU emulator version 10.0.13 (Debian x)",
+                "package_version": "1:10.0.13+ds-0+deb13u1",
+            }
+        )
+    )
     return tmp_path / "cache/migcompat"
 
 
@@ -260,8 +266,9 @@ def test_build_registers_then_is_cached(fake_steps, tmp_path, capsys):
     assert calls.count("ninja") == n + 1
 
 
-def test_lab_builds_are_found_by_name_not_by_suite_or_major(fake_steps, tmp_path, capsys,
-                                                           monkeypatch):
+def test_lab_builds_are_found_by_name_not_by_suite_or_major(
+    fake_steps, tmp_path, capsys, monkeypatch
+):
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps table cells at 80 columns otherwise
     good = _write(tmp_path, "keepalive-v1.patch", GOOD)
     lb.build_qemu("trixie", [good])
@@ -292,11 +299,14 @@ enum mig_rp_message_type {
 """
 
 
-@pytest.mark.parametrize(("extra", "expected"), [
-    ("", "10.0.13"),
-    ("    MIG_RP_MSG_KEEPALIVE, /* new */\n", "10.0.13+keepalive"),
-    ("    MIG_RP_MSG_SOMETHING_ELSE,\n", None),
-])
+@pytest.mark.parametrize(
+    ("extra", "expected"),
+    [
+        ("", "10.0.13"),
+        ("    MIG_RP_MSG_KEEPALIVE, /* new */\n", "10.0.13+keepalive"),
+        ("    MIG_RP_MSG_SOMETHING_ELSE,\n", None),
+    ],
+)
 def test_identify_protocol_from_the_trees_enum(tmp_path, extra, expected):
     (tmp_path / "migration").mkdir()
     (tmp_path / "migration/migration.c").write_text(_ENUM % extra)
@@ -337,25 +347,36 @@ def test_matrix_predicts_a_lab_build_by_its_model(fake_steps, tmp_path, monkeypa
     def extract(r, dsc, dest, log, progress, with_entry=True):
         base = r / dest.relative_to("/")
         (base / "migration").mkdir(parents=True)
-        (base / "migration/migration.c").write_text(
-            _ENUM % "    MIG_RP_MSG_KEEPALIVE,\n")
+        (base / "migration/migration.c").write_text(_ENUM % "    MIG_RP_MSG_KEEPALIVE,\n")
         (base / "hw/core").mkdir(parents=True)
         (base / "hw/core/machine.c").write_text(_MACHINE_C % (entry if with_entry else ""))
         (base / "README").write_text("qemu\n")
 
     monkeypatch.setattr(lb, "_extract_source", extract)
-    good = _write(tmp_path, "keepalive-v2.patch",
-                  "--- a/README\n+++ b/README\n@@ -1 +1,2 @@\n qemu\n+more\n")
+    good = _write(
+        tmp_path, "keepalive-v2.patch", "--- a/README\n+++ b/README\n@@ -1 +1,2 @@\n qemu\n+more\n"
+    )
     b, _ = lb.build_qemu("trixie", [good], name="10.0.13+keepalive-v2")
     assert (b.protocol_release, b.model) == ("10.0.13+keepalive", "10.0.13+keepalive")
     assert find_build("10.0.13+keepalive") == b  # the one build that models it
-    assert main(["matrix", "predict", "--releases", "7.2,10.0.13+keepalive-v2",
-                 "--scenarios", "plain", "--json"]) == 0
+    assert (
+        main(
+            [
+                "matrix",
+                "predict",
+                "--releases",
+                "7.2,10.0.13+keepalive-v2",
+                "--scenarios",
+                "plain",
+                "--json",
+            ]
+        )
+        == 0
+    )
     ids = {p["id"] for p in json.loads(capsys.readouterr().out)}
     assert "10.0.13+keepalive->7.2/pc-q35-7.2/plain" in ids
 
-    monkeypatch.setattr(lb, "_extract_source",
-                        lambda *a, **k: extract(*a, **k, with_entry=False))
+    monkeypatch.setattr(lb, "_extract_source", lambda *a, **k: extract(*a, **k, with_entry=False))
     lb.build_qemu("trixie", [good], name="10.0.13+keepalive-v1", rebuild=True)
     assert main(["matrix", "predict", "--releases", "7.2,10.0.13+keepalive-v1"]) == 2
     assert "lacks that overlay's compat entries" in capsys.readouterr().err

@@ -36,7 +36,8 @@ def test_a_frame_nobody_injected_is_qemus_and_timed(tmp_path):
     assert frame["offset"] == inj["src_offset"]
     assert ev["first_t"] == frame["t"] and ev["first_t"] >= ev["dst_postcopy_active_t"]
     assert ev["first_after_postcopy_active_s"] == round(
-        ev["first_t"] - ev["dst_postcopy_active_t"], 3)
+        ev["first_t"] - ev["dst_postcopy_active_t"], 3
+    )
 
 
 def test_plain_run_has_no_keepalive():

@@ -235,8 +235,11 @@ def test_sigint_during_a_run(tmp_path):
         end = time.monotonic() + 60
         qemus: list[int] = []
         while time.monotonic() < end and len(qemus) < 2:
-            qemus = [p for p in _children(child.pid)
-                     if "qemu" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")]
+            qemus = [
+                p
+                for p in _children(child.pid)
+                if "qemu" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")
+            ]
             time.sleep(0.1)
         assert len(qemus) == 2, "the run never started two QEMUs"
         time.sleep(4)  # mid-migration

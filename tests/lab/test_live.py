@@ -33,6 +33,7 @@ def run_scenario(*args: Any, **kwargs: Any) -> Any:
     except LabStalled:
         return _run_scenario(*args, **kwargs)
 
+
 pytestmark = pytest.mark.qemu
 
 SKIP = f"no QEMU provisioned: {provision_hint()}"

@@ -63,8 +63,9 @@ def test_the_check_catches_a_misplaced_or_changed_byte():
     assert proxy_load._check_rp(rp, {0, 8, 16, 24}, bad, [inj])
     off = dict(inj, src_offset=5, dst_boundary=5)
     moved = rp[:5] + proxy_load.KEEPALIVE + rp[5:]
-    assert any("not a frame boundary" in p for p in proxy_load._check_rp(rp, {0, 8, 16, 24},
-                                                                         moved, [off]))
+    assert any(
+        "not a frame boundary" in p for p in proxy_load._check_rp(rp, {0, 8, 16, 24}, moved, [off])
+    )
 
 
 def test_soak_short_no_stall(tmp_path):

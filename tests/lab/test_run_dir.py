@@ -65,9 +65,7 @@ def test_a_dir_others_can_write_is_refused(tmp_path, monkeypatch, mode):
         run_dir()
 
 
-def test_a_missing_configured_dir_is_made_0700_and_runs_get_fresh_0700_dirs(
-    tmp_path, monkeypatch
-):
+def test_a_missing_configured_dir_is_made_0700_and_runs_get_fresh_0700_dirs(tmp_path, monkeypatch):
     monkeypatch.setenv("MIGCOMPAT_LAB_RUN_DIR", str(tmp_path / "run"))
     base = run_dir()
     assert base == tmp_path / "run" and _mode(base) == 0o700

@@ -27,15 +27,18 @@ def keepalive_patch() -> Path | None:
 def require_patch() -> Path:
     p = keepalive_patch()
     if p is None:
-        pytest.skip("no keepalive patch: set MIGCOMPAT_KEEPALIVE_PATCH or put it at "
-                    f"{DEFAULT_PATCH} (it is QEMU's code, never in this repository)")
+        pytest.skip(
+            "no keepalive patch: set MIGCOMPAT_KEEPALIVE_PATCH or put it at "
+            f"{DEFAULT_PATCH} (it is QEMU's code, never in this repository)"
+        )
     return p
 
 
 def patch_default_period(patch: Path) -> int:
     """``DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD`` as the patch defines it."""
-    m = re.search(r"^\+#define DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD\s+(\d+)",
-                  patch.read_text(), re.M)
+    m = re.search(
+        r"^\+#define DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD\s+(\d+)", patch.read_text(), re.M
+    )
     assert m, f"{patch} defines no DEFAULT_MIGRATE_POSTCOPY_RP_KEEPALIVE_PERIOD"
     return int(m.group(1))
 
@@ -72,6 +75,7 @@ def v2_build():
     hunk = compat_patch((tree / MACHINE_C).read_text(), "10.0")
     out = Path(tempfile.mkdtemp(prefix="mc-v2-")) / "keepalive-v2-compat.patch"
     out.write_text(hunk)
-    build, _built = build_qemu("trixie", [require_patch(), out],
-                               name=f"{v1.release.split('+')[0]}+keepalive-v2")
+    build, _built = build_qemu(
+        "trixie", [require_patch(), out], name=f"{v1.release.split('+')[0]}+keepalive-v2"
+    )
     return build

@@ -48,8 +48,10 @@ FAMILIES = ("pc-q35", "pc-i440fx")
 #: pc_compat_10_1 cannot still carry 10.2.2's (x86_64-cpu, x-migrate-error-code, false)
 #: (QEMU refuses to start on a non-optional global whose property is missing).
 KNOWN_DRIFT: dict[str, tuple[str, ...]] = {
-    "11.1": ("x-migrate-error-code: qom-get failed: Property 'qemu64-x86_64-cpu.x-migrate-"
-             "error-code' not found",),
+    "11.1": (
+        "x-migrate-error-code: qom-get failed: Property 'qemu64-x86_64-cpu.x-migrate-"
+        "error-code' not found",
+    ),
 }
 
 
@@ -88,8 +90,11 @@ def _machines(table: Any, exact: bool, build_release: str) -> list[str]:
             # the newest table's types that the lifecycle rule keeps in the newer build,
             # minus the table's own newest (whose arrays a newer QEMU extends)
             qemu = Release(build_release)
-            regs = [n for n in regs[:-1]
-                    if table.lifecycle_state(table.machines[n].version, qemu) != "deleted"]
+            regs = [
+                n
+                for n in regs[:-1]
+                if table.lifecycle_state(table.machines[n].version, qemu) != "deleted"
+            ]
         picks = {regs[0], regs[len(regs) // 3], regs[(2 * len(regs)) // 3], regs[-1]}
         out.extend(sorted(picks, key=lambda n: Release(n.rsplit("-", 1)[1])))
     return out
@@ -129,8 +134,17 @@ class Qemu:
         self.build = build
         self.sock = Path(build.run_dir) / f"compat-{uuid.uuid4().hex[:10]}.qmp"
         self.argv = build.argv(
-            "-machine", machine, "-accel", "tcg", "-nodefaults", "-display", "none", "-S",
-            "-qmp", f"unix:{self.sock},server=on,wait=off", *extra,
+            "-machine",
+            machine,
+            "-accel",
+            "tcg",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-S",
+            "-qmp",
+            f"unix:{self.sock},server=on,wait=off",
+            *extra,
         )
         self.proc: asyncio.subprocess.Process | None = None
         self.qmp: Any = None
@@ -140,7 +154,8 @@ class Qemu:
 
         Path(self.build.run_dir).mkdir(parents=True, exist_ok=True)
         self.proc = await asyncio.create_subprocess_exec(
-            *self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            *self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         for _ in range(300):
             if self.sock.exists():
                 break
@@ -220,8 +235,9 @@ def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
             for path in OBJECTS:
                 for p in (path, path + "/virtio-backend"):
                     with contextlib.suppress(Exception):
-                        objects[p] = _chain(parents, await q.cmd("qom-get", path=p,
-                                                                 property="type"))
+                        objects[p] = _chain(
+                            parents, await q.cmd("qom-get", path=p, property="type")
+                        )
             cpu = (await q.cmd("query-cpus-fast"))[0]["qom-path"]
             objects[cpu] = _chain(parents, await q.cmd("qom-get", path=cpu, property="type"))
             assert len(objects) >= 4, objects
@@ -243,13 +259,14 @@ def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
                     want, have = _norm(prop.value, got)
                     checked += 1
                     if want != have:
-                        mismatches.append(f"{path} ({chain[0]}).{prop.property}: table says "
-                                          f"{prop.value} ({prop.array} {prop.provenance}), "
-                                          f"QEMU has {got!r}")
+                        mismatches.append(
+                            f"{path} ({chain[0]}).{prop.property}: table says "
+                            f"{prop.value} ({prop.array} {prop.provenance}), "
+                            f"QEMU has {got!r}"
+                        )
             # migration: parameters and capabilities, defaults with compat applied
             params = await q.cmd("query-migrate-parameters")
-            caps = {c["capability"]: c["state"]
-                    for c in await q.cmd("query-migrate-capabilities")}
+            caps = {c["capability"]: c["state"] for c in await q.cmd("query-migrate-capabilities")}
             mig = {p.property: p for p in props if p.driver == "migration"}
             for name, spec in table.migration_properties.items():
                 qmp = spec.get("qmp")
@@ -264,14 +281,17 @@ def test_effective_properties_match_qemu(build: Any, machine: str) -> None:
                 got = caps.get(qmp) if spec["kind"] == "capability" else params.get(qmp)
                 if got is None:
                     continue  # not reported by this build (e.g. conditional on CONFIG_*)
-                want, have = _norm(str(expected).lower() if isinstance(expected, bool)
-                                   else str(expected), got)
+                want, have = _norm(
+                    str(expected).lower() if isinstance(expected, bool) else str(expected), got
+                )
                 checked += 1
                 if want != have:
-                    mismatches.append(f"migration {qmp}: table says {expected!r} "
-                                      f"({spec['file']}:{spec['line']}"
-                                      f"{', ' + mig[name].array if name in mig else ''}), "
-                                      f"QEMU has {got!r}")
+                    mismatches.append(
+                        f"migration {qmp}: table says {expected!r} "
+                        f"({spec['file']}:{spec['line']}"
+                        f"{', ' + mig[name].array if name in mig else ''}), "
+                        f"QEMU has {got!r}"
+                    )
         return mismatches, checked
 
     mismatches, checked = asyncio.run(run())
@@ -291,10 +311,13 @@ _HELP_RE = re.compile(r"^(?P<name>\S+)\s+(?P<desc>.*)$")
 def test_machine_list_matches_machine_help(build: Any) -> None:
     table, exact = _table_for(build)
     if not exact:
-        pytest.skip(f"no compat table for {build.release} (its sources were not extracted); "
-                    f"newest is {table.qemu_version}")
-    out = subprocess.run(build.argv("-machine", "help"), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
+        pytest.skip(
+            f"no compat table for {build.release} (its sources were not extracted); "
+            f"newest is {table.qemu_version}"
+        )
+    out = subprocess.run(
+        build.argv("-machine", "help"), capture_output=True, text=True, timeout=120, check=True
+    ).stdout
     listed: dict[str, str] = {}
     for line in out.splitlines()[1:]:
         m = _HELP_RE.match(line)
@@ -302,8 +325,11 @@ def test_machine_list_matches_machine_help(build: Any) -> None:
             listed[m.group("name")] = m.group("desc")
     # every versioned x86 type QEMU lists (pc-q35-*, pc-i440fx-*, and 5.2-era pc-X.Y)
     versioned = {n for n in listed if re.fullmatch(r"pc(-q35|-i440fx)?-\d+\.\d+(\.\d+)?", n)}
-    ours = {m.name for m in table.machines.values()
-            if m.registered and m.version is not None and m.board in FAMILIES}
+    ours = {
+        m.name
+        for m in table.machines.values()
+        if m.registered and m.version is not None and m.board in FAMILIES
+    }
     assert versioned == ours, (sorted(versioned - ours), sorted(ours - versioned))
     deprecated = {n for n in versioned if "(deprecated)" in listed[n]}
     assert deprecated == {n for n in ours if table.machines[n].deprecated}
@@ -320,15 +346,25 @@ def test_lifecycle_prediction_for_unextracted_build(build: Any) -> None:
     if exact:
         pytest.skip(f"{build.release} has its own table (checked exactly above)")
     qemu = Release(_version(build))
-    out = subprocess.run(build.argv("-machine", "help"), capture_output=True, text=True,
-                         timeout=120, check=True).stdout
-    listed = {m.group("name"): m.group("desc") for line in out.splitlines()[1:]
-              if (m := _HELP_RE.match(line))}
-    versioned = {n for n in listed if re.fullmatch(r"pc(-q35|-i440fx)-\d+\.\d+(\.\d+)?", n)
-                 and Release(n.rsplit("-", 1)[1]) <= table.release}
-    predicted = {m.name: table.lifecycle_state(m.version, qemu)
-                 for m in table.machines.values()
-                 if m.version is not None and m.board in FAMILIES}
+    out = subprocess.run(
+        build.argv("-machine", "help"), capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    listed = {
+        m.group("name"): m.group("desc")
+        for line in out.splitlines()[1:]
+        if (m := _HELP_RE.match(line))
+    }
+    versioned = {
+        n
+        for n in listed
+        if re.fullmatch(r"pc(-q35|-i440fx)-\d+\.\d+(\.\d+)?", n)
+        and Release(n.rsplit("-", 1)[1]) <= table.release
+    }
+    predicted = {
+        m.name: table.lifecycle_state(m.version, qemu)
+        for m in table.machines.values()
+        if m.version is not None and m.board in FAMILIES
+    }
     kept = {n for n, st in predicted.items() if st != "deleted"}
     assert versioned == kept, (sorted(versioned - kept), sorted(kept - versioned))
     deprecated = {n for n in versioned if "(deprecated)" in listed[n]}

@@ -39,9 +39,23 @@ def test_v1_binary_runs(v1):
 async def _migrate_parameters(build, machine: str) -> dict:
     work = run_dir() / f"lb-{uuid.uuid4().hex[:8]}"
     work.mkdir(parents=True)
-    inst = QemuInstance(build, "dst", work, ["-machine", machine, "-accel", "tcg", "-S",
-                                              "-nodefaults", "-display", "none",
-                                              "-incoming", "defer"])
+    inst = QemuInstance(
+        build,
+        "dst",
+        work,
+        [
+            "-machine",
+            machine,
+            "-accel",
+            "tcg",
+            "-S",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-incoming",
+            "defer",
+        ],
+    )
     await inst.start()
     try:
         return await inst.execute("query-migrate-parameters")
@@ -77,7 +91,8 @@ def _tools():
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     return importlib.import_module("tools.extract_catalog"), importlib.import_module(
-        "tools.extract_compat")
+        "tools.extract_compat"
+    )
 
 
 def test_v1_extracted_catalog_is_the_keepalive_overlay(v1):
@@ -87,9 +102,9 @@ def test_v1_extracted_catalog_is_the_keepalive_overlay(v1):
     got = ec.extract(v1.tree_path, f"lab build {v1.release}", None)
     want = catalog("10.0.13+keepalive")
     assert got["rp"]["max"] == want.max == 9
-    assert [(m["id"], m["name"], m["table_name"], m["length"]) for m in got["rp"]["messages"]] \
-        == [(m.id, m.name, m.table_name, m.length) for m in sorted(want.messages,
-                                                                   key=lambda m: m.id)]
+    assert [(m["id"], m["name"], m["table_name"], m["length"]) for m in got["rp"]["messages"]] == [
+        (m.id, m.name, m.table_name, m.length) for m in sorted(want.messages, key=lambda m: m.id)
+    ]
     # the reader's error texts are the unpatched 10.0's (the patch adds no check)
     assert {k: v["format"] for k, v in got["rp"]["errors"].items()} == dict(want.errors)
     assert v1.protocol_release == "10.0.13+keepalive"
@@ -103,8 +118,12 @@ def test_v1_extracted_parameter_is_the_overlays_and_it_has_no_compat_entry(v1):
     param = overlays()["keepalive"].parameter
     got = table["migration_properties"][param["name"]]
     assert (got["type"], got["default"]) == (param["type"], param["default"])
-    entries = [e for a in table["compat_arrays"].values() for e in a["entries"]
-               if e["property"] == param["name"]]
+    entries = [
+        e
+        for a in table["compat_arrays"].values()
+        for e in a["entries"]
+        if e["property"] == param["name"]
+    ]
     assert entries == []  # v1 as posted: no compat property, the reviewers' point
     assert v1.model is None
 
@@ -132,7 +151,10 @@ def test_v2_extracted_compat_entry_is_the_overlays():
     _, ex = _tools()
     table = ex.extract(v2.tree_path)
     (want,) = overlay_compat_entries("10.0.13+keepalive")
-    got = [(name, e["driver"], e["property"], e["value"])
-           for name, a in table["compat_arrays"].items() for e in a["entries"]
-           if e["property"] == want.property]
+    got = [
+        (name, e["driver"], e["property"], e["value"])
+        for name, a in table["compat_arrays"].items()
+        for e in a["entries"]
+        if e["property"] == want.property
+    ]
     assert got == [(want.array, want.driver, want.property, want.value)]
