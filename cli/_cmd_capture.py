@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import string
 import sys
 from typing import Any
 
@@ -121,10 +122,10 @@ def _fields_text(rec: Any) -> str:
             continue
         if isinstance(v, int) and k in ("start", "addr", "end_mark"):
             parts.append(f"{k}=0x{v:x}")
-        elif isinstance(v, str) and len(v) > 60 and k not in ("note", "meaning", "evidence"):
-            parts.append(f"{k}={v[:60]}…")
-        elif isinstance(v, dict | list) and len(str(v)) > 80:
-            parts.append(f"{k}={str(v)[:80]}…")
+        elif isinstance(v, str) and len(v) > 64 and all(c in string.hexdigits for c in v):
+            # a payload in hex: its head and size (the whole bytes are in --json); names,
+            # QEMU texts and RAMBlock lists are never cut
+            parts.append(f"{k}={v[:64]}…({len(v) // 2} bytes)")
         else:
             parts.append(f"{k}={v}")
     return " ".join(parts)
